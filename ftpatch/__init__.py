@@ -1,0 +1,35 @@
+"""ftpatch: turn mcount/__fentry__ profiling calls in x86 ELF files into nops, and back.
+
+The library never prints and never exits; it returns values or raises a
+FtpatchError. lief and capstone are imported only when a file is read.
+"""
+
+from .errors import FtpatchError, InputError, OutputError, VerifyError
+from .patch import Action, Patch, Plan, apply, patch_file, plan
+from .scan import DEFAULT_TARGETS, ScanResult, Site, State, scan, select
+from .x86 import NOP_STYLES, Form, NopStyle
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "NOP_STYLES",
+    "Action",
+    "Form",
+    "FtpatchError",
+    "InputError",
+    "NopStyle",
+    "OutputError",
+    "Patch",
+    "Plan",
+    "ScanResult",
+    "Site",
+    "State",
+    "VerifyError",
+    "__version__",
+    "apply",
+    "patch_file",
+    "plan",
+    "scan",
+    "select",
+]

@@ -1,0 +1,255 @@
+"""The command line: the only module that prints or exits.
+
+Exit codes, mapped from the error hierarchy here and nowhere else:
+0 success (nothing to do included), 1 bad input or output, 2 usage,
+3 verification failed, 70 internal error (a bug: please report it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+from . import __version__
+from .errors import FtpatchError, VerifyError
+
+if TYPE_CHECKING:
+    from .scan import ScanResult
+
+EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_VERIFY, EXIT_INTERNAL = 0, 1, 2, 3, 70
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success, including nothing to do; 1 bad input or output (not ELF, unsupported "
+    "machine, truncated, unwritable); 2 usage; 3 verification failed (a site holds unexpected "
+    "bytes: nothing was written); 70 internal error."
+)
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Turn mcount/__fentry__ profiling calls in x86 ELF files into nops, and back.\n\n" + EXIT_CODES_HELP,
+)
+_debug = False
+
+
+class NopChoice(StrEnum):
+    p6 = "p6"
+    o16 = "o16"
+    jmp = "jmp"
+    lea = "lea"
+
+
+def _exit_code(error: FtpatchError) -> int:
+    return EXIT_VERIFY if isinstance(error, VerifyError) else EXIT_INPUT
+
+
+def _error(message: str) -> None:
+    print(f"ftpatch: error: {message}", file=sys.stderr)
+
+
+def _usage(message: str) -> NoReturn:
+    raise typer.BadParameter(message)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"ftpatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def common(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show a traceback on errors.")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+
+
+Files = Annotated[list[str], typer.Argument(help="ELF files.", show_default=False)]
+Symbols = Annotated[
+    list[str],
+    typer.Option("--symbol", metavar="NAME", help="Also treat calls to NAME as profiling calls (gcc -mfentry-name=)."),
+]
+Only = Annotated[
+    list[str], typer.Option("--only", metavar="GLOB", help="Patch only functions matching GLOB (repeatable).")
+]
+Except = Annotated[
+    list[str], typer.Option("--except", metavar="GLOB", help="Leave functions matching GLOB alone (repeatable).")
+]
+Output = Annotated[str | None, typer.Option("-o", "--output", metavar="FILE", help="Write the result here.")]
+InPlace = Annotated[bool, typer.Option("--in-place", help="Replace each input file atomically.")]
+
+
+def _targets(symbols: list[str]) -> tuple[str, ...]:
+    from .scan import DEFAULT_TARGETS
+
+    return (*DEFAULT_TARGETS, *symbols)
+
+
+@app.command()
+def scan(
+    files: Files,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print JSON: {"files": [{path, machine, type, sites}]}.')
+    ] = False,
+    symbol: Symbols = [],  # noqa: B006 - typer reads the default, never mutates it
+) -> None:
+    """List the profiling call sites of each file: function, section+offset, form, state."""
+    from .scan import State
+    from .scan import scan as scan_file
+
+    worst = EXIT_OK
+    reports = []
+    for path in files:
+        try:
+            result = scan_file(path, _targets(symbol))
+        except FtpatchError as e:
+            _error(str(e))
+            worst = max(worst, _exit_code(e))
+            continue
+        reports.append(result)
+        if not as_json:
+            _print_sites(result)
+        for stray in result.strays:
+            _error(f"{path}: {stray}")
+            worst = max(worst, EXIT_VERIFY)
+        for site in result.sites:
+            if site.state is State.OTHER:
+                _error(
+                    f"{path}: {site.where}: holds {site.code.hex(':')}, neither the {site.form.value} call nor a known nop"
+                )
+                worst = max(worst, EXIT_VERIFY)
+    if as_json:
+        doc = {
+            "files": [
+                {"path": r.path, "machine": r.machine, "type": r.type, "sites": [s.to_json() for s in r.sites]}
+                for r in reports
+            ]
+        }
+        print(json.dumps(doc, indent=2))
+    raise typer.Exit(worst)
+
+
+def _print_sites(result: ScanResult) -> None:
+    calls = sum(s.state.value == "call" for s in result.sites)
+    print(
+        f"{result.path}: {result.machine} {result.type}, {len(result.sites)} sites "
+        f"({calls} call, {len(result.sites) - calls} not)"
+    )
+    if not result.sites:
+        return
+    rows = [("function", "where", "file_offset", "length", "form", "target", "state")]
+    rows += [
+        (
+            s.function or "?",
+            f"{s.section}+{s.offset:#x}",
+            f"{s.file_offset:#x}",
+            str(s.length),
+            s.form.value,
+            s.target or "-",
+            s.state.value,
+        )
+        for s in result.sites
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _patch(
+    action_name: str,
+    files: list[str],
+    output: str | None,
+    in_place: bool,
+    nop: str | None,
+    only: list[str],
+    exclude: list[str],
+    symbol: list[str],
+) -> None:
+    if in_place == (output is not None):
+        _usage("give exactly one of -o FILE or --in-place")
+    if output is not None:
+        if len(files) != 1:
+            _usage("-o takes exactly one input file; use --in-place for several")
+        if os.path.exists(output) and os.path.exists(files[0]) and os.path.samefile(output, files[0]):
+            _usage(f"-o {output} is the input file; use --in-place to replace it")
+    from .patch import Action, patch_file
+
+    action = Action(action_name)
+    worst = EXIT_OK
+    for path in files:
+        try:
+            result = patch_file(
+                path, action, output=output, nop=nop, only=only, exclude=exclude, targets=_targets(symbol)
+            )
+        except FtpatchError as e:
+            _error(str(e))
+            worst = max(worst, _exit_code(e))
+            continue
+        dest = f" -> {output}" if output else ""
+        print(
+            f"{path}{dest}: {result.patched} patched, {result.already} already {action.value}, "
+            f"{result.filtered} filtered out"
+        )
+    raise typer.Exit(worst)
+
+
+@app.command()
+def nop(
+    files: Files,
+    output: Output = None,
+    in_place: InPlace = False,
+    style: Annotated[
+        NopChoice | None,
+        typer.Option("--nop", help="Nop style (see `ftpatch nops`); default p6 on x86-64, lea on i386."),
+    ] = None,
+    only: Only = [],  # noqa: B006
+    exclude: Except = [],  # noqa: B006
+    symbol: Symbols = [],  # noqa: B006
+) -> None:
+    """Turn every profiling call into a nop, after verifying every site."""
+    _patch("nop", files, output, in_place, style.value if style else None, only, exclude, symbol)
+
+
+@app.command()
+def call(
+    files: Files,
+    output: Output = None,
+    in_place: InPlace = False,
+    only: Only = [],  # noqa: B006
+    exclude: Except = [],  # noqa: B006
+    symbol: Symbols = [],  # noqa: B006
+) -> None:
+    """Turn nop'd profiling sites back into the exact calls, after verifying every site."""
+    _patch("call", files, output, in_place, None, only, exclude, symbol)
+
+
+@app.command()
+def nops() -> None:
+    """List the nop styles: name, 5-byte and 6-byte members, where each is a nop."""
+    from .x86 import DEFAULT_STYLE, NOP_STYLES
+
+    for s in NOP_STYLES.values():
+        where = "x86-64 and i386" if s.x86_64 else "i386 only"
+        default = [arch for arch, x64 in (("x86-64", True), ("i386", False)) if DEFAULT_STYLE[x64] == s.name]
+        mark = f" (default on {', '.join(default)})" if default else ""
+        print(f"{s.name:4} {s.nop5.hex(' '):17} {s.nop6.hex(' '):20} {where}{mark}: {s.about}")
+
+
+def main() -> None:
+    try:
+        app(prog_name="ftpatch")
+    except Exception as e:
+        if _debug:
+            raise
+        _error(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")
+        sys.exit(EXIT_INTERNAL)

@@ -1,0 +1,245 @@
+"""Loading: read an x86 ELF file, check its container, and give its sections and symbols.
+
+The ELF header and the section header table are checked here, field by field,
+before any library sees the file: lief reads a malformed header without
+complaint, and an error has to say which field is wrong. lief then supplies
+the symbol table.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+
+from .errors import InputError
+
+ELFCLASS32, ELFCLASS64 = 1, 2
+ELFDATA2LSB = 1
+ET_REL, ET_EXEC, ET_DYN = 1, 2, 3
+EM_386, EM_X86_64 = 3, 62
+SHT_NULL, SHT_SYMTAB, SHT_RELA, SHT_NOBITS, SHT_REL = 0, 2, 4, 8, 9
+SHF_EXECINSTR = 0x4
+SHN_UNDEF, SHN_LORESERVE, SHN_XINDEX = 0, 0xFF00, 0xFFFF
+STT_FUNC = 2
+
+E_TYPE_NAMES = {ET_REL: "ET_REL", ET_EXEC: "ET_EXEC", ET_DYN: "ET_DYN"}
+SUPPORTED_TYPES = (ET_REL,)
+
+# e_ident through e_shstrndx, after the 16 bytes of e_ident.
+_EHDR = {ELFCLASS32: struct.Struct("<HHIIIIIHHHHHH"), ELFCLASS64: struct.Struct("<HHIQQQIHHHHHH")}
+_SHDR = {ELFCLASS32: struct.Struct("<IIIIIIIIII"), ELFCLASS64: struct.Struct("<IIQQQQIIQQ")}
+
+
+@dataclass(frozen=True)
+class Section:
+    index: int
+    name: str
+    sh_type: int
+    sh_flags: int
+    sh_addr: int
+    sh_offset: int
+    sh_size: int
+    sh_link: int
+    sh_info: int
+    sh_entsize: int
+
+    @property
+    def is_exec(self) -> bool:
+        return bool(self.sh_flags & SHF_EXECINSTR)
+
+    def where(self, offset: int) -> str:
+        return f"{self.name}+{offset:#x}"
+
+
+@dataclass(frozen=True)
+class Symbol:
+    index: int
+    name: str
+    st_value: int
+    st_size: int
+    st_type: int
+    st_shndx: int
+
+
+def machine_name(e_machine: int) -> str:
+    from elftools.elf.enums import ENUM_E_MACHINE
+
+    names = {v: k for k, v in ENUM_E_MACHINE.items() if isinstance(v, int)}
+    return f"{names.get(e_machine, 'EM_?')} ({e_machine})"
+
+
+def read_input(path: str) -> bytes:
+    """The whole file, refusing anything that is not a regular file.
+
+    A FIFO would block, and a device could be endless, so stat comes first.
+    """
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(path, "is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(path, "not a regular file")
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except PermissionError:
+        raise InputError(path, "permission denied, reading") from None
+    except OSError as e:
+        raise InputError(path, f"{e.strerror}, reading") from None
+
+
+class ElfFile:
+    """A checked x86 ELF file held in memory, with its section headers decoded."""
+
+    def __init__(self, path: str, data: bytes) -> None:
+        self.path = path
+        self.data = data
+        self.elfclass, self.e_type, self.e_machine, self.sections = self._check_container()
+
+    @classmethod
+    def load(cls, path: str) -> ElfFile:
+        return cls(path, read_input(path))
+
+    @property
+    def x86_64(self) -> bool:
+        return self.e_machine == EM_X86_64
+
+    @property
+    def machine(self) -> str:
+        return "x86_64" if self.x86_64 else "i386"
+
+    @property
+    def type_name(self) -> str:
+        return E_TYPE_NAMES[self.e_type]
+
+    def fail(self, detail: str) -> InputError:
+        return InputError(self.path, detail)
+
+    def section_data(self, section: Section) -> memoryview:
+        if section.sh_type == SHT_NOBITS:
+            raise self.fail(f"section {section.name} [{section.index}] has no file bytes (SHT_NOBITS)")
+        return memoryview(self.data)[section.sh_offset : section.sh_offset + section.sh_size]
+
+    def _check_container(self) -> tuple[int, int, int, tuple[Section, ...]]:
+        data = self.data
+        if len(data) == 0:
+            raise self.fail("empty file")
+        if data[:4] != b"\x7fELF":
+            raise self.fail("not an ELF file, no ELF magic at offset 0")
+        if len(data) < 16:
+            raise self.fail(f"truncated ELF header, file is {len(data)} bytes")
+        elfclass, ei_data = data[4], data[5]
+        if elfclass not in _EHDR:
+            raise self.fail(f"invalid EI_CLASS {elfclass}, e_ident[4]")
+        if ei_data != ELFDATA2LSB:
+            raise self.fail(f"not little-endian (EI_DATA {ei_data}), x86 ELF is ELFDATA2LSB")
+        ehdr = _EHDR[elfclass]
+        if len(data) < 16 + ehdr.size:
+            raise self.fail(f"truncated ELF header, file is {len(data)} bytes")
+        (
+            e_type,
+            e_machine,
+            _version,
+            _entry,
+            _phoff,
+            e_shoff,
+            _flags,
+            _ehsize,
+            _phentsize,
+            _phnum,
+            e_shentsize,
+            e_shnum,
+            e_shstrndx,
+        ) = ehdr.unpack_from(data, 16)
+        want_machine = EM_X86_64 if elfclass == ELFCLASS64 else EM_386
+        if e_machine not in (EM_386, EM_X86_64):
+            raise self.fail(f"unsupported machine {machine_name(e_machine)}, e_machine")
+        if e_machine != want_machine:
+            cls = "ELFCLASS64" if elfclass == ELFCLASS64 else "ELFCLASS32"
+            raise self.fail(f"{cls} with machine {machine_name(e_machine)} is not supported, e_ident[4]")
+        if e_type not in SUPPORTED_TYPES:
+            raise self.fail(f"unsupported ELF type {E_TYPE_NAMES.get(e_type, e_type)}, e_type")
+        return elfclass, e_type, e_machine, self._read_sections(elfclass, e_shoff, e_shentsize, e_shnum, e_shstrndx)
+
+    def _read_sections(
+        self, elfclass: int, e_shoff: int, e_shentsize: int, e_shnum: int, e_shstrndx: int
+    ) -> tuple[Section, ...]:
+        data, shdr = self.data, _SHDR[elfclass]
+        if e_shoff == 0:
+            raise self.fail("no section header table, e_shoff is 0")
+        if e_shentsize != shdr.size:
+            raise self.fail(f"e_shentsize is {e_shentsize}, expected {shdr.size}")
+        if e_shoff + shdr.size > len(data):
+            raise self.fail(
+                f"section header table at {e_shoff:#x} is past the end of the file ({len(data):#x} bytes), e_shoff"
+            )
+        # With 65,280 sections or more, the real count and string table index live in section 0.
+        zero = shdr.unpack_from(data, e_shoff)
+        shnum = e_shnum or zero[5]
+        shstrndx = zero[6] if e_shstrndx == SHN_XINDEX else e_shstrndx
+        if e_shoff + shnum * shdr.size > len(data):
+            raise self.fail(
+                f"section header table ({shnum} entries at {e_shoff:#x}) is truncated, file is {len(data):#x} bytes"
+            )
+        raw = [shdr.unpack_from(data, e_shoff + i * shdr.size) for i in range(shnum)]
+        if not 0 < shstrndx < shnum:
+            raise self.fail(f"e_shstrndx {shstrndx} is out of range ({shnum} sections)")
+        for i, (_, sh_type, _, _, sh_offset, sh_size, *_rest) in enumerate(raw):
+            if sh_type not in (SHT_NOBITS, SHT_NULL) and sh_offset + sh_size > len(data):
+                raise self.fail(
+                    f"section [{i}] (offset {sh_offset:#x}, size {sh_size:#x}) extends past the end of the file ({len(data):#x} bytes)"
+                )
+        _, _, _, _, str_off, str_size, *_ = raw[shstrndx]
+        strtab = data[str_off : str_off + str_size]
+        sections = []
+        for i, (
+            sh_name,
+            sh_type,
+            sh_flags,
+            sh_addr,
+            sh_offset,
+            sh_size,
+            sh_link,
+            sh_info,
+            _align,
+            sh_entsize,
+        ) in enumerate(raw):
+            end = strtab.find(b"\0", sh_name)
+            if end < 0:
+                raise self.fail(f"section [{i}] name offset {sh_name:#x} is outside the section name table")
+            name = strtab[sh_name:end].decode("utf-8", "backslashreplace")
+            sections.append(
+                Section(i, name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_link, sh_info, sh_entsize)
+            )
+        return tuple(sections)
+
+    @cached_property
+    def symtab(self) -> Section:
+        found = [s for s in self.sections if s.sh_type == SHT_SYMTAB]
+        if len(found) != 1:
+            raise self.fail(f"expected one SHT_SYMTAB section, found {len(found)}")
+        return found[0]
+
+    @cached_property
+    def symbols(self) -> tuple[Symbol, ...]:
+        """The .symtab, in index order, read by lief."""
+        import lief
+
+        lief.logging.disable()
+        binary = lief.ELF.parse(self.data)
+        if binary is None:
+            raise self.fail("lief could not parse the file")
+        symbols = tuple(
+            Symbol(i, s.name, s.value, s.size, s.type.value, s.shndx) for i, s in enumerate(binary.symtab_symbols)
+        )
+        entsize = 24 if self.elfclass == ELFCLASS64 else 16
+        if len(symbols) != self.symtab.sh_size // entsize:
+            raise self.fail(
+                f"lief read {len(symbols)} symbols from {self.symtab.name}, "
+                f"its header says {self.symtab.sh_size // entsize}"
+            )
+        return symbols

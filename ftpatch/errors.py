@@ -1,0 +1,32 @@
+"""The errors ftpatch raises.
+
+Every message names the file first and then says what is wrong and where,
+so that a command-line front end can print it as one line. This module
+imports nothing from the rest of the package, so any module can use it.
+"""
+
+from __future__ import annotations
+
+
+class FtpatchError(Exception):
+    """Base of every error ftpatch raises on purpose."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"{path}: {detail}")
+        self.path = path
+        self.detail = detail
+
+
+class InputError(FtpatchError):
+    """The input cannot be read or is not an ELF file ftpatch supports."""
+
+
+class OutputError(FtpatchError):
+    """The output cannot be written."""
+
+
+class VerifyError(FtpatchError):
+    """A site does not hold the bytes or relocation that were expected.
+
+    This is ftrace_bug's EINVAL and EFAULT: nothing has been written.
+    """

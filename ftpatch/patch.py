@@ -1,0 +1,156 @@
+"""Planning and verification: turn scanned sites into byte patches, checking every site first.
+
+`plan` is ftrace_replace_code done statically: it checks every chosen site
+against the bytes it must hold before it plans a change to any of them, and
+raises one VerifyError that lists what it found. `apply` is the write step;
+it only ever touches the bytes a plan names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .errors import InputError, VerifyError
+from .scan import DEFAULT_TARGETS, ScanResult, Site, State, scan, select
+from .write import write_atomic
+from .x86 import DEFAULT_STYLE, NOP_STYLES, Form, NopStyle, describe, hexbytes
+
+
+class Action(StrEnum):
+    NOP = "nop"
+    CALL = "call"
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One change at one file offset: `old` is what was verified there, `new` replaces it."""
+
+    file_offset: int
+    old: bytes
+    new: bytes
+
+
+@dataclass(frozen=True)
+class Plan:
+    path: str
+    action: Action
+    patches: tuple[Patch, ...]
+    patched: int  # sites that change
+    already: int  # sites already in the requested state
+    filtered: int  # sites left alone by --only / --except
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.patches)
+
+
+def nop_style(name: str | None, x86_64: bool, path: str) -> NopStyle:
+    style = NOP_STYLES[name or DEFAULT_STYLE[x86_64]]
+    if x86_64 and not style.x86_64:
+        raise InputError(
+            path,
+            f"nop style {style.name} is not a nop on x86-64, choose one of "
+            + ", ".join(s.name for s in NOP_STYLES.values() if s.x86_64),
+        )
+    return style
+
+
+def _mismatch(result: ScanResult, site: Site, expected: Sequence[bytes]) -> str:
+    want = " or ".join(hexbytes(e) for e in expected)
+    return f"{site.where}: expected {want}, actual {hexbytes(site.code)} ({describe(site.code, result.x86_64)})"
+
+
+def _site_patches(result: ScanResult, site: Site, action: Action, style: NopStyle) -> tuple[list[Patch], str | None]:
+    """The patches that put one site in the requested state, or why it cannot be done."""
+    reloc = site.reloc
+    if action is Action.NOP:
+        if site.state is State.OTHER:
+            return [], _mismatch(result, site, [site.call] if site.call else [style.for_length(site.length)])
+        patches = []
+        if site.state is State.CALL:
+            patches.append(Patch(site.file_offset, site.code, style.for_length(site.length)))
+        if reloc is not None and reloc.r_info != 0:
+            old = reloc.r_info.to_bytes(reloc.info_size, "little")
+            patches.append(Patch(reloc.info_offset, old, bytes(reloc.info_size)))
+        return patches, None
+    if site.form is Form.RECORDED:
+        return [], (
+            f"{site.where}: gcc -mnop-mcount left no relocation to restore a call with, rebuild without -mnop-mcount"
+        )
+    assert site.call is not None and reloc is not None
+    if site.state is State.OTHER:
+        return [], _mismatch(result, site, [site.call])
+    patches = []
+    if site.state is State.NOP:
+        patches.append(Patch(site.file_offset, site.code, site.call))
+    if reloc.r_info != reloc.call_info:
+        patches.append(
+            Patch(
+                reloc.info_offset,
+                reloc.r_info.to_bytes(reloc.info_size, "little"),
+                reloc.call_info.to_bytes(reloc.info_size, "little"),
+            )
+        )
+    return patches, None
+
+
+def plan(
+    result: ScanResult, action: Action, *, nop: str | None = None, only: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> Plan:
+    """Verify every chosen site and plan the patches; raise VerifyError if any site is wrong."""
+    style = nop_style(nop, result.x86_64, result.path)
+    chosen, filtered = select(result.sites, only, exclude)
+    patches: list[Patch] = []
+    problems: list[str] = []
+    patched = 0
+    if action is Action.CALL:
+        problems += result.strays
+    for site in chosen:
+        site_patches, problem = _site_patches(result, site, action, style)
+        if problem:
+            problems.append(problem)
+        patches += site_patches
+        patched += bool(site_patches)
+    if problems:
+        more = f" (and {len(problems) - 1} more sites)" if len(problems) > 1 else ""
+        raise VerifyError(result.path, problems[0] + more)
+    return Plan(result.path, action, tuple(patches), patched, len(chosen) - patched, len(filtered))
+
+
+def apply(data: bytes, plan: Plan) -> bytes:
+    """The input bytes with the plan's patches written in."""
+    out = bytearray(data)
+    for p in plan.patches:
+        if out[p.file_offset : p.file_offset + len(p.old)] != p.old:
+            raise VerifyError(plan.path, f"bytes at file offset {p.file_offset:#x} changed after they were verified")
+        out[p.file_offset : p.file_offset + len(p.new)] = p.new
+    return bytes(out)
+
+
+def patch_file(
+    path: str,
+    action: Action,
+    *,
+    output: str | None = None,
+    nop: str | None = None,
+    only: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    targets: Sequence[str] = DEFAULT_TARGETS,
+) -> Plan:
+    """Scan, verify, patch and write one file; `output=None` replaces `path` itself.
+
+    Nothing is written unless every chosen site verified. In place, an
+    unchanged file is left untouched, mtime included.
+    """
+    if output is None and os.path.islink(path):
+        raise InputError(path, "is a symbolic link, give --in-place the file it points to")
+    result = scan(path, targets)
+    the_plan = plan(result, action, nop=nop, only=only, exclude=exclude)
+    if output is None and not the_plan.changes:
+        return the_plan
+    mode = os.stat(path).st_mode & 0o7777
+    write_atomic(path if output is None else output, apply(result.data, the_plan), mode)
+    return the_plan
