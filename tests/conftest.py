@@ -1,0 +1,56 @@
+"""Shared helpers: the fixtures, the real toolchain, and ftpatch run as a user runs it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+
+# Object fixture -> (is x86-64, how to link it into the program; see fixtures/README.md).
+OBJECTS = {
+    "x86_64-pie.o": (True, ["-pg"]),
+    "x86_64-nopie.o": (True, ["-pg", "-no-pie"]),
+    "x86_64-fentry.o": (True, ["-pg", "-no-pie"]),
+    "x86_64-fentry-cet.o": (True, ["-pg", "-no-pie"]),
+    "x86_64-fsections.o": (True, ["-pg"]),
+    "x86_64-nop-mcount.o": (True, ["-pg", "-no-pie"]),
+    "i386-nopie.o": (False, ["-m32", "-pg", "-no-pie"]),
+    "i386-pic.o": (False, ["-m32", "-pg"]),
+    "x86_64-nopg.o": (True, []),
+}
+PG_OBJECTS = [name for name in OBJECTS if name != "x86_64-nopg.o"]
+RELOCATED = [name for name in PG_OBJECTS if name != "x86_64-nop-mcount.o"]
+PROGRAM_OUTPUT = "fib      6765\nprimes   1\ngcd      1\nmin      45\nmax      988\nchecksum 3832465409\n"
+TARGETS = ("mcount", "_mcount", "__fentry__")
+
+
+def ftpatch(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI in a process of its own, exactly as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "ftpatch", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def run(*cmd: str | Path, cwd: Path | None = None) -> str:
+    return subprocess.run(list(map(str, cmd)), capture_output=True, text=True, check=True, cwd=cwd).stdout
+
+
+def readelf_relocs(path: Path) -> list[tuple[str, int, str, str]]:
+    """(relocation section, r_offset, type, symbol) for every entry `readelf -rW` prints."""
+    out = []
+    section = ""
+    for line in run("readelf", "-rW", path).splitlines():
+        if m := re.match(r"Relocation section '([^']+)'", line):
+            section = m.group(1)
+        elif m := re.match(r"([0-9a-f]{8,16})\s+[0-9a-f]+\s+(R_\w+)\s*(?:[0-9a-f]+\s+(\S+))?", line):
+            out.append((section, int(m.group(1), 16), m.group(2), m.group(3) or ""))
+    return out
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Path:
+    return tmp_path

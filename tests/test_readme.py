@@ -1,0 +1,103 @@
+"""Every example in README.md is true: the commands run, and the library snippet works."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import FIXTURES, ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, re.S)
+
+
+def shell(tmp: Path) -> dict[str, str]:
+    """A PATH whose `ftpatch` is this checkout, run by the interpreter running the tests."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "ftpatch"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m ftpatch "$@"\n')
+    wrapper.chmod(0o755)
+    (bin_dir / "python").symlink_to(sys.executable)
+    shutil.copytree(FIXTURES, tmp / "fixtures")
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+
+
+def test_setup_command_runs_on_a_shipped_fixture(tmp_path: Path) -> None:
+    first = blocks("sh")[0].strip()
+    install, _, command = first.partition(" && ")
+    assert install == "pip install ."
+    env = shell(tmp_path)
+    proc = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "prog-nop.o").exists()
+
+
+def test_test_command_is_what_ci_runs() -> None:
+    assert blocks("sh")[1].strip() in (ROOT / ".ci" / "run").read_text()
+
+
+def test_usage_lines_run(tmp_path: Path) -> None:
+    env = shell(tmp_path)
+    lines = [line.split("  #")[0].strip() for line in blocks("sh")[2].splitlines() if line.strip()]
+    assert len(lines) >= 8
+    for line in lines:
+        proc = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, (line, proc.stdout, proc.stderr)
+
+
+def test_library_snippet_runs(tmp_path: Path) -> None:
+    env = shell(tmp_path)
+    code = blocks("python")[0]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out.o").read_bytes() != (FIXTURES / "x86_64-pie.o").read_bytes()
+
+
+def test_error_example_is_what_ftpatch_prints(tmp_path: Path) -> None:
+    example = next(line for line in README.splitlines() if line.startswith("ftpatch: error: bad.o"))
+    data = bytearray((FIXTURES / "x86_64-pie.o").read_bytes())
+    data[0x10D : 0x10D + 6] = bytes.fromhex("0f0b90909090")
+    (tmp_path / "bad.o").write_bytes(data)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ftpatch", "nop", "bad.o", "-o", "x.o"],
+        cwd=tmp_path,
+        env=shell(tmp_path),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 3
+    assert proc.stderr.strip() == example
+
+
+def test_json_example_matches(tmp_path: Path) -> None:
+    import json
+
+    example = json.loads(blocks("json")[0])
+    proc = subprocess.run(
+        [sys.executable, "-m", "ftpatch", "scan", "--json", "fixtures/x86_64-pie.o"],
+        cwd=tmp_path,
+        env=shell(tmp_path),
+        capture_output=True,
+        text=True,
+    )
+    real = json.loads(proc.stdout)
+    assert real["files"][0]["sites"][0] == example["files"][0]["sites"][0]
+    assert {k: v for k, v in real["files"][0].items() if k != "sites"} == {
+        k: v for k, v in example["files"][0].items() if k != "sites"
+    }
+
+
+def test_nops_table_matches_ftpatch_nops() -> None:
+    from ftpatch.x86 import NOP_STYLES
+
+    for style in NOP_STYLES.values():
+        row = f"| `{style.name}` | `{style.nop5.hex(' ')}` | `{style.nop6.hex(' ')}` |"
+        assert row in README

@@ -1,0 +1,95 @@
+"""scan finds exactly the sites the toolchain says are there."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import FIXTURES, PG_OBJECTS, RELOCATED, TARGETS, ftpatch, readelf_relocs, run
+
+import ftpatch as lib
+
+
+@pytest.mark.parametrize("name", RELOCATED)
+def test_sites_match_readelf(name: str) -> None:
+    path = FIXTURES / name
+    expected = sorted(
+        (sec.removeprefix(".rela").removeprefix(".rel"), off, sym)
+        for sec, off, _type, sym in readelf_relocs(path)
+        if sym in TARGETS
+    )
+    result = lib.scan(str(path))
+    found = sorted((s.section, s.offset + (1 if s.length == 5 else 2), s.target) for s in result.sites)
+    assert found == expected
+    assert len(found) == 8
+    assert all(s.state is lib.State.CALL for s in result.sites)
+
+
+def test_recorded_sites_match_mcount_loc() -> None:
+    path = FIXTURES / "x86_64-nop-mcount.o"
+    loc = [r for r in readelf_relocs(path) if r[0] == ".rela__mcount_loc"]
+    result = lib.scan(str(path))
+    assert len(result.sites) == len(loc) == 8
+    assert {s.form for s in result.sites} == {lib.Form.RECORDED}
+    assert all(s.state is lib.State.NOP and s.code == bytes.fromhex("0f1f440000") for s in result.sites)
+
+
+@pytest.mark.parametrize("name", PG_OBJECTS)
+def test_functions_are_the_symbols_objdump_names(name: str) -> None:
+    path = FIXTURES / name
+    result = lib.scan(str(path))
+    functions = {s.function for s in result.sites}
+    assert functions == {"next_rand", "gcd", "report", "checksum.constprop.0", "fib", "is_prime", "sort_values", "main"}
+    disasm = run("objdump", "-d", path)
+    for fn in functions:
+        assert f"<{fn}>:" in disasm
+
+
+def test_no_pg_object_has_no_sites() -> None:
+    proc = ftpatch("scan", "--json", FIXTURES / "x86_64-nopg.o")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["files"][0]["sites"] == []
+
+
+def test_json_shape() -> None:
+    proc = ftpatch("scan", "--json", FIXTURES / "x86_64-pie.o", FIXTURES / "i386-nopie.o")
+    assert proc.returncode == 0, proc.stderr
+    files = json.loads(proc.stdout)["files"]
+    assert [(f["machine"], f["type"]) for f in files] == [("x86_64", "ET_REL"), ("i386", "ET_REL")]
+    site = files[0]["sites"][0]
+    assert set(site) == {"function", "section", "offset", "file_offset", "length", "form", "target", "state"}
+    assert site == {
+        "function": "next_rand",
+        "section": ".text",
+        "offset": 4,
+        "file_offset": 0x44,
+        "length": 6,
+        "form": "gotpcrel",
+        "target": "mcount",
+        "state": "call",
+    }
+    data = (FIXTURES / "x86_64-pie.o").read_bytes()
+    for s in files[0]["sites"]:
+        assert data[s["file_offset"] : s["file_offset"] + 6] == bytes.fromhex("ff1500000000")
+    i386 = files[1]["sites"][0]
+    assert (i386["form"], i386["length"]) == ("rel32", 5)
+
+
+def test_table_output() -> None:
+    proc = ftpatch("scan", FIXTURES / "x86_64-fentry-cet.o")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"{FIXTURES / 'x86_64-fentry-cet.o'}: x86_64 ET_REL, 8 sites (8 call, 0 not)"
+    # After endbr64 in a global function, at +0 in a static one.
+    assert any(line.split()[:2] == ["fib", ".text+0xb4"] for line in lines)
+    assert any(line.split()[:2] == ["gcd", ".text+0x30"] for line in lines)
+
+
+def test_symbol_option_adds_a_target(tmp) -> None:
+    src = tmp / "named.c"
+    src.write_text("int f(int x) { return x + 1; }\n")
+    obj = tmp / "named.o"
+    run("gcc", "-O2", "-c", "-pg", "-mfentry", "-mfentry-name=my_hook", "-fno-pie", src, "-o", obj)
+    assert json.loads(ftpatch("scan", "--json", obj).stdout)["files"][0]["sites"] == []
+    sites = json.loads(ftpatch("scan", "--json", "--symbol", "my_hook", obj).stdout)["files"][0]["sites"]
+    assert [(s["function"], s["target"], s["offset"]) for s in sites] == [("f", "my_hook", 0)]
