@@ -7,10 +7,14 @@ Exit codes, mapped from the error hierarchy here and nowhere else:
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
+import time
+from collections.abc import Callable
 from enum import StrEnum
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
@@ -74,7 +78,7 @@ def common(
     _debug = debug
 
 
-Files = Annotated[list[str], typer.Argument(help="ELF files.", show_default=False)]
+Files = Annotated[list[str] | None, typer.Argument(help="ELF files or static archives.", show_default=False)]
 Symbols = Annotated[
     list[str],
     typer.Option("--symbol", metavar="NAME", help="Also treat calls to NAME as profiling calls (gcc -mfentry-name=)."),
@@ -87,6 +91,14 @@ Except = Annotated[
 ]
 Output = Annotated[str | None, typer.Option("-o", "--output", metavar="FILE", help="Write the result here.")]
 InPlace = Annotated[bool, typer.Option("--in-place", help="Replace each input file atomically.")]
+FilesFrom = Annotated[
+    str | None,
+    typer.Option("--files-from", metavar="LIST", help="Also read input paths from LIST, one per line; - is stdin."),
+]
+Jobs = Annotated[int | None, typer.Option("-j", "--jobs", min=1, help="Files processed in parallel [default: CPUs].")]
+FailFast = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first file that fails.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print a JSON report instead of one line per file.")]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No line per file; errors and the summary only.")]
 
 
 def _targets(symbols: list[str]) -> tuple[str, ...]:
@@ -95,39 +107,53 @@ def _targets(symbols: list[str]) -> tuple[str, ...]:
     return (*DEFAULT_TARGETS, *symbols)
 
 
+def _inputs(files: list[str] | None, files_from: str | None) -> list[str]:
+    paths = list(files or [])
+    if files_from is not None:
+        try:
+            text = sys.stdin.read() if files_from == "-" else open(files_from, encoding="utf-8").read()
+        except OSError as e:
+            _usage(f"--files-from {files_from}: {(e.strerror or str(e)).lower()}")
+        paths += [line for line in text.splitlines() if line.strip()]
+    if not paths:
+        _usage("no input files")
+    return paths
+
+
 @app.command()
 def scan(
-    files: Files,
+    files: Files = None,
     as_json: Annotated[
         bool, typer.Option("--json", help='Print JSON: {"files": [{path, machine, type, sites}]}.')
     ] = False,
+    files_from: FilesFrom = None,
     symbol: Symbols = [],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
     """List the profiling call sites of each file: function, section+offset, form, state."""
-    from .scan import State
-    from .scan import scan as scan_file
+    from .scan import State, scan_path
 
     worst = EXIT_OK
     reports = []
-    for path in files:
+    for path in _inputs(files, files_from):
         try:
-            result = scan_file(path, _targets(symbol))
+            results = scan_path(path, _targets(symbol))
         except FtpatchError as e:
             _error(str(e))
             worst = max(worst, _exit_code(e))
             continue
-        reports.append(result)
-        if not as_json:
-            _print_sites(result)
-        for stray in result.strays:
-            _error(f"{path}: {stray}")
-            worst = max(worst, EXIT_VERIFY)
-        for site in result.sites:
-            if site.state is State.OTHER:
-                _error(
-                    f"{path}: {site.where}: holds {site.code.hex(':')}, neither the {site.form.value} call nor a known nop"
-                )
+        for result in results:
+            reports.append(result)
+            if not as_json:
+                _print_sites(result)
+            for stray in result.strays:
+                _error(f"{result.path}: {stray}")
                 worst = max(worst, EXIT_VERIFY)
+            for site in result.sites:
+                if site.state is State.OTHER:
+                    _error(
+                        f"{result.path}: {site.where}: holds {site.code.hex(':')}, neither the {site.form.value} call nor a known nop"
+                    )
+                    worst = max(worst, EXIT_VERIFY)
     if as_json:
         doc = {
             "files": [
@@ -142,8 +168,7 @@ def scan(
 def _print_sites(result: ScanResult) -> None:
     calls = sum(s.state.value == "call" for s in result.sites)
     print(
-        f"{result.path}: {result.machine} {result.type}, {len(result.sites)} sites "
-        f"({calls} call, {len(result.sites) - calls} not)"
+        f"{result.path}: {result.machine} {result.type}, {len(result.sites)} sites ({calls} call, {len(result.sites) - calls} not)"
     )
     if not result.sites:
         return
@@ -165,47 +190,105 @@ def _print_sites(result: ScanResult) -> None:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def _progress(total: int) -> Callable[[], None] | None:
+    """A progress bar on stderr, only for a person watching a long run."""
+    if total <= 8 or not sys.stderr.isatty():
+        return None
+    from rich.progress import Progress
+
+    bar = Progress(transient=True, console=None)
+    task = bar.add_task("patching", total=total)
+    bar.start()
+    advance = partial(bar.advance, task)
+    atexit.register(bar.stop)
+    return advance
+
+
 def _patch(
     action_name: str,
-    files: list[str],
+    files: list[str] | None,
+    files_from: str | None,
     output: str | None,
     in_place: bool,
     nop: str | None,
     only: list[str],
     exclude: list[str],
     symbol: list[str],
+    jobs: int | None,
+    fail_fast: bool,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
+    paths = _inputs(files, files_from)
     if in_place == (output is not None):
         _usage("give exactly one of -o FILE or --in-place")
     if output is not None:
-        if len(files) != 1:
+        if len(paths) != 1:
             _usage("-o takes exactly one input file; use --in-place for several")
-        if os.path.exists(output) and os.path.exists(files[0]) and os.path.samefile(output, files[0]):
+        if os.path.exists(output) and os.path.exists(paths[0]) and os.path.samefile(output, paths[0]):
             _usage(f"-o {output} is the input file; use --in-place to replace it")
-    from .patch import Action, patch_file
+    from . import batch
+    from .patch import Action
 
-    action = Action(action_name)
+    started = time.monotonic()
+    job = batch.Job(Action(action_name), output, nop, tuple(only), tuple(exclude), _targets(symbol))
+    advance = _progress(len(paths))
     worst = EXIT_OK
-    for path in files:
-        try:
-            result = patch_file(
-                path, action, output=output, nop=nop, only=only, exclude=exclude, targets=_targets(symbol)
+    report = []
+    totals = {"files": 0, "patched": 0, "already": 0, "filtered": 0, "failed": 0}
+    for outcome in batch.run(paths, job, jobs or os.cpu_count() or 1, fail_fast):
+        totals["files"] += 1
+        if advance:
+            advance()
+        if outcome.error is not None:
+            code = _exit_code(outcome.error)
+            worst = max(worst, code)
+            totals["failed"] += 1
+            _error(str(outcome.error))
+            report.append(
+                {
+                    "path": outcome.path,
+                    "output": output or outcome.path,
+                    "status": "failed",
+                    "error": str(outcome.error),
+                    "exit_code": code,
+                }
             )
-        except FtpatchError as e:
-            _error(str(e))
-            worst = max(worst, _exit_code(e))
             continue
-        dest = f" -> {output}" if output else ""
+        plan = outcome.plan
+        assert plan is not None
+        for key in ("patched", "already", "filtered"):
+            totals[key] += getattr(plan, key)
+        report.append(
+            {
+                "path": outcome.path,
+                "output": output or outcome.path,
+                "status": "patched" if plan.changes else "unchanged",
+                "patched": plan.patched,
+                "already": plan.already,
+                "filtered": plan.filtered,
+            }
+        )
+        if not (quiet or as_json):
+            dest = f" -> {output}" if output else ""
+            print(
+                f"{outcome.path}{dest}: {plan.patched} patched, {plan.already} already {action_name}, {plan.filtered} filtered out"
+            )
+    if as_json:
+        print(json.dumps({"action": action_name, "files": report, "summary": totals}, indent=2))
+    elif len(paths) > 1 or quiet:
         print(
-            f"{path}{dest}: {result.patched} patched, {result.already} already {action.value}, "
-            f"{result.filtered} filtered out"
+            f"ftpatch {action_name}: {totals['files']} files, {totals['patched']} sites patched, "
+            f"{totals['already']} already {action_name}, {totals['filtered']} filtered out, "
+            f"{totals['failed']} failed, {time.monotonic() - started:.2f} s",
+            file=sys.stderr,
         )
     raise typer.Exit(worst)
 
 
 @app.command()
 def nop(
-    files: Files,
+    files: Files = None,
     output: Output = None,
     in_place: InPlace = False,
     style: Annotated[
@@ -215,22 +298,46 @@ def nop(
     only: Only = [],  # noqa: B006
     exclude: Except = [],  # noqa: B006
     symbol: Symbols = [],  # noqa: B006
+    files_from: FilesFrom = None,
+    jobs: Jobs = None,
+    fail_fast: FailFast = False,
+    as_json: AsJson = False,
+    quiet: Quiet = False,
 ) -> None:
     """Turn every profiling call into a nop, after verifying every site."""
-    _patch("nop", files, output, in_place, style.value if style else None, only, exclude, symbol)
+    _patch(
+        "nop",
+        files,
+        files_from,
+        output,
+        in_place,
+        style.value if style else None,
+        only,
+        exclude,
+        symbol,
+        jobs,
+        fail_fast,
+        as_json,
+        quiet,
+    )
 
 
 @app.command()
 def call(
-    files: Files,
+    files: Files = None,
     output: Output = None,
     in_place: InPlace = False,
     only: Only = [],  # noqa: B006
     exclude: Except = [],  # noqa: B006
     symbol: Symbols = [],  # noqa: B006
+    files_from: FilesFrom = None,
+    jobs: Jobs = None,
+    fail_fast: FailFast = False,
+    as_json: AsJson = False,
+    quiet: Quiet = False,
 ) -> None:
     """Turn nop'd profiling sites back into the exact calls, after verifying every site."""
-    _patch("call", files, output, in_place, None, only, exclude, symbol)
+    _patch("call", files, files_from, output, in_place, None, only, exclude, symbol, jobs, fail_fast, as_json, quiet)
 
 
 @app.command()

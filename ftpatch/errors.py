@@ -16,6 +16,10 @@ class FtpatchError(Exception):
         self.path = path
         self.detail = detail
 
+    def __reduce__(self) -> tuple[type[FtpatchError], tuple[str, str]]:
+        # Rebuilt from its two parts when it crosses a process boundary (ftpatch -j).
+        return type(self), (self.path, self.detail)
+
 
 class InputError(FtpatchError):
     """The input cannot be read or is not an ELF file ftpatch supports."""

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .elf import read_input
 from .errors import InputError, VerifyError
-from .scan import DEFAULT_TARGETS, ScanResult, Site, State, scan, select
+from .scan import DEFAULT_TARGETS, ScanResult, Site, State, scan_data, select
 from .write import write_atomic
 from .x86 import DEFAULT_STYLE, NOP_STYLES, Form, NopStyle, describe, hexbytes
 
@@ -71,10 +72,10 @@ def _site_patches(result: ScanResult, site: Site, action: Action, style: NopStyl
             return [], _mismatch(result, site, [site.call] if site.call else [style.for_length(site.length)])
         patches = []
         if site.state is State.CALL:
-            patches.append(Patch(site.file_offset, site.code, style.for_length(site.length)))
+            patches.append(Patch(result.base + site.file_offset, site.code, style.for_length(site.length)))
         if reloc is not None and reloc.r_info != 0:
             old = reloc.r_info.to_bytes(reloc.info_size, "little")
-            patches.append(Patch(reloc.info_offset, old, bytes(reloc.info_size)))
+            patches.append(Patch(result.base + reloc.info_offset, old, bytes(reloc.info_size)))
         return patches, None
     if site.form is Form.RECORDED:
         return [], (
@@ -85,11 +86,11 @@ def _site_patches(result: ScanResult, site: Site, action: Action, style: NopStyl
         return [], _mismatch(result, site, [site.call])
     patches = []
     if site.state is State.NOP:
-        patches.append(Patch(site.file_offset, site.code, site.call))
+        patches.append(Patch(result.base + site.file_offset, site.code, site.call))
     if reloc.r_info != reloc.call_info:
         patches.append(
             Patch(
-                reloc.info_offset,
+                result.base + reloc.info_offset,
                 reloc.r_info.to_bytes(reloc.info_size, "little"),
                 reloc.call_info.to_bytes(reloc.info_size, "little"),
             )
@@ -130,6 +131,27 @@ def apply(data: bytes, plan: Plan) -> bytes:
     return bytes(out)
 
 
+def plan_all(
+    path: str,
+    results: Sequence[ScanResult],
+    action: Action,
+    *,
+    nop: str | None = None,
+    only: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> Plan:
+    """One plan for a file: its ELF image, or every member of an archive, all verified first."""
+    plans = [plan(r, action, nop=nop, only=only, exclude=exclude) for r in results]
+    return Plan(
+        path,
+        action,
+        tuple(p for pl in plans for p in pl.patches),
+        sum(p.patched for p in plans),
+        sum(p.already for p in plans),
+        sum(p.filtered for p in plans),
+    )
+
+
 def patch_file(
     path: str,
     action: Action,
@@ -140,17 +162,17 @@ def patch_file(
     exclude: Sequence[str] = (),
     targets: Sequence[str] = DEFAULT_TARGETS,
 ) -> Plan:
-    """Scan, verify, patch and write one file; `output=None` replaces `path` itself.
+    """Scan, verify, patch and write one ELF file or static archive; `output=None` replaces `path`.
 
     Nothing is written unless every chosen site verified. In place, an
     unchanged file is left untouched, mtime included.
     """
     if output is None and os.path.islink(path):
         raise InputError(path, "is a symbolic link, give --in-place the file it points to")
-    result = scan(path, targets)
-    the_plan = plan(result, action, nop=nop, only=only, exclude=exclude)
+    data = read_input(path)
+    the_plan = plan_all(path, scan_data(path, data, targets), action, nop=nop, only=only, exclude=exclude)
     if output is None and not the_plan.changes:
         return the_plan
     mode = os.stat(path).st_mode & 0o7777
-    write_atomic(path if output is None else output, apply(result.data, the_plan), mode)
+    write_atomic(path if output is None else output, apply(data, the_plan), mode)
     return the_plan

@@ -29,7 +29,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .elf import ELFCLASS64, SHT_NOBITS, SHT_REL, SHT_RELA, STT_FUNC, ElfFile, Section, Symbol
+from .archive import is_archive, members
+from .elf import ELFCLASS64, SHT_NOBITS, SHT_REL, SHT_RELA, STT_FUNC, ElfFile, Section, Symbol, read_input
 from .errors import InputError, VerifyError
 from .x86 import SITE_LENGTH, Form, call_bytes, disp_offset, is_boundary, known_nop
 
@@ -130,6 +131,7 @@ class ScanResult:
     x86_64: bool
     data: bytes
     sites: tuple[Site, ...]
+    base: int = 0  # where this ELF file starts in the file read: an archive member's offset
     # Zeroed relocations with a call's addend whose bytes are no known nop: `call` refuses them.
     strays: tuple[str, ...] = ()
 
@@ -431,15 +433,29 @@ class _Scanner:
         return symbol.name if symbol else None
 
 
-def scan_elf(elf: ElfFile, targets: Iterable[str] = DEFAULT_TARGETS) -> ScanResult:
+def scan_elf(elf: ElfFile, targets: Iterable[str] = DEFAULT_TARGETS, base: int = 0) -> ScanResult:
     scanner = _Scanner(elf, targets)
     sites = scanner.run()
-    return ScanResult(elf.path, elf.machine, elf.type_name, elf.x86_64, elf.data, sites, tuple(scanner.strays))
+    return ScanResult(elf.path, elf.machine, elf.type_name, elf.x86_64, elf.data, sites, base, tuple(scanner.strays))
 
 
 def scan(path: str, targets: Iterable[str] = DEFAULT_TARGETS) -> ScanResult:
     """Every profiling call site of the ELF file at `path`, in file order."""
     return scan_elf(ElfFile.load(path), targets)
+
+
+def scan_data(path: str, data: bytes, targets: Iterable[str] = DEFAULT_TARGETS) -> list[ScanResult]:
+    """One result for an ELF file, or one per ELF member of a static archive, named `lib.a(member.o)`."""
+    if not is_archive(data):
+        return [scan_elf(ElfFile(path, data), targets)]
+    return [
+        scan_elf(ElfFile(f"{path}({m.name})", data[m.offset : m.offset + m.size]), targets, m.offset)
+        for m in members(path, data)
+    ]
+
+
+def scan_path(path: str, targets: Iterable[str] = DEFAULT_TARGETS) -> list[ScanResult]:
+    return scan_data(path, read_input(path), targets)
 
 
 def select(
@@ -456,4 +472,16 @@ def select(
     return chosen, filtered
 
 
-__all__ = ["DEFAULT_TARGETS", "InputError", "Reloc", "ScanResult", "Site", "State", "scan", "scan_elf", "select"]
+__all__ = [
+    "DEFAULT_TARGETS",
+    "InputError",
+    "Reloc",
+    "ScanResult",
+    "Site",
+    "State",
+    "scan",
+    "scan_data",
+    "scan_elf",
+    "scan_path",
+    "select",
+]

@@ -1,0 +1,70 @@
+"""Many files at once: each file succeeds or fails on its own, in parallel processes.
+
+Workers are forked after lief and capstone are imported, so no worker pays
+their import again; results come back in input order, so the report is the
+same whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+from .errors import FtpatchError
+from .patch import Action, Plan, patch_file
+
+
+@dataclass(frozen=True)
+class Outcome:
+    path: str
+    plan: Plan | None  # None when the file failed
+    error: FtpatchError | None
+
+
+@dataclass(frozen=True)
+class Job:
+    action: Action
+    output: str | None  # None: in place
+    nop: str | None
+    only: tuple[str, ...]
+    exclude: tuple[str, ...]
+    targets: tuple[str, ...]
+
+
+def _one(job: Job, path: str) -> Outcome:
+    try:
+        plan = patch_file(
+            path, job.action, output=job.output, nop=job.nop, only=job.only, exclude=job.exclude, targets=job.targets
+        )
+    except FtpatchError as e:
+        return Outcome(path, None, e)
+    return Outcome(path, plan, None)
+
+
+def _worker_init() -> None:
+    # A terminated worker must unwind, so write_atomic removes its temporary.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def run(paths: Sequence[str], job: Job, workers: int = 1, fail_fast: bool = False) -> Iterator[Outcome]:
+    """Outcomes in input order; with fail_fast, none after the first failure."""
+    if workers <= 1 or len(paths) <= 1:
+        for path in paths:
+            outcome = _one(job, path)
+            yield outcome
+            if fail_fast and outcome.error:
+                return
+        return
+    import capstone  # noqa: F401 - imported once here, inherited by every forked worker
+    import lief  # noqa: F401
+
+    chunk = max(1, min(64, len(paths) // (workers * 8)))
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
+        for outcome in pool.imap(partial(_one, job), paths, chunksize=chunk):
+            yield outcome
+            if fail_fast and outcome.error:
+                pool.terminate()
+                return
