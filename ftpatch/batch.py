@@ -45,8 +45,18 @@ def _one(job: Job, path: str) -> Outcome:
 
 
 def _worker_init() -> None:
-    # A terminated worker must unwind, so write_atomic removes its temporary.
+    # Ctrl-C reaches the whole process group: the parent alone handles it, by terminating the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _one_in_worker(job: Job, path: str) -> Outcome:
+    # Terminated mid-file, a worker must unwind so that write_atomic removes its temporary;
+    # terminated while idle, it just exits.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _one(job, path)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run(paths: Sequence[str], job: Job, workers: int = 1, fail_fast: bool = False) -> Iterator[Outcome]:
@@ -63,8 +73,10 @@ def run(paths: Sequence[str], job: Job, workers: int = 1, fail_fast: bool = Fals
 
     chunk = max(1, min(64, len(paths) // (workers * 8)))
     with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
-        for outcome in pool.imap(partial(_one, job), paths, chunksize=chunk):
+        for outcome in pool.imap(partial(_one_in_worker, job), paths, chunksize=chunk):
             yield outcome
             if fail_fast and outcome.error:
                 pool.terminate()
                 return
+        pool.close()
+        pool.join()

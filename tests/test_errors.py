@@ -167,7 +167,9 @@ def test_worst_exit_code_wins_and_good_files_still_patch(tmp: Path) -> None:
     assert proc.returncode == 3
     errors = [line for line in proc.stderr.splitlines() if line.startswith("ftpatch: error: ")]
     assert len(errors) == 2
-    assert proc.stderr.splitlines()[-1].startswith("ftpatch nop: 3 files, 8 sites patched, 0 already nop, 0 filtered out, 2 failed, ")
+    assert proc.stderr.splitlines()[-1].startswith(
+        "ftpatch nop: 3 files, 8 sites patched, 0 already nop, 0 filtered out, 2 failed, "
+    )
     assert good.read_bytes() != PIE.read_bytes()
     assert bad.read_bytes() == data
 
