@@ -164,6 +164,8 @@ class _Scanner:
         self.target_names = frozenset(targets)
         self.sites: list[Site] = []
         self.strays: list[str] = []
+        self._shift = 32 if elf.elfclass == ELFCLASS64 else 8
+        self._type_mask = (1 << self._shift) - 1
         self._functions: dict[int, tuple[list[int], list[Symbol]]] | None = None
 
     def run(self) -> tuple[Site, ...]:
@@ -210,14 +212,6 @@ class _Scanner:
                 f"relocation section {rel.name} applies to section [{rel.sh_info}], which does not exist, sh_info"
             )
         return self.elf.sections[rel.sh_info]
-
-    @property
-    def _shift(self) -> int:
-        return 32 if self.elf.elfclass == ELFCLASS64 else 8
-
-    @property
-    def _type_mask(self) -> int:
-        return (1 << self._shift) - 1
 
     def _entries(self, rel: Section, targets: dict[int, str]) -> list[_Entry]:
         """Entries against a target symbol, and entries whose r_info is all zero."""
@@ -266,12 +260,7 @@ class _Scanner:
         start = entry.r_offset - disp_offset(form)
         code = self._site_bytes(entry, sec, start, SITE_LENGTH[form])
         call = self._expected_call(entry, form)
-        if code == call:
-            state = State.CALL
-        elif known_nop(code, self.x86_64):
-            state = State.NOP
-        else:
-            state = State.OTHER
+        state = State.CALL if code == call else State.NOP if known_nop(code, self.x86_64) else State.OTHER
         return Site(
             self._function_at(sec, start),
             sec.name,

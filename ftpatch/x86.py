@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 
 
 class Form(StrEnum):
@@ -36,6 +37,7 @@ def disp_offset(form: Form) -> int:
     return len(OPCODES[form])
 
 
+@cache
 def call_bytes(form: Form, disp: int) -> bytes:
     return OPCODES[form] + disp.to_bytes(4, "little", signed=True)
 
