@@ -53,6 +53,19 @@ def test_usage_lines_run(tmp_path: Path) -> None:
         assert proc.returncode == 0, (line, proc.stdout, proc.stderr)
 
 
+def test_pipeline_example_runs_on_copies(tmp_path: Path) -> None:
+    import json
+
+    env = shell(tmp_path)
+    for line in blocks("sh")[3].splitlines():
+        command = line.split("  #")[0].strip()
+        proc = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, (command, proc.stderr)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["summary"]["files"] == 7 and report["summary"]["failed"] == 0
+    assert (tmp_path / "fixtures" / "x86_64-pie.o").read_bytes() != (FIXTURES / "x86_64-pie.o").read_bytes()
+
+
 def test_library_snippet_runs(tmp_path: Path) -> None:
     env = shell(tmp_path)
     code = blocks("python")[0]
