@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .elf import ELFCLASS64, SHT_NOBITS, SHT_REL, SHT_RELA, STT_FUNC, ElfFile, Section, Symbol
+from .elf import ELFCLASS64, ET_REL, SHT_NOBITS, SHT_REL, SHT_RELA, STT_FUNC, ElfFile, Section, Symbol
 from .errors import InputError, VerifyError
 from .x86 import SITE_LENGTH, Form, call_bytes, disp_offset, is_boundary, known_nop
 
@@ -132,6 +132,8 @@ class ScanResult:
     sites: tuple[Site, ...]
     # Zeroed relocations with a call's addend whose bytes are no known nop: `call` refuses them.
     strays: tuple[str, ...] = ()
+    # Why nop'd sites of this (linked, stripped) file cannot be found; `call` refuses it. "" when they can.
+    blind: str = ""
 
 
 @dataclass(frozen=True)
@@ -432,6 +434,11 @@ class _Scanner:
 
 
 def scan_elf(elf: ElfFile, targets: Iterable[str] = DEFAULT_TARGETS) -> ScanResult:
+    if elf.e_type != ET_REL:
+        from .linked import scan_linked
+
+        sites, blind = scan_linked(elf, targets)
+        return ScanResult(elf.path, elf.machine, elf.type_name, elf.x86_64, elf.data, sites, (), blind)
     scanner = _Scanner(elf, targets)
     sites = scanner.run()
     return ScanResult(elf.path, elf.machine, elf.type_name, elf.x86_64, elf.data, sites, tuple(scanner.strays))
