@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +53,7 @@ _GOT_TYPES = {True: {9, 41, 42}, False: {3, 43}}
 _CALL_TYPES = {True: {2, 4, 9, 41, 42}, False: {2, 3, 4, 43}}
 _WINDOW = 16  # instructions decoded from a function's entry
 _PROLOGUE_BYTES = 96
-_ENTRY_TARGETS = ("__fentry__",)
+_ENDBR = (bytes.fromhex("f30f1efa"), bytes.fromhex("f30f1efb"))
 _MCOUNT_TARGETS = ("mcount", "_mcount")
 STRIPPED = (
     "has no __mcount_loc, no relocations and no function symbols, so only live calls can be found and "
@@ -86,6 +86,7 @@ class _Linked:
         ]
         self.blind = ""
         self._got_base: int | None = None
+        self.entry_of: Callable[[int], bool | None] | None = None
 
     # -- addresses ---------------------------------------------------------------------
 
@@ -125,7 +126,7 @@ class _Linked:
                 continue
             for r in rel.iter_relocations():
                 if r["r_info_type"] in (R_GLOB_DAT, R_JUMP_SLOT) and r["r_info_sym"]:
-                    name = symtab.get_symbol(r["r_info_sym"]).name
+                    name = symtab.get_symbol(r["r_info_sym"]).name.split("@")[0]
                     if name in self.names:
                         slots.setdefault(name, {}).setdefault(r["r_info_type"], set()).add(r["r_offset"])
         return slots
@@ -211,7 +212,9 @@ class _Linked:
 
     # -- one site ----------------------------------------------------------------------
 
-    def site_at(self, va: int, targets: list[Target], function: str | None, strict: bool) -> Site | None:
+    def site_at(
+        self, va: int, targets: list[Target], function: str | None, strict: bool, lengths: tuple[int, ...] = (5, 6)
+    ) -> Site | None:
         """The site at `va`: a call to a target, or a known nop of a call's length.
 
         With `strict` (the address came from __mcount_loc or a relocation) a
@@ -225,7 +228,7 @@ class _Linked:
                 raise VerifyError(self.path, f"site {va:#x} is not in an executable section")
             return None
         code6 = self.read(va, 6)
-        options = [(t, f, c) for t in targets for f, c in self.calls(t, va)]
+        options = [(t, f, c) for t in targets for f, c in self.calls(t, va) if SITE_LENGTH[f] in lengths]
         state, chosen = State.OTHER, None
         for t, f, c in options:
             if code6.startswith(c):
@@ -235,10 +238,14 @@ class _Linked:
             for length in (5, 6):
                 if known_nop(code6[:length], self.x86_64):
                     fits = [o for o in options if SITE_LENGTH[o[1]] == length]
-                    if len(fits) > 1 and len({o[2] for o in fits}) > 1:
+                    if len({o[2] for o in fits}) > 1 and self.entry_of is not None:
+                        # -static defines both mcount and __fentry__: the position tells them apart.
+                        entry = self.entry_of(va)
+                        fits = [o for o in fits if entry is None or o[0].entry == entry]
+                    if len({o[2] for o in fits}) > 1:
+                        calls = ", ".join(sorted(f"{o[1].value} to {o[0].name}" for o in fits))
                         raise VerifyError(
-                            self.path,
-                            f"the nop at {sec.where(va - sec.sh_addr)} could have been any of {', '.join(sorted({o[1].value for o in fits}))} calls",
+                            self.path, f"the nop at {sec.where(va - sec.sh_addr)} could have been any of: {calls}"
                         )
                     if fits:
                         state, chosen = State.NOP, fits[0]
@@ -274,7 +281,8 @@ class _Linked:
                             words[r["r_offset"]] = r["r_addend"]
         return sorted(v for v in words.values() if v)
 
-    def _emitted_relocs(self) -> list[int] | None:
+    def _emitted_relocs(self) -> list[tuple[int, str]] | None:
+        """(address of the displacement, symbol) of every call relocation against a target."""
         from elftools.elf.relocation import RelocationSection
 
         found = None
@@ -287,21 +295,25 @@ class _Linked:
             found = found if found is not None else []
             for r in rel.iter_relocations():
                 if r["r_info_type"] in _CALL_TYPES[self.x86_64] and r["r_info_sym"]:
-                    if symtab.get_symbol(r["r_info_sym"]).name in self.names:
-                        found.append(r["r_offset"] - (2 if r["r_info_type"] in _GOT_TYPES[self.x86_64] else 1))
+                    name = symtab.get_symbol(r["r_info_sym"]).name.split("@")[0]
+                    if name in self.names:
+                        found.append((r["r_offset"], name))
         return found
 
     def functions(self) -> dict[int, tuple[str, int]]:
         """Function start -> (name, size), from .symtab, else .dynsym."""
         for table in self._symbol_tables():
             funcs: dict[int, tuple[str, int]] = {}
+            ranks: dict[int, bool] = {}
             for sym in table.iter_symbols():
                 if sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF" and sym["st_value"]:
                     start = int(sym["st_value"])
                     if self.section_at(start) is not None:
-                        old = funcs.get(start)
-                        if old is None or (sym["st_info"]["bind"] == "STB_GLOBAL" and sym.name and old[1] == 0):
+                        # Aliases share an address: keep a global name over a local one (lib_fib.localalias).
+                        rank = sym["st_info"]["bind"] == "STB_LOCAL"
+                        if start not in funcs or rank < ranks[start]:
                             funcs[start] = (sym.name, int(sym["st_size"]))
+                            ranks[start] = rank
             if funcs:
                 return funcs
         return {}
@@ -364,6 +376,10 @@ class _Linked:
                 pos = end + 1  # past the byte capstone could not decode
 
     def run(self) -> tuple[Site, ...]:
+        import bisect
+
+        from .scan import State
+
         targets = self.targets()
         if not targets:
             return ()
@@ -371,8 +387,6 @@ class _Linked:
         names = sorted(funcs)
 
         def function_of(va: int) -> str | None:
-            import bisect
-
             i = bisect.bisect_right(names, va) - 1
             if i >= 0:
                 name, size = funcs[names[i]]
@@ -380,13 +394,35 @@ class _Linked:
                     return name
             return None
 
+        def entry_of(va: int) -> bool | None:
+            """Whether `va` is where a __fentry__ call sits: a function's first instruction, or after endbr."""
+            name = function_of(va)
+            if name is None:
+                return None
+            i = bisect.bisect_right(names, va) - 1
+            return va == names[i] or (va == names[i] + 4 and self.read(names[i], 4) in _ENDBR)
+
+        self.entry_of = entry_of
         sites: list[Site] = []
-        addresses = self._mcount_loc()
-        if addresses is None:
-            addresses = self._emitted_relocs()
-        if addresses is not None:
-            for va in addresses:
+        recorded = self._mcount_loc()
+        emitted = self._emitted_relocs() if recorded is None else None
+        if recorded is not None:
+            for va in recorded:
                 site = self.site_at(va, targets, function_of(va), strict=True)
+                if site is not None:
+                    sites.append(site)
+        elif emitted is not None:
+            by_name = {t.name: t for t in targets}
+            for disp, name in emitted:
+                # ld may relax a GOTPCRELX call to 67 e8 and retype the relocation, so the
+                # opcode is 2 bytes before the displacement, or 1 byte for a plain e8.
+                named = by_name.get(name)
+                if named is None:
+                    continue
+                same = [t for t in targets if t is named or (t.address is not None and t.address == named.address)]
+                site = self.site_at(disp - 2, same, function_of(disp - 2), strict=False, lengths=(6,))
+                if site is None or site.state is State.OTHER:
+                    site = self.site_at(disp - 1, same, function_of(disp - 1), strict=True, lengths=(5,))
                 if site is not None:
                     sites.append(site)
         elif funcs:
@@ -398,7 +434,7 @@ class _Linked:
             self.blind = STRIPPED
             for va in self._sweep():
                 site = self.site_at(va, targets, None, strict=False)
-                if site is not None and site.state.value == "call":
+                if site is not None and site.state is State.CALL:
                     sites.append(site)
         unique = {s.file_offset: s for s in sites}
         return tuple(sorted(unique.values(), key=lambda s: s.file_offset))
