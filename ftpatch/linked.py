@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from .elf import ET_DYN, SHF_EXECINSTR, SHT_NOBITS, ElfFile, Section
 from .errors import InputError, VerifyError
-from .x86 import SITE_LENGTH, Form, call_bytes, known_nop
+from .x86 import OPCODES, SITE_LENGTH, Form, call_bytes, known_nop
 
 if TYPE_CHECKING:
     from .scan import Site
@@ -318,7 +318,9 @@ class _Linked:
                 return funcs
         return {}
 
-    def _function_site(self, start: int, name: str, targets: list[Target]) -> Site | None:
+    def _function_site(
+        self, start: int, name: str, targets: list[Target], suspect: frozenset[Form] = frozenset()
+    ) -> Site | None:
         """The site in the prologue of the function at `start`, if it has one.
 
         Calls and nops are accepted at the same places, so that a site `nop`
@@ -339,6 +341,9 @@ class _Linked:
                 site = self.site_at(ins.offset, allowed, name, strict=False)
                 if site is not None and site.state is not State.OTHER:
                     return site
+                raw = code[ins.offset - start : ins.offset - start + ins.size]
+                if any(ins.size == SITE_LENGTH[f] and raw.startswith(OPCODES[f]) for f in suspect):
+                    return self.site_at(ins.offset, allowed, name, strict=True)
             kind = _prologue_kind(ins.text, self.x86_64)
             if kind == "endbr":
                 continue
@@ -426,10 +431,17 @@ class _Linked:
                 if site is not None:
                     sites.append(site)
         elif funcs:
-            for start in names:
-                site = self._function_site(start, funcs[start][0], targets)
-                if site is not None:
-                    sites.append(site)
+            found = {start: self._function_site(start, funcs[start][0], targets) for start in names}
+            sites = [site for site in found.values() if site is not None]
+            # A call of the sites' own form to somewhere else, where a site sits in a function
+            # that has none, is a site something overwrote: report it, so verification fails.
+            suspect = frozenset(s.form for s in sites)
+            live = [t for t in targets if t.name in {s.target for s in sites}]
+            for start, site in found.items():
+                if site is None and suspect:
+                    other = self._function_site(start, funcs[start][0], live, suspect)
+                    if other is not None:
+                        sites.append(other)
         else:
             self.blind = STRIPPED
             for va in self._sweep():
