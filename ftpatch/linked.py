@@ -45,11 +45,9 @@ if TYPE_CHECKING:
     from .scan import Site
 
 SHF_ALLOC = 0x2
-SHT_DYNSYM = 11
 # Dynamic relocation types, the same numbers on x86-64 and i386.
 R_GLOB_DAT, R_JUMP_SLOT, R_RELATIVE = 6, 7, 8
-# Relocation types whose displacement starts 2 bytes into the site (--emit-relocs).
-_GOT_TYPES = {True: {9, 41, 42}, False: {3, 43}}
+# Call relocation types ld --emit-relocs keeps (it may retype a relaxed GOTPCRELX as PC32).
 _CALL_TYPES = {True: {2, 4, 9, 41, 42}, False: {2, 3, 4, 43}}
 _WINDOW = 16  # instructions decoded from a function's entry
 _PROLOGUE_BYTES = 96
@@ -197,18 +195,16 @@ class _Linked:
 
     def calls(self, target: Target, va: int) -> list[tuple[Form, bytes]]:
         """Every call to `target` a site at `va` could hold: its form and exact bytes."""
-        out = []
-        for plt in sorted(target.plt):
-            out.append((Form.REL32, call_bytes(Form.REL32, plt - (va + 5))))
+        wanted: list[tuple[Form, int]] = [(Form.REL32, plt - (va + 5)) for plt in sorted(target.plt)]
         if target.address is not None:
-            out.append((Form.REL32, call_bytes(Form.REL32, target.address - (va + 5))))
-            out.append((Form.ADDR32_REL32, call_bytes(Form.ADDR32_REL32, target.address - (va + 6))))
+            wanted.append((Form.REL32, target.address - (va + 5)))
+            wanted.append((Form.ADDR32_REL32, target.address - (va + 6)))
         for slot in sorted(target.got_slots):
             if self.x86_64:
-                out.append((Form.GOTPCREL, call_bytes(Form.GOTPCREL, slot - (va + 6))))
+                wanted.append((Form.GOTPCREL, slot - (va + 6)))
             elif self._got_base is not None:
-                out.append((Form.GOT_EBX, call_bytes(Form.GOT_EBX, slot - self._got_base)))
-        return [(f, c) for f, c in out if -(2**31) <= int.from_bytes(c[-4:], "little", signed=True) < 2**31]
+                wanted.append((Form.GOT_EBX, slot - self._got_base))
+        return [(form, call_bytes(form, disp)) for form, disp in wanted if -(2**31) <= disp < 2**31]
 
     # -- one site ----------------------------------------------------------------------
 
