@@ -26,7 +26,13 @@ BUILDS = {
     "fentry-pie": (["-pg", "-mfentry"], "gotpcrel"),
     "fentry-nopie": (["-pg", "-mfentry", "-fno-pie", "-no-pie"], "rel32"),
     "fentry-cet": (["-pg", "-mfentry", "-fcf-protection", "-fno-pie", "-no-pie"], "rel32"),
+    "nopie-ibt-plt": (
+        ["-pg", "-fno-pie", "-no-pie", "-fcf-protection", "-Wl,-z,ibtplt"],
+        "rel32",
+    ),  # mcount@plt in .plt.sec
+    "fentry-recorded": (["-pg", "-mfentry", "-mrecord-mcount"], "gotpcrel"),  # __mcount_loc, RELATIVE addends
     "static": (["-pg", "-static"], "addr32-rel32"),
+    "static-emit-relocs": (["-pg", "-static", "-Wl,--emit-relocs"], "addr32-rel32"),  # ld retypes to R_X86_64_PC32
     "i386-pie": (["-m32", "-pg"], "got-ebx"),
     "i386-nopie": (["-m32", "-pg", "-fno-pie", "-no-pie"], "rel32"),
 }
