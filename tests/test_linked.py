@@ -220,3 +220,16 @@ def test_recorded_site_overwritten_with_garbage_fails_verification(tmp: Path) ->
         "actual 0f:0b:90:90:90:90 (ud2; nop; nop; nop; nop)\n"
     )
     assert not (tmp / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "style"),
+    [("i386-pie", s) for s in ("o16", "jmp", "lea")] + [("fentry-cet", s) for s in ("o16", "jmp")],
+)
+def test_every_nop_style_is_found_again(built: dict[str, Path], name: str, style: str, tmp: Path) -> None:
+    nopped, back = tmp / "nopped", tmp / "back"
+    assert ftpatch("nop", "--nop", style, built[name], "-o", nopped).returncode == 0
+    assert sorted(s["function"] for s in scan_json(nopped) if s["state"] == "nop") == sorted(FUNCTIONS)
+    assert execute(nopped, tmp) == PROGRAM_OUTPUT
+    assert ftpatch("call", nopped, "-o", back).returncode == 0
+    assert back.read_bytes() == built[name].read_bytes()
