@@ -1,5 +1,8 @@
 """Scanning: find the profiling call sites of a relocatable object through its relocations.
 
+Linked files (ET_EXEC, ET_DYN) have no relocations at their sites: scan_elf
+hands them to linked.py, which yields the same Site objects with reloc=None.
+
 A site is live when a relocation against a target symbol (mcount, _mcount,
 __fentry__ or a --symbol) still applies to it. ftpatch's own nop leaves the
 relocation in place with its whole r_info zeroed, the only relocation GNU ld

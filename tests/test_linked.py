@@ -233,3 +233,15 @@ def test_every_nop_style_is_found_again(built: dict[str, Path], name: str, style
     assert execute(nopped, tmp) == PROGRAM_OUTPUT
     assert ftpatch("call", nopped, "-o", back).returncode == 0
     assert back.read_bytes() == built[name].read_bytes()
+
+
+def test_program_without_pg_has_no_sites(tmp: Path) -> None:
+    exe = tmp / "prog"
+    run("gcc", "-O2", FIXTURES / "prog.c", "-o", exe)
+    assert scan_json(exe) == []
+    before = exe.stat().st_mtime_ns
+    for action in ("nop", "call"):
+        proc = ftpatch(action, "--in-place", exe)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == f"{exe}: 0 patched, 0 already {action}, 0 filtered out\n"
+    assert exe.stat().st_mtime_ns == before
