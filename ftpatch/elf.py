@@ -26,7 +26,7 @@ SHN_UNDEF, SHN_LORESERVE, SHN_XINDEX = 0, 0xFF00, 0xFFFF
 STT_FUNC = 2
 
 E_TYPE_NAMES = {ET_REL: "ET_REL", ET_EXEC: "ET_EXEC", ET_DYN: "ET_DYN"}
-SUPPORTED_TYPES = (ET_REL,)
+SUPPORTED_TYPES = (ET_REL, ET_EXEC, ET_DYN)
 
 # e_ident through e_shstrndx, after the 16 bytes of e_ident.
 _EHDR = {ELFCLASS32: struct.Struct("<HHIIIIIHHHHHH"), ELFCLASS64: struct.Struct("<HHIQQQIHHHHHH")}

@@ -81,13 +81,14 @@ def _site_patches(result: ScanResult, site: Site, action: Action, style: NopStyl
         return [], (
             f"{site.where}: gcc -mnop-mcount left no relocation to restore a call with, rebuild without -mnop-mcount"
         )
-    assert site.call is not None and reloc is not None
+    assert site.call is not None
     if site.state is State.OTHER:
         return [], _mismatch(result, site, [site.call])
     patches = []
     if site.state is State.NOP:
         patches.append(Patch(result.base + site.file_offset, site.code, site.call))
-    if reloc.r_info != reloc.call_info:
+    # A linked file's site has no relocation: its bytes are all there is.
+    if reloc is not None and reloc.r_info != reloc.call_info:
         patches.append(
             Patch(
                 result.base + reloc.info_offset,
@@ -108,6 +109,8 @@ def plan(
     problems: list[str] = []
     patched = 0
     if action is Action.CALL:
+        if result.blind:
+            raise InputError(result.path, result.blind)
         problems += result.strays
     for site in chosen:
         site_patches, problem = _site_patches(result, site, action, style)

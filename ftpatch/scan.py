@@ -1,5 +1,8 @@
 """Scanning: find the profiling call sites of a relocatable object through its relocations.
 
+Linked files (ET_EXEC, ET_DYN) have no relocations at their sites: scan_elf
+hands them to linked.py, which yields the same Site objects with reloc=None.
+
 A site is live when a relocation against a target symbol (mcount, _mcount,
 __fentry__ or a --symbol) still applies to it. ftpatch's own nop leaves the
 relocation in place with its whole r_info zeroed, the only relocation GNU ld
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .archive import is_archive, members
-from .elf import ELFCLASS64, SHT_NOBITS, SHT_REL, SHT_RELA, STT_FUNC, ElfFile, Section, Symbol, read_input
+from .elf import ELFCLASS64, ET_REL, SHT_NOBITS, SHT_REL, SHT_RELA, STT_FUNC, ElfFile, Section, Symbol, read_input
 from .errors import InputError, VerifyError
 from .x86 import SITE_LENGTH, Form, call_bytes, disp_offset, is_boundary, known_nop
 
@@ -134,6 +137,8 @@ class ScanResult:
     base: int = 0  # where this ELF file starts in the file read: an archive member's offset
     # Zeroed relocations with a call's addend whose bytes are no known nop: `call` refuses them.
     strays: tuple[str, ...] = ()
+    # Why nop'd sites of this (linked, stripped) file cannot be found; `call` refuses it. "" when they can.
+    blind: str = ""
 
 
 @dataclass(frozen=True)
@@ -423,6 +428,11 @@ class _Scanner:
 
 
 def scan_elf(elf: ElfFile, targets: Iterable[str] = DEFAULT_TARGETS, base: int = 0) -> ScanResult:
+    if elf.e_type != ET_REL:
+        from .linked import scan_linked
+
+        sites, blind = scan_linked(elf, targets)
+        return ScanResult(elf.path, elf.machine, elf.type_name, elf.x86_64, elf.data, sites, base, (), blind)
     scanner = _Scanner(elf, targets)
     sites = scanner.run()
     return ScanResult(elf.path, elf.machine, elf.type_name, elf.x86_64, elf.data, sites, base, tuple(scanner.strays))

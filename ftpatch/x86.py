@@ -18,6 +18,7 @@ class Form(StrEnum):
     REL32 = "rel32"  # e8 rel32: call mcount / mcount@plt
     GOTPCREL = "gotpcrel"  # ff 15 disp32: call *mcount@GOTPCREL(%rip)
     GOT_EBX = "got-ebx"  # ff 93 disp32: call *mcount@GOT(%ebx), i386 PIC
+    ADDR32_REL32 = "addr32-rel32"  # 67 e8 rel32: a GOTPCRELX call ld resolved locally (static)
     RECORDED = "mcount-loc"  # no call at all: gcc -mnop-mcount, listed in __mcount_loc
 
 
@@ -25,11 +26,12 @@ OPCODES = {
     Form.REL32: b"\xe8",
     Form.GOTPCREL: b"\xff\x15",
     Form.GOT_EBX: b"\xff\x93",
+    Form.ADDR32_REL32: b"\x67\xe8",
 }
 
 
 # A RECORDED site is the one 5-byte nop gcc put there.
-SITE_LENGTH = {Form.REL32: 5, Form.GOTPCREL: 6, Form.GOT_EBX: 6, Form.RECORDED: 5}
+SITE_LENGTH = {Form.REL32: 5, Form.GOTPCREL: 6, Form.GOT_EBX: 6, Form.ADDR32_REL32: 6, Form.RECORDED: 5}
 
 
 def disp_offset(form: Form) -> int:
