@@ -38,6 +38,7 @@ Examples:
   FTPATCH_CMD='python3 -m ftpatch' python3 bench/bench_recordmcount.py
   python3 bench/bench_recordmcount.py --tool 'rm-w={files}' ...
 """
+
 import argparse
 import json
 import os
@@ -77,7 +78,7 @@ def spawn(argv, out, err):
     spawned straight from this Python process inherits the interpreter's RSS
     high-water mark (vfork/fork + exec), which would hide small figures."""
     if GNU_TIME:
-        argv = [GNU_TIME, "-q", "-f", "%M", "-o", RSS_FILE, "--"] + list(argv)
+        argv = [GNU_TIME, "-q", "-f", "%M", "-o", RSS_FILE, "--", *list(argv)]
     fa = [
         (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
@@ -93,7 +94,7 @@ class Usage:
         self.wall = 0.0
         self.cpu = 0.0
         self.maxrss_kb = 0
-        self.procs = 0      # top-level processes started by this script
+        self.procs = 0  # top-level processes started by this script
         self.failed = 0
 
     def wait(self, pid):
@@ -152,9 +153,15 @@ class Variant:
         self.name, self.tool, self.template, self.jobs = name, tool, list(template), jobs
         joined = " ".join(template)
         if mode is None:
-            mode = ("list" if "{list}" in joined else
-                    "batch" if "{files}" in template else
-                    "each" if "{file}" in joined else None)
+            mode = (
+                "list"
+                if "{list}" in joined
+                else "batch"
+                if "{files}" in template
+                else "each"
+                if "{file}" in joined
+                else None
+            )
             if mode is None:
                 raise SystemExit(f"--tool {name}: template needs {{list}}, {{files}} or {{file}}")
         self.mode = mode
@@ -164,11 +171,10 @@ class Variant:
         t0 = time.perf_counter()
         if self.mode in ("each", "xargs"):
             par = 1 if self.mode == "each" else self.jobs
-            u.wait(spawn(["xargs", "-d", "\n", "-a", listfile, f"-P{par}", "-I{file}"]
-                         + self.template, out, err))
+            u.wait(spawn(["xargs", "-d", "\n", "-a", listfile, f"-P{par}", "-I{file}", *self.template], out, err))
         elif self.mode == "batch":
             i = self.template.index("{files}")
-            pre, post = self.template[:i], self.template[i + 1:]
+            pre, post = self.template[:i], self.template[i + 1 :]
             for chunk in arg_chunks(pre + post, files):
                 u.wait(spawn(pre + chunk + post, out, err))
         else:  # list
@@ -199,11 +205,13 @@ def ftpatch_variants(cmd, each):
     """ftpatch variants, adapted to the options its CLI has; (variants, notes)."""
     base = shlex.split(cmd)
     if not base or shutil.which(base[0]) is None:
-        return None, [f"ftpatch command {cmd!r} not found on PATH: skipping the ftpatch "
-                      "variants, printing recordmcount figures only (set FTPATCH_CMD or "
-                      "--ftpatch-cmd)."]
+        return None, [
+            f"ftpatch command {cmd!r} not found on PATH: skipping the ftpatch "
+            "variants, printing recordmcount figures only (set FTPATCH_CMD or "
+            "--ftpatch-cmd)."
+        ]
     try:
-        h = subprocess.run(base + ["nop", "--help"], capture_output=True, text=True, timeout=60)
+        h = subprocess.run([*base, "nop", "--help"], capture_output=True, text=True, timeout=60)
         helptext = h.stdout + h.stderr
     except (OSError, subprocess.TimeoutExpired) as e:
         return None, [f"`{cmd} nop --help` failed ({e}): skipping ftpatch"]
@@ -219,23 +227,37 @@ def ftpatch_variants(cmd, each):
     if has["--files-from"]:
         if has["-j"]:
             for j in ("2", "1"):
-                v.append(Variant(f"ftpatch-j{j}", "ftpatch", base + [
-                    "nop", "--in-place", "--files-from", "{list}", "-j", j] + json_opt, "list"))
+                v.append(
+                    Variant(
+                        f"ftpatch-j{j}",
+                        "ftpatch",
+                        [*base, "nop", "--in-place", "--files-from", "{list}", "-j", j, *json_opt],
+                        "list",
+                    )
+                )
         else:
             notes.append("ftpatch nop has no -j yet: one run without it")
-            v.append(Variant("ftpatch-list", "ftpatch", base + [
-                "nop", "--in-place", "--files-from", "{list}"] + json_opt, "list"))
+            v.append(
+                Variant(
+                    "ftpatch-list", "ftpatch", [*base, "nop", "--in-place", "--files-from", "{list}", *json_opt], "list"
+                )
+            )
     else:
         notes.append("ftpatch nop has no --files-from yet: all files given as arguments instead")
         if has["-j"]:
             for j in ("2", "1"):
-                v.append(Variant(f"ftpatch-argv-j{j}", "ftpatch", base + [
-                    "nop", "--in-place", "-j", j] + json_opt + ["{files}"], "batch"))
+                v.append(
+                    Variant(
+                        f"ftpatch-argv-j{j}",
+                        "ftpatch",
+                        [*base, "nop", "--in-place", "-j", j, *json_opt, "{files}"],
+                        "batch",
+                    )
+                )
         else:
-            v.append(Variant("ftpatch-argv", "ftpatch",
-                             base + ["nop", "--in-place"] + json_opt + ["{files}"], "batch"))
+            v.append(Variant("ftpatch-argv", "ftpatch", [*base, "nop", "--in-place", *json_opt, "{files}"], "batch"))
     if each:
-        v.append(Variant("ftpatch-each", "ftpatch", base + ["nop", "--in-place", "{file}"], "each"))
+        v.append(Variant("ftpatch-each", "ftpatch", [*base, "nop", "--in-place", "{file}"], "each"))
     return v, notes
 
 
@@ -289,7 +311,7 @@ def summarize_json(path):
         for k, v in doc.items():  # one level of nested totals, e.g. {"summary": {...}}
             if isinstance(v, dict):
                 scal.update({f"{k}.{k2}": v2 for k2, v2 in v.items() if isinstance(v2, sc)})
-        more = [k for k, v in doc.items() if not isinstance(v, (dict,) + sc)]
+        more = [k for k, v in doc.items() if not isinstance(v, (dict, *sc))]
         s = json.dumps(scal)[:200]
         return s + (f" (+ keys {', '.join(more[:6])})" if more else "")
     if isinstance(doc, list):
@@ -316,18 +338,21 @@ def bench_corpus(name, src, variants, repeat, cache, check_all):
     files_n = len(pristine)
     sites_n = sum(len(s[2]) for s in pristine.values())
     bytes_n = sum(os.path.getsize(f) for f in elfsites.walk(src))
-    print(f"    {files_n} files, {bytes_n / 1e6:.1f} MB, {sites_n} mcount/__fentry__ call sites "
-          f"(scanned in {time.perf_counter() - t:.2f} s)")
+    print(
+        f"    {files_n} files, {bytes_n / 1e6:.1f} MB, {sites_n} mcount/__fentry__ call sites "
+        f"(scanned in {time.perf_counter() - t:.2f} s)"
+    )
     files = [os.path.join(work, r) if os.path.isdir(src) else work for r in pristine]
     with open(listfile, "w") as f:
         f.write("".join(p + "\n" for p in files))
 
     fresh_copy(src, work)  # warm the page cache; untimed
-    results = {"corpus": name, "path": src, "files": files_n, "bytes": bytes_n,
-               "sites": sites_n, "variants": {}}
+    results = {"corpus": name, "path": src, "files": files_n, "bytes": bytes_n, "sites": sites_n, "variants": {}}
     cp_walls, cp_rss = [], 0
-    logs = {v.name: (os.path.join(logdir, f"{name}.{v.name}.stdout"),
-                     os.path.join(logdir, f"{name}.{v.name}.stderr")) for v in variants}
+    logs = {
+        v.name: (os.path.join(logdir, f"{name}.{v.name}.stdout"), os.path.join(logdir, f"{name}.{v.name}.stderr"))
+        for v in variants
+    }
     for paths in logs.values():
         for p in paths:
             if os.path.exists(p):
@@ -349,8 +374,7 @@ def bench_corpus(name, src, variants, repeat, cache, check_all):
             runs[v.name].append(u)
             line.append(f"{v.name} {fmt_t(u.wall)}")
             if r == 0 or check_all:
-                checks[v.name] = elfsites.check(
-                    pristine, work if os.path.isdir(src) else os.path.dirname(work))
+                checks[v.name] = elfsites.check(pristine, work if os.path.isdir(src) else os.path.dirname(work))
         print(f"    run {r + 1}/{repeat}: " + ", ".join(line), flush=True)
     for v in variants:
         vr = runs[v.name]
@@ -359,56 +383,76 @@ def bench_corpus(name, src, variants, repeat, cache, check_all):
         with open(err, errors="replace") as f:
             errlines = f.read().splitlines()
         results["variants"][v.name] = {
-            "tool": v.tool, "mode": v.mode, "argv": v.template,
-            "walls": walls, "wall_median": statistics.median(walls),
-            "wall_min": min(walls), "wall_max": max(walls),
+            "tool": v.tool,
+            "mode": v.mode,
+            "argv": v.template,
+            "walls": walls,
+            "wall_median": statistics.median(walls),
+            "wall_min": min(walls),
+            "wall_max": max(walls),
             "cpu_median": statistics.median(u.cpu for u in vr),
             "maxrss_kb": max(u.maxrss_kb for u in vr),
-            "procs": vr[0].procs, "failed_procs": max(u.failed for u in vr),
-            "stderr_lines_total": len(errlines), "stderr_head": errlines[:5],
+            "procs": vr[0].procs,
+            "failed_procs": max(u.failed for u in vr),
+            "stderr_lines_total": len(errlines),
+            "stderr_head": errlines[:5],
             "check": checks.get(v.name),
             "stdout_summary": summarize_json(out) if v.tool != "recordmcount" else "",
         }
-    results["cp"] = {"walls": cp_walls, "wall_median": statistics.median(cp_walls),
-                     "wall_min": min(cp_walls), "maxrss_kb": cp_rss}
+    results["cp"] = {
+        "walls": cp_walls,
+        "wall_median": statistics.median(cp_walls),
+        "wall_min": min(cp_walls),
+        "maxrss_kb": cp_rss,
+    }
     floor = [run_one(["true"], "/dev/null", "/dev/null").wall for _ in range(20)]
     results["spawn_floor"] = {"wall_median": statistics.median(floor), "wall_min": min(floor)}
     if any(v.mode == "each" for v in variants) and files_n > 1:
-        fe = Variant("true-each", "floor", ["true", "{file}"], "each").run(files, listfile,
-                                                                          "/dev/null", "/dev/null")
+        fe = Variant("true-each", "floor", ["true", "{file}"], "each").run(files, listfile, "/dev/null", "/dev/null")
         results["spawn_floor"]["each_wall"] = fe.wall
     return results
 
 
 def print_table(res):
-    print(f"\n--- {res['corpus']}: {res['files']} files, {res['bytes'] / 1e6:.1f} MB, "
-          f"{res['sites']} call sites")
-    hdr = (f"{'variant':<14}{'procs':>6}{'wall med':>11}{'min':>11}{'max':>11}{'cpu':>11}"
-           f"{'peakRSS':>9}{'fail':>5}{'mcount_loc':>11}{'nopped':>9}{'calls':>8}{'files':>7}")
+    print(f"\n--- {res['corpus']}: {res['files']} files, {res['bytes'] / 1e6:.1f} MB, {res['sites']} call sites")
+    hdr = (
+        f"{'variant':<14}{'procs':>6}{'wall med':>11}{'min':>11}{'max':>11}{'cpu':>11}"
+        f"{'peakRSS':>9}{'fail':>5}{'mcount_loc':>11}{'nopped':>9}{'calls':>8}{'files':>7}"
+    )
     print(hdr)
     print("-" * len(hdr))
     cp = res["cp"]
-    print(f"{'cp -r (base)':<14}{1:>6}{fmt_t(cp['wall_median']):>11}{fmt_t(cp['wall_min']):>11}"
-          f"{'':>11}{'':>11}{cp['maxrss_kb'] / 1024:>7.1f}MB")
+    print(
+        f"{'cp -r (base)':<14}{1:>6}{fmt_t(cp['wall_median']):>11}{fmt_t(cp['wall_min']):>11}"
+        f"{'':>11}{'':>11}{cp['maxrss_kb'] / 1024:>7.1f}MB"
+    )
     fl = res["spawn_floor"]
-    print(f"{'true (floor)':<14}{1:>6}{fmt_t(fl['wall_median']):>11}{fmt_t(fl['wall_min']):>11}"
-          "   <- cost of starting one command the way every row is started")
+    print(
+        f"{'true (floor)':<14}{1:>6}{fmt_t(fl['wall_median']):>11}{fmt_t(fl['wall_min']):>11}"
+        "   <- cost of starting one command the way every row is started"
+    )
     if "each_wall" in fl:
-        print(f"{'true-each':<14}{res['files']:>6}{fmt_t(fl['each_wall']):>11}"
-              "              <- xargs -P1 running `true FILE` per file: the per-file spawn floor")
+        print(
+            f"{'true-each':<14}{res['files']:>6}{fmt_t(fl['each_wall']):>11}"
+            "              <- xargs -P1 running `true FILE` per file: the per-file spawn floor"
+        )
     for name, v in res["variants"].items():
         c = v["check"] or {}
-        print(f"{name:<14}{v['procs']:>6}{fmt_t(v['wall_median']):>11}{fmt_t(v['wall_min']):>11}"
-              f"{fmt_t(v['wall_max']):>11}{fmt_t(v['cpu_median']):>11}"
-              f"{v['maxrss_kb'] / 1024:>7.1f}MB{v['failed_procs']:>5}"
-              f"{c.get('mcount_loc_entries', 0):>11}{c.get('changed', 0):>9}"
-              f"{c.get('still_call', 0):>8}{c.get('files_touched', 0):>7}  {c.get('digest', '')}/{c.get('sdigest', '')}")
-    print("  mcount_loc = entries in __mcount_loc after the run; nopped = original call sites "
-          "that are no longer calls;\n  calls = sites still calls; files = files with a changed "
-          "site or a __mcount_loc; cpu = user+sys incl. children;\n  digest = sha1 of every "
-          "byte of the processed tree; sections = sha1 of ELF header, section headers and section\n"
-          "  contents only (ignores padding between sections; recordmcount run over many files in one "
-          "process\n  leaves stale bytes in such padding, so only that digest matches rm-each)")
+        print(
+            f"{name:<14}{v['procs']:>6}{fmt_t(v['wall_median']):>11}{fmt_t(v['wall_min']):>11}"
+            f"{fmt_t(v['wall_max']):>11}{fmt_t(v['cpu_median']):>11}"
+            f"{v['maxrss_kb'] / 1024:>7.1f}MB{v['failed_procs']:>5}"
+            f"{c.get('mcount_loc_entries', 0):>11}{c.get('changed', 0):>9}"
+            f"{c.get('still_call', 0):>8}{c.get('files_touched', 0):>7}  {c.get('digest', '')}/{c.get('sdigest', '')}"
+        )
+    print(
+        "  mcount_loc = entries in __mcount_loc after the run; nopped = original call sites "
+        "that are no longer calls;\n  calls = sites still calls; files = files with a changed "
+        "site or a __mcount_loc; cpu = user+sys incl. children;\n  digest = sha1 of every "
+        "byte of the processed tree; sections = sha1 of ELF header, section headers and section\n"
+        "  contents only (ignores padding between sections; recordmcount run over many files in one "
+        "process\n  leaves stale bytes in such padding, so only that digest matches rm-each)"
+    )
     for name, v in res["variants"].items():
         if v["stderr_lines_total"]:
             print(f"  {name}: {v['stderr_lines_total']} stderr lines, first: {v['stderr_head'][:2]}")
@@ -423,8 +467,7 @@ def print_ratios(res):
     rms = [n for n, v in vs.items() if v["tool"] == "recordmcount"]
     others = [n for n, v in vs.items() if v["tool"] != "recordmcount"]
     cpw = res["cp"]["wall_median"]
-    print("  wall relative to cp -r: " + ", ".join(
-        f"{n} {v['wall_median'] / cpw:.2f}x" for n, v in vs.items()))
+    print("  wall relative to cp -r: " + ", ".join(f"{n} {v['wall_median'] / cpw:.2f}x" for n, v in vs.items()))
     if not others:
         return
     print("  ratios (other tool / recordmcount), wall median | peak RSS:")
@@ -432,26 +475,34 @@ def print_ratios(res):
         parts = []
         for r in rms:
             a, b = vs[o], vs[r]
-            parts.append(f"/{r} {a['wall_median'] / b['wall_median']:.2f}x"
-                         f" | {a['maxrss_kb'] / max(b['maxrss_kb'], 1):.1f}x")
+            parts.append(
+                f"/{r} {a['wall_median'] / b['wall_median']:.2f}x | {a['maxrss_kb'] / max(b['maxrss_kb'], 1):.1f}x"
+            )
         print(f"    {o:<13} " + ";  ".join(parts))
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("\n", 2)[2])
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
     ap.add_argument("--cache", default=CACHE, help="cache dir (default %(default)s)")
-    ap.add_argument("--corpus", action="append",
-                    help="modules, big20k or a path (file or directory); repeatable; default both")
+    ap.add_argument(
+        "--corpus", action="append", help="modules, big20k or a path (file or directory); repeatable; default both"
+    )
     ap.add_argument("--repeat", type=int, help="runs per variant (default 3 for a directory, 20 for a file)")
     ap.add_argument("--recordmcount", help="recordmcount binary (default CACHE/recordmcount)")
-    ap.add_argument("--ftpatch-cmd", default=os.environ.get("FTPATCH_CMD", "ftpatch"),
-                    help="how to call ftpatch (default $FTPATCH_CMD or 'ftpatch')")
+    ap.add_argument(
+        "--ftpatch-cmd",
+        default=os.environ.get("FTPATCH_CMD", "ftpatch"),
+        help="how to call ftpatch (default $FTPATCH_CMD or 'ftpatch')",
+    )
     ap.add_argument("--no-ftpatch", action="store_true", help="only recordmcount")
     ap.add_argument("--ftpatch-each", action="store_true", help="also one ftpatch process per file")
-    ap.add_argument("--tool", action="append", default=[], metavar="NAME=TEMPLATE",
-                    help="extra command line to compare; see above")
+    ap.add_argument(
+        "--tool", action="append", default=[], metavar="NAME=TEMPLATE", help="extra command line to compare; see above"
+    )
     ap.add_argument("--only", help="comma-separated variant names to run")
     ap.add_argument("--check-all", action="store_true", help="check the output of every repetition")
     ap.add_argument("--json-out", help="also write all results to this JSON file")
@@ -483,14 +534,18 @@ def main():
             for line in f:
                 if line.startswith(("kbuild_package", "kernel_package")):
                     print(line.rstrip())
-    print(f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, "
-          f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
-          "(other work on the machine skews every figure)")
+    print(
+        f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}, "
+        f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+        "(other work on the machine skews every figure)"
+    )
     if GNU_TIME:
         print(f"peak RSS: GNU time -f %M around each top-level command ({GNU_TIME})")
     else:
-        print("NOTE: /usr/bin/time (GNU, `apt-get install time`) missing: peak RSS from wait4() "
-              "includes this Python process's RSS, as exec'd children inherit its high-water mark")
+        print(
+            "NOTE: /usr/bin/time (GNU, `apt-get install time`) missing: peak RSS from wait4() "
+            "includes this Python process's RSS, as exec'd children inherit its high-water mark"
+        )
     for v in variants:
         print(f"  {v.name:<13} {v.describe()}")
 
@@ -501,10 +556,8 @@ def main():
             print(f"corpus {c}: {src} missing (run bench/prepare.sh); skipped")
             continue
         repeat = a.repeat or (3 if os.path.isdir(src) else 20)
-        all_res.append(bench_corpus(os.path.basename(c.rstrip("/")), src, variants, repeat,
-                                    a.cache, a.check_all))
-    print("\n================ summary (load average at end: "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})")
+        all_res.append(bench_corpus(os.path.basename(c.rstrip("/")), src, variants, repeat, a.cache, a.check_all))
+    print(f"\n================ summary (load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
     for res in all_res:
         print_table(res)
         print_ratios(res)

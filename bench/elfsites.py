@@ -10,6 +10,7 @@ CLI:
   elfsites.py count PATH...         totals for files / directories (recursive)
   elfsites.py check PRISTINE WORK   compare a processed copy with the pristine one
 """
+
 import hashlib
 import json
 import os
@@ -22,8 +23,8 @@ SHT_RELA, SHT_REL = 4, 9
 SHF_EXECINSTR = 0x4
 
 # relocation type -> (bytes before r_offset where the instruction starts, insn length)
-X86_64_SITE = {2: (1, 5), 4: (1, 5), 9: (2, 6), 41: (2, 6)}   # PC32, PLT32, GOTPCREL, GOTPCRELX
-I386_SITE = {2: (1, 5), 4: (1, 5), 3: (2, 6), 43: (2, 6)}      # PC32, PLT32, GOT32, GOT32X
+X86_64_SITE = {2: (1, 5), 4: (1, 5), 9: (2, 6), 41: (2, 6)}  # PC32, PLT32, GOTPCREL, GOTPCRELX
+I386_SITE = {2: (1, 5), 4: (1, 5), 3: (2, 6), 43: (2, 6)}  # PC32, PLT32, GOT32, GOT32X
 CALL_PREFIXES = (b"\xe8", b"\xff\x15", b"\xff\x93")
 
 
@@ -39,12 +40,12 @@ class Elf:
         self.is64 = data[4] == 2
         if self.is64:
             (self.machine,) = struct.unpack_from("<H", data, 18)
-            shoff, = struct.unpack_from("<Q", data, 0x28)
+            (shoff,) = struct.unpack_from("<Q", data, 0x28)
             shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
             fmt = "<IIQQQQIIQQ"
         else:
             (self.machine,) = struct.unpack_from("<H", data, 18)
-            shoff, = struct.unpack_from("<I", data, 0x20)
+            (shoff,) = struct.unpack_from("<I", data, 0x20)
             shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x2E)
             fmt = "<IIIIIIIIII"
         self.sh = []
@@ -62,7 +63,7 @@ class Elf:
         self.names = []
         for s in self.sh:
             end = data.index(b"\0", stro + s[0])
-            self.names.append(bytes(data[stro + s[0]:end]))
+            self.names.append(bytes(data[stro + s[0] : end]))
 
     def index_of(self, name):
         try:
@@ -84,7 +85,7 @@ def _mcount_symbols(elf, symtab_idx):
     sym = elf.sh[symtab_idx]
     strtab = elf.sh[sym[6]]
     so, ss = strtab[4], strtab[5]
-    strs = data[so:so + ss]
+    strs = data[so : so + ss]
     offsets = set()
     for nm in MCOUNT_NAMES:
         pat = nm + b"\0"
@@ -97,8 +98,8 @@ def _mcount_symbols(elf, symtab_idx):
     entsize = 24 if elf.is64 else 16
     n = sym[5] // entsize
     raw = array("I")
-    raw.frombytes(bytes(data[sym[4]:sym[4] + n * entsize]))
-    names = raw[0::entsize // 4]
+    raw.frombytes(bytes(data[sym[4] : sym[4] + n * entsize]))
+    names = raw[0 :: entsize // 4]
     return {i for i, o in enumerate(names) if o in offsets}
 
 
@@ -128,14 +129,14 @@ def sites(elf):
             a = array("I")
             w = ent // 4
         n = s[5] // ent
-        a.frombytes(bytes(data[s[4]:s[4] + n * ent]))
+        a.frombytes(bytes(data[s[4] : s[4] + n * ent]))
         offs, infos = a[0::w], a[1::w]
         if elf.is64:
-            for off, info in zip(offs, infos):
+            for off, info in zip(offs, infos, strict=False):
                 if (info >> 32) in syms:
                     out.append((tgt, off, info & 0xFFFFFFFF))
         else:
-            for off, info in zip(offs, infos):
+            for off, info in zip(offs, infos, strict=False):
                 if (info >> 8) in syms:
                     out.append((tgt, off, info & 0xFF))
     return out
@@ -158,8 +159,16 @@ def walk(path):
 
 
 def count(paths):
-    tot = {"files": 0, "bytes": 0, "sites": 0, "files_with_sites": 0,
-           "files_with_mcount_loc": 0, "mcount_loc_entries": 0, "by_type": {}, "errors": 0}
+    tot = {
+        "files": 0,
+        "bytes": 0,
+        "sites": 0,
+        "files_with_sites": 0,
+        "files_with_mcount_loc": 0,
+        "mcount_loc_entries": 0,
+        "by_type": {},
+        "errors": 0,
+    }
     for p in paths:
         for f in walk(p):
             data = read(f)
@@ -188,20 +197,26 @@ def pristine_sites(path):
     base = path if os.path.isdir(path) else os.path.dirname(path)
     for f in walk(path):
         elf = Elf(read(f))
-        res[os.path.relpath(f, base)] = (
-            elf.is64, elf.machine,
-            [(elf.names[t], t, o, ty) for t, o, ty in sites(elf)])
+        res[os.path.relpath(f, base)] = (elf.is64, elf.machine, [(elf.names[t], t, o, ty) for t, o, ty in sites(elf)])
     return res
 
 
 def check(pristine, work_base):
     """Compare processed files in work_base with the pristine site table."""
-    tot = {"files": 0, "files_touched": 0, "sites": 0, "still_call": 0, "changed": 0,
-           "unverifiable": 0, "mcount_loc_entries": 0, "files_with_mcount_loc": 0,
-           "unreadable": 0}
-    digest = hashlib.sha1()   # every byte of every file
+    tot = {
+        "files": 0,
+        "files_touched": 0,
+        "sites": 0,
+        "still_call": 0,
+        "changed": 0,
+        "unverifiable": 0,
+        "mcount_loc_entries": 0,
+        "files_with_mcount_loc": 0,
+        "unreadable": 0,
+    }
+    digest = hashlib.sha1()  # every byte of every file
     sdigest = hashlib.sha1()  # ELF header, section headers and section contents only
-    for rel, (is64, machine, ss) in pristine.items():
+    for rel, (_is64, machine, ss) in pristine.items():
         tot["files"] += 1
         f = os.path.join(work_base, rel)
         try:
@@ -211,11 +226,11 @@ def check(pristine, work_base):
         except Exception:  # noqa: BLE001
             tot["unreadable"] += 1
             continue
-        h = hashlib.sha1(data[:64 if elf.is64 else 52])
+        h = hashlib.sha1(data[: 64 if elf.is64 else 52])
         for sh in elf.sh:
             h.update(repr(sh).encode())
             if sh[1] != 8:  # not SHT_NOBITS
-                h.update(data[sh[4]:sh[4] + sh[5]])
+                h.update(data[sh[4] : sh[4] + sh[5]])
         sdigest.update(rel.encode() + b"\0" + h.digest())
         tot["mcount_loc_entries"] += elf.mcount_loc_entries()
         tot["files_with_mcount_loc"] += elf.index_of(b"__mcount_loc") >= 0
@@ -228,7 +243,7 @@ def check(pristine, work_base):
                 tot["unverifiable"] += 1
                 continue
             pos = elf.sh[t][4] + off - back[0]
-            insn = data[pos:pos + back[1]]
+            insn = data[pos : pos + back[1]]
             if insn.startswith(CALL_PREFIXES):
                 tot["still_call"] += 1
             else:
