@@ -20,7 +20,7 @@ ELFCLASS32, ELFCLASS64 = 1, 2
 ELFDATA2LSB = 1
 ET_REL, ET_EXEC, ET_DYN = 1, 2, 3
 EM_386, EM_X86_64 = 3, 62
-SHT_NULL, SHT_SYMTAB, SHT_RELA, SHT_NOBITS, SHT_REL = 0, 2, 4, 8, 9
+SHT_NULL, SHT_SYMTAB, SHT_RELA, SHT_NOBITS, SHT_REL, SHT_SYMTAB_SHNDX = 0, 2, 4, 8, 9, 18
 SHF_EXECINSTR = 0x4
 SHN_UNDEF, SHN_LORESERVE, SHN_XINDEX = 0, 0xFF00, 0xFFFF
 STT_FUNC = 2
@@ -71,25 +71,55 @@ def machine_name(e_machine: int) -> str:
     return f"{names.get(e_machine, 'EM_?')} ({e_machine})"
 
 
-def read_input(path: str) -> bytes:
-    """The whole file, refusing anything that is not a regular file.
+def open_input(path: str) -> int:
+    """A read-only descriptor on the regular file at `path`.
 
-    A FIFO would block, and a device could be endless, so stat comes first.
+    The open is non-blocking and the type is checked on the descriptor itself
+    (fstat), so a FIFO never blocks and a path swapped after a stat is no race.
     """
     try:
-        st = os.stat(path)
-        if stat.S_ISDIR(st.st_mode):
-            raise InputError(path, "is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(path, "not a regular file")
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise InputError(path, "no such file") from None
     except PermissionError:
         raise InputError(path, "permission denied, reading") from None
     except OSError as e:
-        raise InputError(path, f"{e.strerror}, reading") from None
+        raise InputError(path, f"{(e.strerror or str(e)).lower()}, reading") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(path, "is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(path, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_fd(path: str, fd: int) -> bytes:
+    """All the bytes of the open regular file `fd`, from its start."""
+    try:
+        size = os.fstat(fd).st_size
+        chunks = []
+        offset = 0
+        while True:
+            chunk = os.pread(fd, max(size - offset, 1 << 16), offset)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            offset += len(chunk)
+    except OSError as e:
+        raise InputError(path, f"{(e.strerror or str(e)).lower()}, reading") from None
+
+
+def read_input(path: str) -> bytes:
+    """The whole file, refusing anything that is not a regular file."""
+    fd = open_input(path)
+    try:
+        return read_fd(path, fd)
+    finally:
+        os.close(fd)
 
 
 class ElfFile:
@@ -226,20 +256,47 @@ class ElfFile:
 
     @cached_property
     def symbols(self) -> tuple[Symbol, ...]:
-        """The .symtab, in index order, read by lief."""
+        """The .symtab, in index order, read by lief; SHN_XINDEX resolved through .symtab_shndx."""
+        try:
+            raw = self._lief_symbols()
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - lief and its bindings may raise anything on a malformed file
+            raise self.fail(f"lief could not read the symbol table: {type(e).__name__}: {e}") from None
+        entsize = 24 if self.elfclass == ELFCLASS64 else 16
+        if len(raw) != self.symtab.sh_size // entsize:
+            raise self.fail(
+                f"lief read {len(raw)} symbols from {self.symtab.name}, its header says {self.symtab.sh_size // entsize}"
+            )
+        if any(shndx == SHN_XINDEX for *_, shndx in raw):
+            extended = self._symtab_shndx(len(raw))
+            raw = [(*r[:5], extended[r[0]] if r[5] == SHN_XINDEX else r[5]) for r in raw]
+        return tuple(Symbol(*r) for r in raw)
+
+    def _lief_symbols(self) -> list[tuple[int, str, int, int, int, int]]:
+        import warnings
+
         import lief
 
         lief.logging.disable()
-        binary = lief.ELF.parse(self.data)
-        if binary is None:
-            raise self.fail("lief could not parse the file")
-        symbols = tuple(
-            Symbol(i, s.name, s.value, s.size, s.type.value, s.shndx) for i, s in enumerate(binary.symtab_symbols)
-        )
-        entsize = 24 if self.elfclass == ELFCLASS64 else 16
-        if len(symbols) != self.symtab.sh_size // entsize:
+        with warnings.catch_warnings():
+            # lief warns, then hands back a plain int, for a symbol type it has no name for.
+            warnings.simplefilter("ignore")
+            binary = lief.ELF.parse(self.data)
+            if binary is None:
+                raise self.fail("lief could not parse the file")
+            return [(i, s.name, s.value, s.size, int(s.type), s.shndx) for i, s in enumerate(binary.symtab_symbols)]
+
+    def _symtab_shndx(self, count: int) -> list[int]:
+        """The SHT_SYMTAB_SHNDX words for the symbol table: the real section index of each symbol."""
+        found = [s for s in self.sections if s.sh_type == SHT_SYMTAB_SHNDX and s.sh_link == self.symtab.index]
+        if len(found) != 1:
             raise self.fail(
-                f"lief read {len(symbols)} symbols from {self.symtab.name}, "
-                f"its header says {self.symtab.sh_size // entsize}"
+                f"a symbol has st_shndx SHN_XINDEX but there are {len(found)} SHT_SYMTAB_SHNDX sections for {self.symtab.name}"
             )
-        return symbols
+        table = self.section_data(found[0])
+        if len(table) < 4 * count:
+            raise self.fail(
+                f"section {found[0].name} has {len(table) // 4} entries, {self.symtab.name} has {count} symbols"
+            )
+        return list(struct.unpack_from(f"<{count}I", table))
