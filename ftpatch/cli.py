@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -245,11 +246,32 @@ def nops() -> None:
         print(f"{s.name:4} {s.nop5.hex(' '):17} {s.nop6.hex(' '):20} {where}{mark}: {s.about}")
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: unwinds like KeyboardInterrupt, so every temporary file is removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def main() -> None:
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    saved = {s: signal.signal(s, _interrupt) for s in handled}
     try:
         app(prog_name="ftpatch")
+    except Interrupted as e:
+        # Files already done stay done, the one being written is left as it was.
+        _error(f"interrupted by {signal.Signals(e.signum).name}")
+        sys.exit(128 + e.signum)
     except Exception as e:
         if _debug:
             raise
         _error(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")
         sys.exit(EXIT_INTERNAL)
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)

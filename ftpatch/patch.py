@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .elf import ElfFile
 from .errors import InputError, VerifyError
-from .scan import DEFAULT_TARGETS, ScanResult, Site, State, scan, select
-from .write import write_atomic
+from .scan import DEFAULT_TARGETS, ScanResult, Site, State, scan, scan_elf, select
+from .write import locked_input, write_atomic
 from .x86 import DEFAULT_STYLE, NOP_STYLES, Form, NopStyle, describe, hexbytes
 
 
@@ -147,10 +148,15 @@ def patch_file(
     """
     if output is None and os.path.islink(path):
         raise InputError(path, "is a symbolic link, give --in-place the file it points to")
-    result = scan(path, targets)
-    the_plan = plan(result, action, nop=nop, only=only, exclude=exclude)
-    if output is None and not the_plan.changes:
+    if output is not None:
+        result = scan(path, targets)
+        the_plan = plan(result, action, nop=nop, only=only, exclude=exclude)
+        write_atomic(output, apply(result.data, the_plan), os.stat(path).st_mode & 0o7777)
         return the_plan
-    mode = os.stat(path).st_mode & 0o7777
-    write_atomic(path if output is None else output, apply(result.data, the_plan), mode)
+    # In place: the file stays locked from reading to renaming, so concurrent runs take turns.
+    with locked_input(path) as (data, mode):
+        result = scan_elf(ElfFile(path, data), targets)
+        the_plan = plan(result, action, nop=nop, only=only, exclude=exclude)
+        if the_plan.changes:
+            write_atomic(path, apply(result.data, the_plan), mode)
     return the_plan

@@ -254,8 +254,8 @@ def drive(data: bytes, workdir: Path) -> str:
 def _kind(detail: str) -> str:
     """An error's detail without its numbers and names, for counting outcomes by kind."""
     words = []
-    for word in detail.split():
-        if any(ch.isdigit() for ch in word) or len(words) >= 6:
-            break
+    for word in detail.replace(",", " ").split():
+        if any(ch.isdigit() for ch in word) or word[0] in ".([_" or "_" in word or len(words) >= 5:
+            continue
         words.append(word)
-    return " ".join(words)
+    return " ".join(words[:5])
