@@ -72,7 +72,7 @@ def _sections(data: bytearray, type_: int | None = None) -> list[int]:
     lay = _layout(data)
     if lay is None:
         return []
-    cls, shoff, shnum, size = lay
+    _cls, shoff, shnum, size = lay
     out = []
     for i in range(shnum):
         base = shoff + i * size
@@ -140,7 +140,12 @@ def apply_one(data: bytearray, mutation: tuple[int, ...], kind: str) -> None:
             if size >= entsize and offset + size <= n:
                 entry = offset + (a % (size // entsize)) * entsize
                 # st_name, st_shndx, st_value (or st_info) get interesting values.
-                field = [(0, 4), (6 if data[4] == 2 else 14, 2), (8 if data[4] == 2 else 4, 4), (4 if data[4] == 2 else 12, 1)][b % 4]
+                field = [
+                    (0, 4),
+                    (6 if data[4] == 2 else 14, 2),
+                    (8 if data[4] == 2 else 4, 4),
+                    (4 if data[4] == 2 else 12, 1),
+                ][b % 4]
                 _put(data, entry + field[0], field[1], _interesting(c, field[1], n, c))
 
 
