@@ -209,6 +209,7 @@ class ElfFile:
             )
         # With 65,280 sections or more, the real count and string table index live in section 0.
         zero = shdr.unpack_from(data, e_shoff)
+        self.extended_numbering = e_shnum == 0
         shnum = e_shnum or zero[5]
         shstrndx = zero[6] if e_shstrndx == SHN_XINDEX else e_shstrndx
         if e_shoff + shnum * shdr.size > len(data):
@@ -274,6 +275,9 @@ class ElfFile:
         return tuple(Symbol(*r) for r in raw)
 
     def _lief_symbols(self) -> list[tuple[int, str, int, int, int, int]]:
+        if self.extended_numbering:
+            # lief 0.16 reads no symbols at all when e_shnum is 0 (65,280 sections or more).
+            return self._read_symbols()
         import warnings
 
         import lief
@@ -286,6 +290,28 @@ class ElfFile:
             if binary is None:
                 raise self.fail("lief could not parse the file")
             return [(i, s.name, s.value, s.size, int(s.type), s.shndx) for i, s in enumerate(binary.symtab_symbols)]
+
+    def _read_symbols(self) -> list[tuple[int, str, int, int, int, int]]:
+        """The .symtab decoded here, for what lief cannot read: (index, name, value, size, type, shndx)."""
+        symtab = self.symtab
+        if not 0 < symtab.sh_link < len(self.sections):
+            raise self.fail(
+                f"symbol table {symtab.name} links to section [{symtab.sh_link}], which does not exist, sh_link"
+            )
+        strtab = bytes(self.section_data(self.sections[symtab.sh_link]))
+        is64 = self.elfclass == ELFCLASS64
+        layout = struct.Struct("<IBBHQQ" if is64 else "<IIIBBH")
+        table = self.section_data(symtab)
+        out = []
+        for i, fields in enumerate(layout.iter_unpack(table[: len(table) - len(table) % layout.size])):
+            if is64:
+                st_name, st_info, _other, st_shndx, st_value, st_size = fields
+            else:
+                st_name, st_value, st_size, st_info, _other, st_shndx = fields
+            end = strtab.find(b"\0", st_name)
+            name = strtab[st_name:end].decode("utf-8", "backslashreplace") if end >= 0 else ""
+            out.append((i, name, st_value, st_size, st_info & 0xF, st_shndx))
+        return out
 
     def _symtab_shndx(self, count: int) -> list[int]:
         """The SHT_SYMTAB_SHNDX words for the symbol table: the real section index of each symbol."""
