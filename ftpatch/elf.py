@@ -122,6 +122,11 @@ def read_input(path: str) -> bytes:
         os.close(fd)
 
 
+def _text(name: str | bytes) -> str:
+    """A name as text: lief hands back bytes for a name that is not UTF-8."""
+    return name.decode("utf-8", "backslashreplace") if isinstance(name, bytes) else name
+
+
 class ElfFile:
     """A checked x86 ELF file held in memory, with its section headers decoded."""
 
@@ -289,7 +294,9 @@ class ElfFile:
             binary = lief.ELF.parse(self.data)
             if binary is None:
                 raise self.fail("lief could not parse the file")
-            return [(i, s.name, s.value, s.size, int(s.type), s.shndx) for i, s in enumerate(binary.symtab_symbols)]
+            return [
+                (i, _text(s.name), s.value, s.size, int(s.type), s.shndx) for i, s in enumerate(binary.symtab_symbols)
+            ]
 
     def _read_symbols(self) -> list[tuple[int, str, int, int, int, int]]:
         """The .symtab decoded here, for what lief cannot read: (index, name, value, size, type, shndx)."""

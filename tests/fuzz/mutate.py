@@ -36,7 +36,7 @@ _SHDR = {
     2: [("sh_name", 0, 4), ("sh_type", 4, 4), ("sh_flags", 8, 8), ("sh_offset", 24, 8), ("sh_size", 32, 8),
         ("sh_link", 40, 4), ("sh_info", 44, 4), ("sh_entsize", 56, 8)],
 }  # fmt: skip
-KINDS = ("flip", "truncate", "ehdr", "shdr", "overlap", "reloc_offset", "reloc_sym", "byte", "symbol")
+KINDS = ("xindex", "flip", "truncate", "ehdr", "shdr", "overlap", "reloc_offset", "reloc_sym", "byte", "symbol")
 SHT_SYMTAB, SHT_RELA, SHT_REL = 2, 4, 9
 
 
@@ -100,6 +100,17 @@ def apply_one(data: bytearray, mutation: tuple[int, ...], kind: str) -> None:
     elif kind == "ehdr" and n >= 64 and data[4] in _EHDR:
         name, off, size = _EHDR[data[4]][a % len(_EHDR[data[4]])]
         _put(data, off, size, _interesting(b, size, n, c))
+    elif kind == "xindex":
+        # Extended numbering, as for 65,280+ sections: the counts move into section 0.
+        lay = _layout(data)
+        if lay is not None:
+            cls, shoff, shnum, _size = lay
+            fields = dict((f[0], f[1:]) for f in _EHDR[cls])
+            shstrndx = _get(data, *fields["e_shstrndx"])
+            _put(data, shoff + _SHDR[cls][4][1], _SHDR[cls][4][2], shnum)  # sh_size
+            _put(data, shoff + _SHDR[cls][5][1], 4, shstrndx)  # sh_link
+            _put(data, *fields["e_shnum"], 0)
+            _put(data, *fields["e_shstrndx"], 0xFFFF)
     elif kind == "shdr":
         bases = _sections(data)
         if bases:
