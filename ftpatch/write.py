@@ -95,7 +95,8 @@ def write_atomic(target: str, data: bytes, mode: int) -> None:
         raise OutputError(target, f"{(e.strerror or str(e)).lower()}, writing") from None
     finally:
         if temp:
-            with contextlib.suppress(FileNotFoundError):
+            # Best effort: it may never have been created (EROFS, EACCES) or already be renamed.
+            with contextlib.suppress(OSError):
                 os.unlink(temp)
 
 

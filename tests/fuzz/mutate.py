@@ -195,7 +195,7 @@ def time_cap(seconds: float):
         signal.signal(signal.SIGALRM, old)
 
 
-def _cli(argv: list[str]) -> tuple[int, str, str]:
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
     """ftpatch.cli.main in this process, as `ftpatch argv...`: (exit code, stdout, stderr)."""
     from ftpatch import cli
 
@@ -253,12 +253,12 @@ def drive(data: bytes, workdir: Path) -> str:
         check_error(e)
     assert path.read_bytes() == data, "input changed"
     for argv in (["scan", "--json", str(path)], ["nop", str(path), "-o", str(out)]):
-        code, _stdout, stderr = _cli(argv)
+        code, _stdout, stderr = run_cli(argv)
         assert code in (0, 1, 3), (argv, code, stderr)
         for line in stderr.splitlines():
             assert line.startswith(f"ftpatch: error: {path}: ") or line.startswith(f"ftpatch: error: {out}: "), line
     # In place last: on failure the input is unchanged, mtime included; on success it is a whole new file.
-    code, _stdout, stderr = _cli(["nop", "--in-place", str(path)])
+    code, _stdout, stderr = run_cli(["nop", "--in-place", str(path)])
     assert code in (0, 1, 3), (code, stderr)
     if code:
         assert path.read_bytes() == data and path.stat().st_mtime_ns == 1_000_000_000, "failed --in-place changed input"
