@@ -16,7 +16,7 @@ from enum import StrEnum
 from .elf import ElfFile
 from .errors import InputError, VerifyError
 from .scan import DEFAULT_TARGETS, ScanResult, Site, State, scan, scan_elf, select
-from .write import locked_input, write_atomic
+from .write import locked_input, sweep_stale, write_atomic
 from .x86 import DEFAULT_STYLE, NOP_STYLES, Form, NopStyle, describe, hexbytes
 
 
@@ -159,4 +159,6 @@ def patch_file(
         the_plan = plan(result, action, nop=nop, only=only, exclude=exclude)
         if the_plan.changes:
             write_atomic(path, apply(result.data, the_plan), mode)
+        else:
+            sweep_stale(path)  # what a killed run left, even when this one has nothing to write
     return the_plan
