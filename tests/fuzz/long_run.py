@@ -59,6 +59,8 @@ def worker(count: int, seed: int, workdir: Path) -> dict:
             (FAILURES / f"{seed}-{i}.o").write_bytes(data)
         finally:
             faulthandler.cancel_dump_traceback_later()
+        if (i + 1) % 5000 == 0:
+            print(f"worker {seed}: {i + 1}/{count}, {sum(outcomes.values()) - outcomes['ok']} errors", file=sys.stderr)
         shutil.rmtree(run)
     return {"outcomes": outcomes, "failures": failures}
 

@@ -210,6 +210,9 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
         code = e.code
     finally:
         sys.argv = saved
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGHUP):
+        # The CLI turned a signal meant for this process into an exit code: pass it on.
+        raise KeyboardInterrupt(err.getvalue())
     return (code if isinstance(code, int) else 1 if code else 0), out.getvalue(), err.getvalue()
 
 
