@@ -211,3 +211,14 @@ def test_concurrent_nop_and_call_never_corrupt(tmp: Path) -> None:
         assert p.wait() == 0, p.stderr.read() if p.stderr else ""
     assert target.read_bytes() in (old, new)
     assert temporaries(tmp) == []
+
+
+def test_readme_guarantees_name_real_tests() -> None:
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## What ftpatch guarantees") : text.index("## Library")]
+    refs = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", section)
+    assert len(refs) >= 10
+    for path, name in refs:
+        assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M), f"{path}::{name}"
