@@ -22,12 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = sorted((ROOT / "fixtures").glob("*.o"))
 SEEDS = {p.name: p.read_bytes() for p in FIXTURES}
 
-# Offsets of the ELF header fields after e_ident, by class: (name, offset, size).
+# ELF header fields, by class: (name, offset, size). The program header fields are for lief, which reads them.
 _EHDR = {
     1: [("e_type", 16, 2), ("e_machine", 18, 2), ("e_shoff", 32, 4), ("e_shentsize", 46, 2),
-        ("e_shnum", 48, 2), ("e_shstrndx", 50, 2), ("ei_class", 4, 1), ("ei_data", 5, 1)],
+        ("e_shnum", 48, 2), ("e_shstrndx", 50, 2), ("ei_class", 4, 1), ("ei_data", 5, 1),
+        ("e_phoff", 28, 4), ("e_phentsize", 42, 2), ("e_phnum", 44, 2)],
     2: [("e_type", 16, 2), ("e_machine", 18, 2), ("e_shoff", 40, 8), ("e_shentsize", 58, 2),
-        ("e_shnum", 60, 2), ("e_shstrndx", 62, 2), ("ei_class", 4, 1), ("ei_data", 5, 1)],
+        ("e_shnum", 60, 2), ("e_shstrndx", 62, 2), ("ei_class", 4, 1), ("ei_data", 5, 1),
+        ("e_phoff", 32, 8), ("e_phentsize", 54, 2), ("e_phnum", 56, 2)],
 }  # fmt: skip
 # Section header fields: (name, offset, size), by class.
 _SHDR = {
