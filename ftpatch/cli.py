@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -247,7 +248,7 @@ def nops() -> None:
 
 
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived: unwinds like KeyboardInterrupt, so every temporary file is removed."""
+    """SIGINT, SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt, so every temporary file is removed."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
@@ -259,7 +260,10 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 
 def main() -> None:
-    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    # Signal handlers can only be set from the main thread; elsewhere the caller owns the signals.
+    handled = (
+        (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if threading.current_thread() is threading.main_thread() else ()
+    )
     saved = {s: signal.signal(s, _interrupt) for s in handled}
     try:
         app(prog_name="ftpatch")

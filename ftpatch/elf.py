@@ -3,7 +3,9 @@
 The ELF header and the section header table are checked here, field by field,
 before any library sees the file: lief reads a malformed header without
 complaint, and an error has to say which field is wrong. lief then supplies
-the symbol table.
+the symbol table, except with extended section numbering (e_shnum 0), which
+lief 0.16 cannot read: then elf.py decodes .symtab itself. Anything lief
+raises becomes an InputError naming the file.
 """
 
 from __future__ import annotations
