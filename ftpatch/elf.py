@@ -173,7 +173,7 @@ class ElfFile:
         if elfclass not in _EHDR:
             raise self.fail(f"invalid EI_CLASS {elfclass}, e_ident[4]")
         if ei_data != ELFDATA2LSB:
-            raise self.fail(f"not little-endian (EI_DATA {ei_data}), x86 ELF is ELFDATA2LSB")
+            raise self.fail(f"not little-endian (EI_DATA {ei_data}, x86 ELF is ELFDATA2LSB), e_ident[5]")
         ehdr = _EHDR[elfclass]
         if len(data) < 16 + ehdr.size:
             raise self.fail(f"truncated ELF header, file is {len(data)} bytes")
@@ -221,15 +221,15 @@ class ElfFile:
         shstrndx = zero[6] if e_shstrndx == SHN_XINDEX else e_shstrndx
         if e_shoff + shnum * shdr.size > len(data):
             raise self.fail(
-                f"section header table ({shnum} entries at {e_shoff:#x}) is truncated, file is {len(data):#x} bytes"
+                f"section header table ({shnum} entries at {e_shoff:#x}) is truncated, file is {len(data):#x} bytes, e_shnum"
             )
         raw = [shdr.unpack_from(data, e_shoff + i * shdr.size) for i in range(shnum)]
         if not 0 < shstrndx < shnum:
-            raise self.fail(f"e_shstrndx {shstrndx} is out of range ({shnum} sections)")
+            raise self.fail(f"section name table index {shstrndx} is out of range ({shnum} sections), e_shstrndx")
         for i, (_, sh_type, _, _, sh_offset, sh_size, *_rest) in enumerate(raw):
             if sh_type not in (SHT_NOBITS, SHT_NULL) and sh_offset + sh_size > len(data):
                 raise self.fail(
-                    f"section [{i}] (offset {sh_offset:#x}, size {sh_size:#x}) extends past the end of the file ({len(data):#x} bytes)"
+                    f"section [{i}] (offset {sh_offset:#x}, size {sh_size:#x}) extends past the end of the file ({len(data):#x} bytes), sh_size"
                 )
         _, _, _, _, str_off, str_size, *_ = raw[shstrndx]
         strtab = data[str_off : str_off + str_size]
