@@ -2,7 +2,9 @@
 
 Exit codes, mapped from the error hierarchy here and nowhere else:
 0 success (nothing to do included), 1 bad input or output, 2 usage,
-3 verification failed, 70 internal error (a bug: please report it).
+3 verification failed, 70 internal error (a bug: please report it),
+128+N interrupted by signal N (SIGINT, SIGTERM, SIGHUP), with every
+temporary file removed.
 """
 
 from __future__ import annotations
