@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from . import __version__
-from .errors import FtpatchError, VerifyError
+from .errors import FtpatchError, VerifyError, printable
 
 if TYPE_CHECKING:
     from .scan import ScanResult
@@ -54,7 +54,7 @@ def _exit_code(error: FtpatchError) -> int:
 
 
 def _error(message: str) -> None:
-    print(f"ftpatch: error: {message}", file=sys.stderr)
+    print(f"ftpatch: error: {printable(message)}", file=sys.stderr)
 
 
 def _usage(message: str) -> NoReturn:
@@ -166,7 +166,7 @@ def _print_sites(result: ScanResult) -> None:
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        print(printable("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()))
 
 
 def _patch(

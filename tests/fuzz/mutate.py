@@ -273,10 +273,14 @@ def drive(data: bytes, workdir: Path) -> str:
 
 
 def _kind(detail: str) -> str:
-    """An error's detail without its numbers and names, for counting outcomes by kind."""
+    """An error's detail without its numbers, names and bytes, for counting outcomes by kind."""
+    if "): " in detail:  # "fib (.text+0xcd): expected ...": drop the site
+        detail = detail.split("): ", 1)[1]
     words = []
     for word in detail.replace(",", " ").split():
-        if any(ch.isdigit() for ch in word) or word[0] in ".([_" or "_" in word or len(words) >= 5:
+        if word.startswith("("):
+            break
+        if any(ch.isdigit() for ch in word) or word[0] in ".[_\\" or "_" in word or ":" in word or len(words) >= 5:
             continue
         words.append(word)
     return " ".join(words[:5])
