@@ -2,7 +2,9 @@
 
 Exit codes, mapped from the error hierarchy here and nowhere else:
 0 success (nothing to do included), 1 bad input or output, 2 usage,
-3 verification failed, 70 internal error (a bug: please report it).
+3 verification failed, 70 internal error (a bug: please report it),
+128+N interrupted by signal N (SIGINT, SIGTERM, SIGHUP), with every
+temporary file removed.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from enum import StrEnum
@@ -20,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from . import __version__
-from .errors import FtpatchError, VerifyError
+from .errors import FtpatchError, VerifyError, printable
 
 if TYPE_CHECKING:
     from .scan import ScanResult
@@ -54,7 +58,7 @@ def _exit_code(error: FtpatchError) -> int:
 
 
 def _error(message: str) -> None:
-    print(f"ftpatch: error: {message}", file=sys.stderr)
+    print(f"ftpatch: error: {printable(message)}", file=sys.stderr)
 
 
 def _usage(message: str) -> NoReturn:
@@ -187,7 +191,7 @@ def _print_sites(result: ScanResult) -> None:
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        print(printable("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()))
 
 
 def _progress(total: int) -> Callable[[], None] | None:
@@ -352,11 +356,35 @@ def nops() -> None:
         print(f"{s.name:4} {s.nop5.hex(' '):17} {s.nop6.hex(' '):20} {where}{mark}: {s.about}")
 
 
+class Interrupted(BaseException):
+    """SIGINT, SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt, so every temporary file is removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def main() -> None:
+    # Signal handlers can only be set from the main thread; elsewhere the caller owns the signals.
+    handled = (
+        (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if threading.current_thread() is threading.main_thread() else ()
+    )
+    saved = {s: signal.signal(s, _interrupt) for s in handled}
     try:
         app(prog_name="ftpatch")
+    except Interrupted as e:
+        # Files already done stay done, the one being written is left as it was.
+        _error(f"interrupted by {signal.Signals(e.signum).name}")
+        sys.exit(128 + e.signum)
     except Exception as e:
         if _debug:
             raise
         _error(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")
         sys.exit(EXIT_INTERNAL)
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)

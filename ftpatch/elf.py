@@ -3,7 +3,9 @@
 The ELF header and the section header table are checked here, field by field,
 before any library sees the file: lief reads a malformed header without
 complaint, and an error has to say which field is wrong. lief then supplies
-the symbol table.
+the symbol table, except with extended section numbering (e_shnum 0), which
+lief 0.16 cannot read: then elf.py decodes .symtab itself. Anything lief
+raises becomes an InputError naming the file.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ ELFCLASS32, ELFCLASS64 = 1, 2
 ELFDATA2LSB = 1
 ET_REL, ET_EXEC, ET_DYN = 1, 2, 3
 EM_386, EM_X86_64 = 3, 62
-SHT_NULL, SHT_SYMTAB, SHT_RELA, SHT_NOBITS, SHT_REL = 0, 2, 4, 8, 9
+SHT_NULL, SHT_SYMTAB, SHT_RELA, SHT_NOBITS, SHT_REL, SHT_SYMTAB_SHNDX = 0, 2, 4, 8, 9, 18
 SHF_EXECINSTR = 0x4
 SHN_UNDEF, SHN_LORESERVE, SHN_XINDEX = 0, 0xFF00, 0xFFFF
 STT_FUNC = 2
@@ -71,25 +73,60 @@ def machine_name(e_machine: int) -> str:
     return f"{names.get(e_machine, 'EM_?')} ({e_machine})"
 
 
-def read_input(path: str) -> bytes:
-    """The whole file, refusing anything that is not a regular file.
+def open_input(path: str) -> int:
+    """A read-only descriptor on the regular file at `path`.
 
-    A FIFO would block, and a device could be endless, so stat comes first.
+    The open is non-blocking and the type is checked on the descriptor itself
+    (fstat), so a FIFO never blocks and a path swapped after a stat is no race.
     """
     try:
-        st = os.stat(path)
-        if stat.S_ISDIR(st.st_mode):
-            raise InputError(path, "is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(path, "not a regular file")
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise InputError(path, "no such file") from None
     except PermissionError:
         raise InputError(path, "permission denied, reading") from None
     except OSError as e:
-        raise InputError(path, f"{e.strerror}, reading") from None
+        raise InputError(path, f"{(e.strerror or str(e)).lower()}, reading") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(path, "is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(path, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_fd(path: str, fd: int) -> bytes:
+    """All the bytes of the open regular file `fd`, from its start."""
+    try:
+        size = os.fstat(fd).st_size
+        chunks = []
+        offset = 0
+        while True:
+            chunk = os.pread(fd, max(size - offset, 1 << 16), offset)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            offset += len(chunk)
+    except OSError as e:
+        raise InputError(path, f"{(e.strerror or str(e)).lower()}, reading") from None
+
+
+def read_input(path: str) -> bytes:
+    """The whole file, refusing anything that is not a regular file."""
+    fd = open_input(path)
+    try:
+        return read_fd(path, fd)
+    finally:
+        os.close(fd)
+
+
+def _text(name: str | bytes) -> str:
+    """A name as text: lief hands back bytes for a name that is not UTF-8."""
+    return name.decode("utf-8", "backslashreplace") if isinstance(name, bytes) else name
 
 
 class ElfFile:
@@ -136,7 +173,7 @@ class ElfFile:
         if elfclass not in _EHDR:
             raise self.fail(f"invalid EI_CLASS {elfclass}, e_ident[4]")
         if ei_data != ELFDATA2LSB:
-            raise self.fail(f"not little-endian (EI_DATA {ei_data}), x86 ELF is ELFDATA2LSB")
+            raise self.fail(f"not little-endian (EI_DATA {ei_data}, x86 ELF is ELFDATA2LSB), e_ident[5]")
         ehdr = _EHDR[elfclass]
         if len(data) < 16 + ehdr.size:
             raise self.fail(f"truncated ELF header, file is {len(data)} bytes")
@@ -179,19 +216,20 @@ class ElfFile:
             )
         # With 65,280 sections or more, the real count and string table index live in section 0.
         zero = shdr.unpack_from(data, e_shoff)
+        self.extended_numbering = e_shnum == 0
         shnum = e_shnum or zero[5]
         shstrndx = zero[6] if e_shstrndx == SHN_XINDEX else e_shstrndx
         if e_shoff + shnum * shdr.size > len(data):
             raise self.fail(
-                f"section header table ({shnum} entries at {e_shoff:#x}) is truncated, file is {len(data):#x} bytes"
+                f"section header table ({shnum} entries at {e_shoff:#x}) is truncated, file is {len(data):#x} bytes, e_shnum"
             )
         raw = [shdr.unpack_from(data, e_shoff + i * shdr.size) for i in range(shnum)]
         if not 0 < shstrndx < shnum:
-            raise self.fail(f"e_shstrndx {shstrndx} is out of range ({shnum} sections)")
+            raise self.fail(f"section name table index {shstrndx} is out of range ({shnum} sections), e_shstrndx")
         for i, (_, sh_type, _, _, sh_offset, sh_size, *_rest) in enumerate(raw):
             if sh_type not in (SHT_NOBITS, SHT_NULL) and sh_offset + sh_size > len(data):
                 raise self.fail(
-                    f"section [{i}] (offset {sh_offset:#x}, size {sh_size:#x}) extends past the end of the file ({len(data):#x} bytes)"
+                    f"section [{i}] (offset {sh_offset:#x}, size {sh_size:#x}) extends past the end of the file ({len(data):#x} bytes), sh_size"
                 )
         _, _, _, _, str_off, str_size, *_ = raw[shstrndx]
         strtab = data[str_off : str_off + str_size]
@@ -226,20 +264,74 @@ class ElfFile:
 
     @cached_property
     def symbols(self) -> tuple[Symbol, ...]:
-        """The .symtab, in index order, read by lief."""
+        """The .symtab, in index order, read by lief; SHN_XINDEX resolved through .symtab_shndx."""
+        try:
+            raw = self._lief_symbols()
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - lief and its bindings may raise anything on a malformed file
+            raise self.fail(f"lief could not read the symbol table: {type(e).__name__}: {e}") from None
+        entsize = 24 if self.elfclass == ELFCLASS64 else 16
+        if len(raw) != self.symtab.sh_size // entsize:
+            raise self.fail(
+                f"lief read {len(raw)} symbols from {self.symtab.name}, its header says {self.symtab.sh_size // entsize}"
+            )
+        if any(shndx == SHN_XINDEX for *_, shndx in raw):
+            extended = self._symtab_shndx(len(raw))
+            raw = [(*r[:5], extended[r[0]] if r[5] == SHN_XINDEX else r[5]) for r in raw]
+        return tuple(Symbol(*r) for r in raw)
+
+    def _lief_symbols(self) -> list[tuple[int, str, int, int, int, int]]:
+        if self.extended_numbering:
+            # lief 0.16 reads no symbols at all when e_shnum is 0 (65,280 sections or more).
+            return self._read_symbols()
+        import warnings
+
         import lief
 
         lief.logging.disable()
-        binary = lief.ELF.parse(self.data)
-        if binary is None:
-            raise self.fail("lief could not parse the file")
-        symbols = tuple(
-            Symbol(i, s.name, s.value, s.size, s.type.value, s.shndx) for i, s in enumerate(binary.symtab_symbols)
-        )
-        entsize = 24 if self.elfclass == ELFCLASS64 else 16
-        if len(symbols) != self.symtab.sh_size // entsize:
+        with warnings.catch_warnings():
+            # lief warns, then hands back a plain int, for a symbol type it has no name for.
+            warnings.simplefilter("ignore")
+            binary = lief.ELF.parse(self.data)
+            if binary is None:
+                raise self.fail("lief could not parse the file")
+            return [
+                (i, _text(s.name), s.value, s.size, int(s.type), s.shndx) for i, s in enumerate(binary.symtab_symbols)
+            ]
+
+    def _read_symbols(self) -> list[tuple[int, str, int, int, int, int]]:
+        """The .symtab decoded here, for what lief cannot read: (index, name, value, size, type, shndx)."""
+        symtab = self.symtab
+        if not 0 < symtab.sh_link < len(self.sections):
             raise self.fail(
-                f"lief read {len(symbols)} symbols from {self.symtab.name}, "
-                f"its header says {self.symtab.sh_size // entsize}"
+                f"symbol table {symtab.name} links to section [{symtab.sh_link}], which does not exist, sh_link"
             )
-        return symbols
+        strtab = bytes(self.section_data(self.sections[symtab.sh_link]))
+        is64 = self.elfclass == ELFCLASS64
+        layout = struct.Struct("<IBBHQQ" if is64 else "<IIIBBH")
+        table = self.section_data(symtab)
+        out = []
+        for i, fields in enumerate(layout.iter_unpack(table[: len(table) - len(table) % layout.size])):
+            if is64:
+                st_name, st_info, _other, st_shndx, st_value, st_size = fields
+            else:
+                st_name, st_value, st_size, st_info, _other, st_shndx = fields
+            end = strtab.find(b"\0", st_name)
+            name = strtab[st_name:end].decode("utf-8", "backslashreplace") if end >= 0 else ""
+            out.append((i, name, st_value, st_size, st_info & 0xF, st_shndx))
+        return out
+
+    def _symtab_shndx(self, count: int) -> list[int]:
+        """The SHT_SYMTAB_SHNDX words for the symbol table: the real section index of each symbol."""
+        found = [s for s in self.sections if s.sh_type == SHT_SYMTAB_SHNDX and s.sh_link == self.symtab.index]
+        if len(found) != 1:
+            raise self.fail(
+                f"a symbol has st_shndx SHN_XINDEX but there are {len(found)} SHT_SYMTAB_SHNDX sections for {self.symtab.name}"
+            )
+        table = self.section_data(found[0])
+        if len(table) < 4 * count:
+            raise self.fail(
+                f"section {found[0].name} has {len(table) // 4} entries, {self.symtab.name} has {count} symbols"
+            )
+        return list(struct.unpack_from(f"<{count}I", table))

@@ -8,10 +8,18 @@ imports nothing from the rest of the package, so any module can use it.
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """`text` on one line: names read from a file may hold newlines and other control characters."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class FtpatchError(Exception):
     """Base of every error ftpatch raises on purpose."""
 
     def __init__(self, path: str, detail: str) -> None:
+        path, detail = printable(path), printable(detail)
         super().__init__(f"{path}: {detail}")
         self.path = path
         self.detail = detail

@@ -16,7 +16,7 @@ from enum import StrEnum
 from .elf import read_input
 from .errors import InputError, VerifyError
 from .scan import DEFAULT_TARGETS, ScanResult, Site, State, scan_data, select
-from .write import write_atomic
+from .write import locked_input, sweep_stale, write_atomic
 from .x86 import DEFAULT_STYLE, NOP_STYLES, Form, NopStyle, describe, hexbytes
 
 
@@ -172,10 +172,16 @@ def patch_file(
     """
     if output is None and os.path.islink(path):
         raise InputError(path, "is a symbolic link, give --in-place the file it points to")
-    data = read_input(path)
-    the_plan = plan_all(path, scan_data(path, data, targets), action, nop=nop, only=only, exclude=exclude)
-    if output is None and not the_plan.changes:
+    if output is not None:
+        data = read_input(path)
+        the_plan = plan_all(path, scan_data(path, data, targets), action, nop=nop, only=only, exclude=exclude)
+        write_atomic(output, apply(data, the_plan), os.stat(path).st_mode & 0o7777)
         return the_plan
-    mode = os.stat(path).st_mode & 0o7777
-    write_atomic(path if output is None else output, apply(data, the_plan), mode)
+    # In place: the file stays locked from reading to renaming, so concurrent runs take turns.
+    with locked_input(path) as (data, mode):
+        the_plan = plan_all(path, scan_data(path, data, targets), action, nop=nop, only=only, exclude=exclude)
+        if the_plan.changes:
+            write_atomic(path, apply(data, the_plan), mode)
+        else:
+            sweep_stale(path)  # what a killed run left, even when this one has nothing to write
     return the_plan

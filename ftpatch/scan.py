@@ -239,13 +239,11 @@ class _Scanner:
 
     def _site_bytes(self, entry: _Entry, sec: Section, start: int, length: int) -> bytes:
         if sec.sh_type == SHT_NOBITS:
-            raise VerifyError(
-                self.elf.path,
+            raise self.elf.fail(
                 f"site {sec.where(start)} is in {sec.name}, which has no file bytes (SHT_NOBITS), relocation {entry.rel.name}[{entry.index}]",
             )
         if start < 0 or start + length > sec.sh_size:
-            raise VerifyError(
-                self.elf.path,
+            raise self.elf.fail(
                 f"site {sec.where(start)} of {length} bytes does not fit in {sec.name} ({sec.sh_size:#x} bytes), relocation {entry.rel.name}[{entry.index}]",
             )
         return bytes(self.elf.data[sec.sh_offset + start : sec.sh_offset + start + length])
