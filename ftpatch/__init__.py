@@ -1,7 +1,7 @@
 """ftpatch: turn mcount/__fentry__ profiling calls in x86 ELF files into nops, and back.
 
 The library never prints and never exits; it returns values or raises a
-FtpatchError. lief and capstone are imported only when a file is read.
+FtpatchError. capstone and pyelftools are imported only when a file needs them.
 """
 
 from .errors import FtpatchError, InputError, OutputError, VerifyError

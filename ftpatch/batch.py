@@ -1,7 +1,7 @@
 """Many files at once: each file succeeds or fails on its own, in parallel processes.
 
-Workers are forked after lief and capstone are imported, so no worker pays
-their import again; results come back in input order, so the report is the
+Workers are forked after capstone and pyelftools' tables are imported, so no
+worker pays their import again; results come back in input order, so the report is the
 same whatever the number of workers.
 """
 
@@ -69,7 +69,7 @@ def run(paths: Sequence[str], job: Job, workers: int = 1, fail_fast: bool = Fals
                 return
         return
     import capstone  # noqa: F401 - imported once here, inherited by every forked worker
-    import lief  # noqa: F401
+    import elftools.elf.elffile  # noqa: F401
 
     chunk = max(1, min(64, len(paths) // (workers * 8)))
     with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init) as pool:

@@ -188,3 +188,40 @@ def test_only_and_except(tmp: Path) -> None:
     back = tmp / "back.o"
     assert "2 patched, 6 already call" in ftpatch("call", out, "-o", back).stdout
     assert back.read_bytes() == (FIXTURES / "x86_64-pie.o").read_bytes()
+
+
+def lief_view(path: Path) -> dict[str, object]:
+    """What an independent ELF loader sees of a file: everything but relocation types and code."""
+    import lief
+
+    lief.logging.disable()
+    binary = lief.ELF.parse(str(path))
+    assert binary is not None
+    return {
+        "header": (binary.header.file_type, binary.header.machine_type, binary.header.entrypoint),
+        "sections": [(s.name, s.type, s.offset, s.size, s.flags, s.link, s.information) for s in binary.sections],
+        "segments": [(s.type, s.file_offset, s.physical_size, s.virtual_address, s.flags) for s in binary.segments],
+        "symbols": [(s.name, s.value, s.size, s.type, s.binding, s.shndx) for s in binary.symtab_symbols],
+        "dynamic": [(d.tag, d.value) for d in binary.dynamic_entries],
+        "dynsyms": [(s.name, s.value, s.size) for s in binary.dynamic_symbols],
+        "notes": [(n.type, bytes(n.description)) for n in binary.notes],
+        "relocations": len(binary.relocations),
+    }
+
+
+@pytest.mark.parametrize("name", PG_OBJECTS)
+def test_lief_sees_the_same_object(tmp: Path, name: str) -> None:
+    nopped = tmp / "nop.o"
+    assert ftpatch("nop", FIXTURES / name, "-o", nopped).returncode == 0
+    assert lief_view(nopped) == lief_view(FIXTURES / name)
+
+
+@pytest.mark.parametrize("flags", [["-pg"], ["-pg", "-mfentry", "-fcf-protection"], ["-pg", "-fno-pie", "-no-pie"]])
+def test_lief_sees_the_same_program(tmp: Path, flags: list[str]) -> None:
+    import subprocess
+
+    exe, nopped = tmp / "prog", tmp / "prog-nop"
+    subprocess.run(["gcc", "-O2", *flags, FIXTURES / "prog.c", "-o", exe], check=True)
+    proc = ftpatch("nop", exe, "-o", nopped)
+    assert proc.returncode == 0 and "8 patched" in proc.stdout, proc.stderr
+    assert lief_view(nopped) == lief_view(exe)

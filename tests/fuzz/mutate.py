@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = sorted((ROOT / "fixtures").glob("*.o"))
 SEEDS = {p.name: p.read_bytes() for p in FIXTURES}
 
-# ELF header fields, by class: (name, offset, size). The program header fields are for lief, which reads them.
+# ELF header fields, by class: (name, offset, size). The program header fields matter to linked files.
 _EHDR = {
     1: [("e_type", 16, 2), ("e_machine", 18, 2), ("e_shoff", 32, 4), ("e_shentsize", 46, 2),
         ("e_shnum", 48, 2), ("e_shstrndx", 50, 2), ("ei_class", 4, 1), ("ei_data", 5, 1),
