@@ -44,19 +44,34 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# Per directory, the stale temporaries found there, by the target they were for. A batch
+# writes thousands of files into one directory: it is listed once per process, not once a file.
+_stale: dict[str, dict[str, list[str]]] = {}
+
+
+def _dead_temporaries(directory: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    try:
+        names = [e.name for e in os.scandir(directory) if _MARK in e.name]
+    except OSError:
+        return found
+    for name in names:
+        prefix, _, rest = name.rpartition(_MARK)
+        pid, _, token = rest.partition("-")
+        if not (name.startswith(".") and pid.isdigit() and len(token) == 8):
+            continue
+        if int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            found.setdefault(prefix + _MARK, []).append(name)
+    return found
+
+
 def sweep_stale(target: str) -> list[str]:
     """Remove the temporaries of `target` left by ftpatch processes that no longer exist."""
     directory = os.path.dirname(os.path.abspath(target))
-    prefix = _temp_prefix(target)
+    if directory not in _stale:
+        _stale[directory] = _dead_temporaries(directory)
     removed = []
-    try:
-        names = [e.name for e in os.scandir(directory) if e.name.startswith(prefix)]
-    except OSError:
-        return removed
-    for name in names:
-        pid, _, token = name[len(prefix) :].partition("-")
-        if not (pid.isdigit() and len(token) == 8) or int(pid) == os.getpid() or _pid_alive(int(pid)):
-            continue
+    for name in _stale[directory].pop(_temp_prefix(target), []):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(directory, name))
             removed.append(name)
