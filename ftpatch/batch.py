@@ -8,6 +8,7 @@ same whatever the number of workers.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from functools import partial
 
 from .errors import FtpatchError
 from .patch import Action, Plan, patch_file
+from .write import sync_directory
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,14 @@ class Job:
 def _one(job: Job, path: str) -> Outcome:
     try:
         plan = patch_file(
-            path, job.action, output=job.output, nop=job.nop, only=job.only, exclude=job.exclude, targets=job.targets
+            path,
+            job.action,
+            output=job.output,
+            nop=job.nop,
+            only=job.only,
+            exclude=job.exclude,
+            targets=job.targets,
+            sync_dir=False,
         )
     except FtpatchError as e:
         return Outcome(path, None, e)
@@ -59,8 +68,7 @@ def _one_in_worker(job: Job, path: str) -> Outcome:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def run(paths: Sequence[str], job: Job, workers: int = 1, fail_fast: bool = False) -> Iterator[Outcome]:
-    """Outcomes in input order; with fail_fast, none after the first failure."""
+def _outcomes(paths: Sequence[str], job: Job, workers: int, fail_fast: bool) -> Iterator[Outcome]:
     if workers <= 1 or len(paths) <= 1:
         for path in paths:
             outcome = _one(job, path)
@@ -80,3 +88,20 @@ def run(paths: Sequence[str], job: Job, workers: int = 1, fail_fast: bool = Fals
                 return
         pool.close()
         pool.join()
+
+
+def run(paths: Sequence[str], job: Job, workers: int = 1, fail_fast: bool = False) -> Iterator[Outcome]:
+    """Outcomes in input order; with fail_fast, none after the first failure.
+
+    Each file is fsynced before it is renamed into place; the directories the
+    renames went to are synced once, at the end, rather than once a file.
+    """
+    written: set[str] = set()
+    try:
+        for outcome in _outcomes(paths, job, workers, fail_fast):
+            if outcome.plan is not None and (outcome.plan.changes or job.output is not None):
+                written.add(os.path.dirname(os.path.abspath(job.output or outcome.path)))
+            yield outcome
+    finally:
+        for directory in sorted(written):
+            sync_directory(directory)

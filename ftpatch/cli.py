@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
@@ -33,7 +34,7 @@ EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_VERIFY, EXIT_INTERNAL = 0, 1, 2, 3, 70
 EXIT_CODES_HELP = (
     "Exit codes: 0 success, including nothing to do; 1 bad input or output (not ELF, unsupported "
     "machine, truncated, unwritable); 2 usage; 3 verification failed (a site holds unexpected "
-    "bytes: nothing was written); 70 internal error."
+    "bytes: nothing was written); 70 internal error; 128+N interrupted by signal N."
 )
 
 app = typer.Typer(
@@ -115,7 +116,7 @@ def _inputs(files: list[str] | None, files_from: str | None) -> list[str]:
     paths = list(files or [])
     if files_from is not None:
         try:
-            text = sys.stdin.read() if files_from == "-" else open(files_from, encoding="utf-8").read()
+            text = sys.stdin.read() if files_from == "-" else Path(files_from).read_text(encoding="utf-8")
         except OSError as e:
             _usage(f"--files-from {files_from}: {(e.strerror or str(e)).lower()}")
         paths += [line for line in text.splitlines() if line.strip()]
@@ -240,44 +241,48 @@ def _patch(
     worst = EXIT_OK
     report = []
     totals = {"files": 0, "patched": 0, "already": 0, "filtered": 0, "failed": 0}
-    for outcome in batch.run(paths, job, jobs or os.cpu_count() or 1, fail_fast):
-        totals["files"] += 1
-        if advance:
-            advance()
-        if outcome.error is not None:
-            code = _exit_code(outcome.error)
-            worst = max(worst, code)
-            totals["failed"] += 1
-            _error(str(outcome.error))
+    try:
+        for outcome in batch.run(paths, job, jobs or os.cpu_count() or 1, fail_fast):
+            totals["files"] += 1
+            if advance:
+                advance()
+            if outcome.error is not None:
+                code = _exit_code(outcome.error)
+                worst = max(worst, code)
+                totals["failed"] += 1
+                _error(str(outcome.error))
+                report.append(
+                    {
+                        "path": outcome.path,
+                        "output": output or outcome.path,
+                        "status": "failed",
+                        "error": str(outcome.error),
+                        "exit_code": code,
+                    }
+                )
+                continue
+            plan = outcome.plan
+            assert plan is not None
+            for key in ("patched", "already", "filtered"):
+                totals[key] += getattr(plan, key)
             report.append(
                 {
                     "path": outcome.path,
                     "output": output or outcome.path,
-                    "status": "failed",
-                    "error": str(outcome.error),
-                    "exit_code": code,
+                    "status": "patched" if plan.changes else "unchanged",
+                    "patched": plan.patched,
+                    "already": plan.already,
+                    "filtered": plan.filtered,
                 }
             )
-            continue
-        plan = outcome.plan
-        assert plan is not None
-        for key in ("patched", "already", "filtered"):
-            totals[key] += getattr(plan, key)
-        report.append(
-            {
-                "path": outcome.path,
-                "output": output or outcome.path,
-                "status": "patched" if plan.changes else "unchanged",
-                "patched": plan.patched,
-                "already": plan.already,
-                "filtered": plan.filtered,
-            }
-        )
-        if not (quiet or as_json):
-            dest = f" -> {output}" if output else ""
-            print(
-                f"{outcome.path}{dest}: {plan.patched} patched, {plan.already} already {action_name}, {plan.filtered} filtered out"
-            )
+            if not (quiet or as_json):
+                dest = f" -> {output}" if output else ""
+                print(
+                    f"{outcome.path}{dest}: {plan.patched} patched, {plan.already} already {action_name}, {plan.filtered} filtered out"
+                )
+    except FtpatchError as e:  # syncing the output directories at the end failed
+        _error(str(e))
+        worst = max(worst, _exit_code(e))
     if as_json:
         print(json.dumps({"action": action_name, "files": report, "summary": totals}, indent=2))
     elif len(paths) > 1 or quiet:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import cached_property
 
 from .errors import InputError
@@ -65,6 +66,50 @@ class Symbol:
     st_size: int
     st_type: int
     st_shndx: int
+
+
+class SymbolTable:
+    """The symbols of one .symtab. Decoding every name costs more than the rest of a
+    scan, so a Symbol, name included, is only built for the index asked for."""
+
+    def __init__(self, rows: list[tuple[int, int, int, int, int]], strtab: bytes) -> None:
+        self._rows = rows  # (st_name, type, st_shndx, st_value, st_size)
+        self._strtab = strtab
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: int) -> Symbol:
+        st_name, st_type, st_shndx, st_value, st_size = self._rows[index]
+        return Symbol(index, self._name(st_name), st_value, st_size, st_type, st_shndx)
+
+    def __iter__(self) -> Iterator[Symbol]:
+        return (self[i] for i in range(len(self._rows)))
+
+    def _name(self, st_name: int) -> str:
+        end = self._strtab.find(b"\0", st_name)
+        return self._strtab[st_name:end].decode("utf-8", "backslashreplace") if end >= 0 else ""
+
+    def named(self, names: Iterable[str]) -> dict[int, str]:
+        """Index -> name of every symbol (index 0 excepted) whose name is one of `names`."""
+        strtab, offsets = self._strtab, {}
+        for name in names:
+            key = name.encode() + b"\0"
+            at = strtab.find(key)
+            while at >= 0:  # a name may also end a longer string that the linker shared
+                offsets[at] = name
+                at = strtab.find(key, at + 1)
+        return {i: offsets[row[0]] for i, row in enumerate(self._rows) if row[0] in offsets and i}
+
+    def functions(self) -> dict[int, list[tuple[int, int, int]]]:
+        """Per section index: (st_value, st_size, symbol index) of its STT_FUNC symbols, sorted."""
+        by_section: dict[int, list[tuple[int, int, int]]] = {}
+        for i, (_, st_type, st_shndx, st_value, st_size) in enumerate(self._rows):
+            if st_type == STT_FUNC and st_shndx:
+                by_section.setdefault(st_shndx, []).append((st_value, st_size, i))
+        for funcs in by_section.values():
+            funcs.sort()
+        return by_section
 
 
 def machine_name(e_machine: int) -> str:
@@ -258,8 +303,8 @@ class ElfFile:
         return found[0]
 
     @cached_property
-    def symbols(self) -> tuple[Symbol, ...]:
-        """The .symtab in index order, with SHN_XINDEX resolved through .symtab_shndx."""
+    def symbols(self) -> SymbolTable:
+        """The .symtab, decoded in bulk, with SHN_XINDEX resolved through .symtab_shndx."""
         symtab = self.symtab
         if not 0 < symtab.sh_link < len(self.sections):
             raise self.fail(
@@ -269,20 +314,15 @@ class ElfFile:
         is64 = self.elfclass == ELFCLASS64
         layout = struct.Struct("<IBBHQQ" if is64 else "<IIIBBH")
         table = self.section_data(symtab)
-        rows = layout.iter_unpack(table[: len(table) - len(table) % layout.size])
-        if not is64:  # Elf32_Sym orders its fields differently; put them in Elf64_Sym's order
-            rows = ((n, info, other, shndx, value, size) for n, value, size, info, other, shndx in rows)
-        find, symbols = strtab.find, []
-        for i, (st_name, st_info, _other, st_shndx, st_value, st_size) in enumerate(rows):
-            end = find(b"\0", st_name)
-            name = strtab[st_name:end].decode("utf-8", "backslashreplace") if end >= 0 else ""
-            symbols.append(Symbol(i, name, st_value, st_size, st_info & 0xF, st_shndx))
-        if any(sym.st_shndx == SHN_XINDEX for sym in symbols):
-            extended = self._symtab_shndx(len(symbols))
-            symbols = [
-                replace(sym, st_shndx=extended[sym.index]) if sym.st_shndx == SHN_XINDEX else sym for sym in symbols
-            ]
-        return tuple(symbols)
+        raw = layout.iter_unpack(table[: len(table) - len(table) % layout.size])
+        if is64:
+            rows = [(n, info & 0xF, shndx, value, size) for n, info, _other, shndx, value, size in raw]
+        else:
+            rows = [(n, info & 0xF, shndx, value, size) for n, value, size, info, _other, shndx in raw]
+        if any(row[2] == SHN_XINDEX for row in rows):
+            extended = self._symtab_shndx(len(rows))
+            rows = [(n, t, extended[i] if x == SHN_XINDEX else x, v, z) for i, (n, t, x, v, z) in enumerate(rows)]
+        return SymbolTable(rows, strtab)
 
     def _symtab_shndx(self, count: int) -> list[int]:
         """The SHT_SYMTAB_SHNDX words for the symbol table: the real section index of each symbol."""

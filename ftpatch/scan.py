@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .archive import is_archive, members
-from .elf import ELFCLASS64, ET_REL, SHT_NOBITS, SHT_REL, SHT_RELA, STT_FUNC, ElfFile, Section, Symbol, read_input
+from .elf import ELFCLASS64, ET_REL, SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Section, Symbol, read_input
 from .errors import InputError, VerifyError
 from .x86 import SITE_LENGTH, Form, call_bytes, disp_offset, is_boundary, known_nop
 
@@ -171,7 +171,7 @@ class _Scanner:
         self.strays: list[str] = []
         self._shift = 32 if elf.elfclass == ELFCLASS64 else 8
         self._type_mask = (1 << self._shift) - 1
-        self._functions: dict[int, tuple[list[int], list[Symbol]]] | None = None
+        self._functions: dict[int, tuple[list[int], list[tuple[int, int, int]]]] | None = None
 
     def run(self) -> tuple[Site, ...]:
         elf = self.elf
@@ -180,7 +180,7 @@ class _Scanner:
         applied = [(rel, sec) for rel, sec in applied if sec.is_exec]
         targets = {}
         if applied:
-            targets = {s.index: s.name for s in elf.symbols if s.name in self.target_names and s.index}
+            targets = elf.symbols.named(self.target_names)
         if targets:
             self._add_relocated(applied, targets)
         self._add_recorded()
@@ -406,18 +406,13 @@ class _Scanner:
 
     def _function_symbol(self, sec: Section, offset: int) -> Symbol | None:
         if self._functions is None:
-            by_section: dict[int, list[Symbol]] = {}
-            for s in self.elf.symbols:
-                if s.st_type == STT_FUNC and s.st_shndx:
-                    by_section.setdefault(s.st_shndx, []).append(s)
-            self._functions = {}
-            for shndx, syms in by_section.items():
-                syms.sort(key=lambda s: s.st_value)
-                self._functions[shndx] = ([s.st_value for s in syms], syms)
-        starts, syms = self._functions.get(sec.index, ([], []))
+            self._functions = {
+                shndx: ([f[0] for f in funcs], funcs) for shndx, funcs in self.elf.symbols.functions().items()
+            }
+        starts, funcs = self._functions.get(sec.index, ([], []))
         i = bisect.bisect_right(starts, offset) - 1
-        if i >= 0 and offset < syms[i].st_value + max(syms[i].st_size, 1):
-            return syms[i]
+        if i >= 0 and offset < funcs[i][0] + max(funcs[i][1], 1):
+            return self.elf.symbols[funcs[i][2]]
         return None
 
     def _function_at(self, sec: Section, offset: int) -> str | None:

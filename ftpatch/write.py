@@ -78,8 +78,23 @@ def sweep_stale(target: str) -> list[str]:
     return removed
 
 
-def write_atomic(target: str, data: bytes, mode: int) -> None:
-    """Replace (or create) `target` with `data` and permission bits `mode`, atomically."""
+def sync_directory(directory: str) -> None:
+    """Make the renames into `directory` durable."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise OutputError(directory, f"{(e.strerror or str(e)).lower()}, syncing the directory") from None
+
+
+def write_atomic(target: str, data: bytes, mode: int, *, sync_dir: bool = True) -> None:
+    """Replace (or create) `target` with `data` and permission bits `mode`, atomically.
+
+    With sync_dir False the caller syncs the directory itself, once for a whole batch.
+    """
     directory = os.path.dirname(os.path.abspath(target))
     sweep_stale(target)
     temp = ""
@@ -101,11 +116,6 @@ def write_atomic(target: str, data: bytes, mode: int) -> None:
             os.close(fd)
         os.replace(temp, target)
         temp = ""
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
     except OSError as e:
         raise OutputError(target, f"{(e.strerror or str(e)).lower()}, writing") from None
     finally:
@@ -113,6 +123,8 @@ def write_atomic(target: str, data: bytes, mode: int) -> None:
             # Best effort: it may never have been created (EROFS, EACCES) or already be renamed.
             with contextlib.suppress(OSError):
                 os.unlink(temp)
+    if sync_dir:
+        sync_directory(directory)
 
 
 @contextlib.contextmanager
