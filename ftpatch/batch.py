@@ -15,15 +15,20 @@ from dataclasses import dataclass
 from functools import partial
 
 from .errors import FtpatchError
-from .patch import Action, Plan, patch_file
+from .patch import Action, patch_file
 from .write import sync_directory
 
 
 @dataclass(frozen=True)
 class Outcome:
+    """What became of one file: its counts, or its error. It carries no patches: it crosses processes."""
+
     path: str
-    plan: Plan | None  # None when the file failed
-    error: FtpatchError | None
+    error: FtpatchError | None = None
+    patched: int = 0
+    already: int = 0
+    filtered: int = 0
+    changed: bool = False  # the file's sites changed
 
 
 @dataclass(frozen=True)
@@ -49,8 +54,8 @@ def _one(job: Job, path: str) -> Outcome:
             sync_dir=False,
         )
     except FtpatchError as e:
-        return Outcome(path, None, e)
-    return Outcome(path, plan, None)
+        return Outcome(path, e)
+    return Outcome(path, None, plan.patched, plan.already, plan.filtered, plan.changes)
 
 
 def _worker_init() -> None:
@@ -99,7 +104,7 @@ def run(paths: Sequence[str], job: Job, workers: int = 1, fail_fast: bool = Fals
     written: set[str] = set()
     try:
         for outcome in _outcomes(paths, job, workers, fail_fast):
-            if outcome.plan is not None and (outcome.plan.changes or job.output is not None):
+            if outcome.error is None and (outcome.changed or job.output is not None):
                 written.add(os.path.dirname(os.path.abspath(job.output or outcome.path)))
             yield outcome
     finally:

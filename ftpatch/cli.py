@@ -261,24 +261,22 @@ def _patch(
                     }
                 )
                 continue
-            plan = outcome.plan
-            assert plan is not None
             for key in ("patched", "already", "filtered"):
-                totals[key] += getattr(plan, key)
+                totals[key] += getattr(outcome, key)
             report.append(
                 {
                     "path": outcome.path,
                     "output": output or outcome.path,
-                    "status": "patched" if plan.changes else "unchanged",
-                    "patched": plan.patched,
-                    "already": plan.already,
-                    "filtered": plan.filtered,
+                    "status": "patched" if outcome.changed else "unchanged",
+                    "patched": outcome.patched,
+                    "already": outcome.already,
+                    "filtered": outcome.filtered,
                 }
             )
             if not (quiet or as_json):
                 dest = f" -> {output}" if output else ""
                 print(
-                    f"{outcome.path}{dest}: {plan.patched} patched, {plan.already} already {action_name}, {plan.filtered} filtered out"
+                    f"{outcome.path}{dest}: {outcome.patched} patched, {outcome.already} already {action_name}, {outcome.filtered} filtered out"
                 )
     except FtpatchError as e:  # syncing the output directories at the end failed
         _error(str(e))
