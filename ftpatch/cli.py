@@ -199,11 +199,13 @@ def _progress(total: int) -> Callable[[], None] | None:
     """A progress bar on stderr, only for a person watching a long run."""
     if total <= 8 or not sys.stderr.isatty():
         return None
+    from rich.console import Console
     from rich.progress import Progress
 
-    bar = Progress(transient=True, console=None)
+    bar = Progress(transient=True, console=Console(stderr=True))
     task = bar.add_task("patching", total=total)
     bar.start()
+    bar.refresh()  # drawn at once, not after the first tick, so even a short run shows it started
     advance = partial(bar.advance, task)
     atexit.register(bar.stop)
     return advance

@@ -176,3 +176,41 @@ def test_make_example(tmp: Path) -> None:
     assert out == PROGRAM_OUTPUT
     graph = subprocess.run(["gprof", "-q", "-b", work / "prog", work / "gmon.out"], capture_output=True, text=True)
     assert "gmon.out file is missing call-graph data" in graph.stderr
+
+
+def test_progress_bar_only_on_a_terminal(tmp: Path) -> None:
+    import os
+    import pty
+
+    paths = tree(tmp, copies=2)
+    for p in paths:  # many sites' worth of work, so the bar is drawn at least once
+        p.write_bytes((FIXTURES / "x86_64-pie.o").read_bytes())
+    main, sub = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftpatch", "nop", "--in-place", "-q", "-j", "1", *map(str, paths)],
+        stdout=subprocess.PIPE,
+        stderr=sub,
+        cwd=ROOT,
+    )
+    os.close(sub)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the terminal closed when ftpatch exited
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main)
+    assert proc.wait() == 0
+    assert proc.stdout is not None and proc.stdout.read() == b""  # the bar goes to stderr only
+    text = seen.decode("utf-8", "replace")
+    assert "patching" in text  # the bar's label, drawn on the terminal
+    assert "ftpatch nop: 18 files, 144 sites patched" in text
+    # Not a terminal: no bar, only the summary.
+    again = ftpatch("call", "--in-place", "-q", *paths)
+    assert again.returncode == 0
+    assert again.stderr.splitlines() == [
+        line for line in again.stderr.splitlines() if line.startswith("ftpatch call: 18 files")
+    ]
