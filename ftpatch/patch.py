@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import pairwise
 
 from .elf import read_input
 from .errors import InputError, VerifyError
@@ -126,10 +127,15 @@ def plan(
 
 def apply(data: bytes, plan: Plan) -> bytes:
     """The input bytes with the plan's patches written in."""
+    ordered = sorted(plan.patches, key=lambda p: p.file_offset)
+    for a, b in pairwise(ordered):
+        if b.file_offset < a.file_offset + len(a.old):
+            # Only a file whose sections overlap can put two sites, or a site and an r_info, on the same bytes.
+            raise InputError(plan.path, f"two patches overlap at file offset {b.file_offset:#x}: sections overlap")
     out = bytearray(data)
     for p in plan.patches:
         if out[p.file_offset : p.file_offset + len(p.old)] != p.old:
-            raise VerifyError(plan.path, f"bytes at file offset {p.file_offset:#x} changed after they were verified")
+            raise VerifyError(plan.path, f"bytes at file offset {p.file_offset:#x} are not the ones verified")
         out[p.file_offset : p.file_offset + len(p.new)] = p.new
     return bytes(out)
 

@@ -177,3 +177,18 @@ def test_worst_exit_code_wins_and_good_files_still_patch(tmp: Path) -> None:
 def test_debug_shows_no_traceback_for_expected_errors(tmp: Path) -> None:
     proc = ftpatch("--debug", "scan", tmp / "nope.o")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
+
+
+def test_overlapping_patches_are_bad_input() -> None:
+    # Overlapping sections (the fuzzer makes them) can put a site on top of another site's r_info.
+    import ftpatch as lib
+
+    data = bytes(16)
+    plan = lib.Plan(
+        "x.o", lib.Action.NOP, (lib.Patch(4, bytes(5), b"\x90" * 5), lib.Patch(8, bytes(4), b"\x01" * 4)), 2, 0, 0
+    )
+    with pytest.raises(lib.InputError, match=r"^x\.o: two patches overlap at file offset 0x8: sections overlap$"):
+        lib.apply(data, plan)
+    stale = lib.Plan("x.o", lib.Action.NOP, (lib.Patch(4, b"\x01", b"\x90"),), 1, 0, 0)
+    with pytest.raises(lib.VerifyError, match="bytes at file offset 0x4 are not the ones verified"):
+        lib.apply(data, stale)
