@@ -213,6 +213,7 @@ def _progress(total: int) -> Callable[[], None] | None:
 
 def _patch(
     action_name: str,
+    *,
     files: list[str] | None,
     files_from: str | None,
     output: str | None,
@@ -314,20 +315,21 @@ def nop(
     quiet: Quiet = False,
 ) -> None:
     """Turn every profiling call into a nop, after verifying every site."""
+    nop = style.value if style else None
     _patch(
         "nop",
-        files,
-        files_from,
-        output,
-        in_place,
-        style.value if style else None,
-        only,
-        exclude,
-        symbol,
-        jobs,
-        fail_fast,
-        as_json,
-        quiet,
+        files=files,
+        files_from=files_from,
+        output=output,
+        in_place=in_place,
+        nop=nop,
+        only=only,
+        exclude=exclude,
+        symbol=symbol,
+        jobs=jobs,
+        fail_fast=fail_fast,
+        as_json=as_json,
+        quiet=quiet,
     )
 
 
@@ -346,7 +348,21 @@ def call(
     quiet: Quiet = False,
 ) -> None:
     """Turn nop'd profiling sites back into the exact calls, after verifying every site."""
-    _patch("call", files, files_from, output, in_place, None, only, exclude, symbol, jobs, fail_fast, as_json, quiet)
+    _patch(
+        "call",
+        files=files,
+        files_from=files_from,
+        output=output,
+        in_place=in_place,
+        nop=None,
+        only=only,
+        exclude=exclude,
+        symbol=symbol,
+        jobs=jobs,
+        fail_fast=fail_fast,
+        as_json=as_json,
+        quiet=quiet,
+    )
 
 
 @app.command()
