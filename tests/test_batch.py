@@ -214,3 +214,12 @@ def test_progress_bar_only_on_a_terminal(tmp: Path) -> None:
     assert again.stderr.splitlines() == [
         line for line in again.stderr.splitlines() if line.startswith("ftpatch call: 18 files")
     ]
+
+
+def test_readme_shows_the_examples_as_they_are() -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    for lang, path in (("cmake", "examples/cmake/CMakeLists.txt"), ("make", "examples/make/Makefile")):
+        (snippet,) = re.findall(rf"```{lang}\n(.*?)```", readme, re.S)
+        assert snippet in (ROOT / path).read_text(), path
