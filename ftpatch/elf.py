@@ -207,6 +207,8 @@ class ElfFile:
         if len(data) == 0:
             raise self.fail("empty file")
         if data[:4] != b"\x7fELF":
+            if data.startswith(b"!<arch>\n"):
+                raise self.fail("a static archive, not an ELF file: read it with scan_path, at offset 0")
             raise self.fail("not an ELF file, no ELF magic at offset 0")
         if len(data) < 16:
             raise self.fail(f"truncated ELF header, file is {len(data)} bytes")

@@ -192,3 +192,18 @@ def test_overlapping_patches_are_bad_input() -> None:
     stale = lib.Plan("x.o", lib.Action.NOP, (lib.Patch(4, b"\x01", b"\x90"),), 1, 0, 0)
     with pytest.raises(lib.VerifyError, match="bytes at file offset 0x4 are not the ones verified"):
         lib.apply(data, stale)
+
+
+def test_library_scan_of_an_archive_points_to_scan_path(tmp: Path) -> None:
+    import subprocess
+
+    import ftpatch as lib
+
+    archive = tmp / "lib.a"
+    subprocess.run(["ar", "rcs", archive, PIE], check=True)
+    with pytest.raises(
+        lib.InputError, match=r"a static archive, not an ELF file: read it with scan_path, at offset 0$"
+    ):
+        lib.scan(str(archive))
+    (result,) = lib.scan_path(str(archive))
+    assert result.path == f"{archive}(x86_64-pie.o)" and len(result.sites) == 8
