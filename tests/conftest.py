@@ -51,6 +51,12 @@ def readelf_relocs(path: Path) -> list[tuple[str, int, str, str]]:
     return out
 
 
+def call_graph(exe: Path, workdir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """gprof's call graph of the run of `exe` in `workdir` (by default beside it), where gmon.out lies."""
+    gmon = (workdir or exe.parent) / "gmon.out"
+    return subprocess.run(["gprof", "-q", "-b", exe, gmon], capture_output=True, text=True)
+
+
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     return tmp_path

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, PG_OBJECTS, PROGRAM_OUTPUT, RELOCATED, ROOT, ftpatch, run
+from conftest import FIXTURES, PG_OBJECTS, PROGRAM_OUTPUT, RELOCATED, ROOT, call_graph, ftpatch, run
 
 
 def tree(tmp: Path, copies: int = 3) -> list[Path]:
@@ -127,10 +127,7 @@ def test_archive_scan_nop_call_and_link(tmp: Path) -> None:
     run("gcc", "-pg", "-no-pie", "-Wl,-u,main", one_nop, "-o", workdir / "prog")
     out = subprocess.run([workdir / "prog"], cwd=workdir, capture_output=True, text=True, check=True).stdout
     assert out == PROGRAM_OUTPUT
-    graph = subprocess.run(
-        ["gprof", "-q", "-b", workdir / "prog", workdir / "gmon.out"], capture_output=True, text=True
-    )
-    assert "gmon.out file is missing call-graph data" in graph.stderr
+    assert "gmon.out file is missing call-graph data" in call_graph(workdir / "prog").stderr
     assert ftpatch("call", nopped, "-o", back).returncode == 0
     assert back.read_bytes() == lib.read_bytes()
 
@@ -146,6 +143,15 @@ def test_help_and_version_do_not_import_lief_or_capstone() -> None:
         assert out.strip().endswith("HEAVY []"), out
 
 
+def assert_runs_nopped(exe: Path, scanned: Path) -> None:
+    """`scanned` holds prog.c's 8 sites, all nop'd, and `exe` prints its output without calling mcount."""
+    sites = json.loads(ftpatch("scan", "--json", scanned).stdout)["files"][0]["sites"]
+    assert len(sites) == 8 and {s["state"] for s in sites} == {"nop"}
+    out = subprocess.run([exe], cwd=exe.parent, capture_output=True, text=True, check=True).stdout
+    assert out == PROGRAM_OUTPUT
+    assert "gmon.out file is missing call-graph data" in call_graph(exe).stderr
+
+
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is installed by .ci/run")
 def test_cmake_post_build_example(tmp: Path) -> None:
     build = tmp / "build"
@@ -155,12 +161,7 @@ def test_cmake_post_build_example(tmp: Path) -> None:
     run("cmake", "-S", ROOT / "examples" / "cmake", "-B", build, f"-DFTPATCH={wrapper}")
     log = run("cmake", "--build", build)
     assert "ftpatch: profiling calls in prog -> nops" in log
-    sites = json.loads(ftpatch("scan", "--json", build / "prog").stdout)["files"][0]["sites"]
-    assert len(sites) == 8 and {s["state"] for s in sites} == {"nop"}
-    out = subprocess.run([build / "prog"], cwd=build, capture_output=True, text=True, check=True).stdout
-    assert out == PROGRAM_OUTPUT
-    graph = subprocess.run(["gprof", "-q", "-b", build / "prog", build / "gmon.out"], capture_output=True, text=True)
-    assert "gmon.out file is missing call-graph data" in graph.stderr
+    assert_runs_nopped(build / "prog", scanned=build / "prog")
 
 
 def test_make_example(tmp: Path) -> None:
@@ -170,12 +171,7 @@ def test_make_example(tmp: Path) -> None:
     shutil.copy(FIXTURES / "prog.c", tmp / "fixtures" / "prog.c")
     ftp = f"PYTHONPATH={ROOT} {sys.executable} -m ftpatch"
     run("make", "-C", work, f"FTPATCH={ftp}")
-    sites = json.loads(ftpatch("scan", "--json", work / "prog.o").stdout)["files"][0]["sites"]
-    assert len(sites) == 8 and {s["state"] for s in sites} == {"nop"}
-    out = subprocess.run([work / "prog"], cwd=work, capture_output=True, text=True, check=True).stdout
-    assert out == PROGRAM_OUTPUT
-    graph = subprocess.run(["gprof", "-q", "-b", work / "prog", work / "gmon.out"], capture_output=True, text=True)
-    assert "gmon.out file is missing call-graph data" in graph.stderr
+    assert_runs_nopped(work / "prog", scanned=work / "prog.o")
 
 
 def test_progress_bar_only_on_a_terminal(tmp: Path) -> None:

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, OBJECTS, PG_OBJECTS, PROGRAM_OUTPUT, ftpatch, run
+from conftest import FIXTURES, OBJECTS, PG_OBJECTS, PROGRAM_OUTPUT, call_graph, ftpatch, run
 
 # glibc's __fentry__ records arcs as mcount does; -mnop-mcount programs never call either.
 GPROF_OBJECTS = [name for name in PG_OBJECTS if name != "x86_64-nop-mcount.o"]
@@ -19,10 +19,6 @@ def link_and_run(obj: Path, name: str, workdir: Path) -> tuple[Path, str]:
     exe = workdir / "prog"
     run("gcc", *flags, obj, "-o", exe)
     return exe, subprocess.run([exe], capture_output=True, text=True, check=True, cwd=workdir).stdout
-
-
-def call_graph(exe: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["gprof", "-q", "-b", exe, exe.parent / "gmon.out"], capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("name", PG_OBJECTS)
