@@ -28,7 +28,7 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -150,8 +150,8 @@ class _Entry:
     r_addend: int | None  # None on REL
 
 
-def _reloc_layout(elf: ElfFile, rel: Section) -> tuple[struct.Struct, int]:
-    """The entry layout of a relocation section and the shift that gives r_sym."""
+def _reloc_layout(elf: ElfFile, rel: Section) -> struct.Struct:
+    """The entry layout of a relocation section, checked against its header."""
     is64 = elf.elfclass == ELFCLASS64
     fmt = {(True, True): "<QQq", (True, False): "<QQ", (False, True): "<IIi", (False, False): "<II"}
     layout = struct.Struct(fmt[(is64, rel.sh_type == SHT_RELA)])
@@ -159,7 +159,7 @@ def _reloc_layout(elf: ElfFile, rel: Section) -> tuple[struct.Struct, int]:
         raise elf.fail(f"relocation section {rel.name} has sh_entsize {rel.sh_entsize}, expected {layout.size}")
     if rel.sh_size % layout.size:
         raise elf.fail(f"relocation section {rel.name} size {rel.sh_size:#x} is not a multiple of {layout.size}")
-    return layout, 32 if is64 else 8
+    return layout
 
 
 class _Scanner:
@@ -169,7 +169,8 @@ class _Scanner:
         self.target_names = frozenset(targets)
         self.sites: list[Site] = []
         self.strays: list[str] = []
-        self._shift = 32 if elf.elfclass == ELFCLASS64 else 8
+        self._word = 8 if elf.elfclass == ELFCLASS64 else 4  # bytes in r_offset, r_info
+        self._shift = 32 if self._word == 8 else 8  # r_info >> shift is r_sym
         self._type_mask = (1 << self._shift) - 1
         self._functions: dict[int, tuple[list[int], list[tuple[int, int, int]]]] | None = None
 
@@ -218,22 +219,24 @@ class _Scanner:
             )
         return self.elf.sections[rel.sh_info]
 
+    def _table(self, rel: Section) -> Iterator[tuple[int, tuple[int, ...]]]:
+        """(index, (r_offset, r_info[, r_addend])) of every entry, its symbol index checked."""
+        nsyms, shift = len(self.elf.symbols), self._shift
+        for index, fields in enumerate(_reloc_layout(self.elf, rel).iter_unpack(self.elf.section_data(rel))):
+            if fields[1] >> shift >= nsyms:
+                raise self.elf.fail(
+                    f"relocation {rel.name}[{index}] names symbol {fields[1] >> shift}, past the end of the symbol table ({nsyms})"
+                )
+            yield index, fields
+
     def _entries(self, rel: Section, targets: dict[int, str]) -> list[_Entry]:
         """Entries against a target symbol, and entries whose r_info is all zero."""
-        layout, shift = _reloc_layout(self.elf, rel)
-        table = self.elf.section_data(rel)
-        nsyms = len(self.elf.symbols)
-        picked = []
-        for index, fields in enumerate(layout.iter_unpack(table)):
-            r_info = fields[1]
-            sym = r_info >> shift
-            if sym >= nsyms:
-                raise self.elf.fail(
-                    f"relocation {rel.name}[{index}] names symbol {sym}, past the end of the symbol table ({nsyms})"
-                )
-            if r_info == 0 or sym in targets:
-                picked.append(_Entry(rel, index, fields[0], r_info, fields[2] if len(fields) == 3 else None))
-        return picked
+        shift = self._shift
+        return [
+            _Entry(rel, index, fields[0], fields[1], fields[2] if len(fields) == 3 else None)
+            for index, fields in self._table(rel)
+            if fields[1] == 0 or fields[1] >> shift in targets
+        ]
 
     # -- sites -------------------------------------------------------------------------
 
@@ -249,8 +252,7 @@ class _Scanner:
         return bytes(self.elf.data[sec.sh_offset + start : sec.sh_offset + start + length])
 
     def _reloc(self, entry: _Entry, call_info: int) -> Reloc:
-        is64 = self.elf.elfclass == ELFCLASS64
-        size = 8 if is64 else 4
+        size = self._word
         info_offset = entry.rel.sh_offset + entry.index * entry.rel.sh_entsize + size
         return Reloc(entry.rel.name, entry.index, info_offset, size, entry.r_info, call_info)
 
@@ -363,23 +365,17 @@ class _Scanner:
             return
         rels = [s for s in self.elf.sections if s.sh_type in (SHT_REL, SHT_RELA) and s.sh_info == loc.index]
         known = {(s.section, s.offset) for s in self.sites}
+        words = self.elf.section_data(loc)
         for rel in rels:
-            layout, shift = _reloc_layout(self.elf, rel)
-            words = self.elf.section_data(loc)
-            for index, fields in enumerate(layout.iter_unpack(self.elf.section_data(rel))):
-                sym = fields[1] >> shift
-                if sym >= len(self.elf.symbols):
-                    raise self.elf.fail(
-                        f"relocation {rel.name}[{index}] names symbol {sym}, past the end of the symbol table"
-                    )
-                symbol = self.elf.symbols[sym]
+            for index, fields in self._table(rel):
+                symbol = self.elf.symbols[fields[1] >> self._shift]
                 if not 0 < symbol.st_shndx < len(self.elf.sections):
                     continue
                 sec = self.elf.sections[symbol.st_shndx]
                 addend = (
                     fields[2]
                     if len(fields) == 3
-                    else int.from_bytes(words[fields[0] : fields[0] + rel.sh_entsize // 2], "little", signed=True)
+                    else int.from_bytes(words[fields[0] : fields[0] + self._word], "little", signed=True)
                 )
                 start = symbol.st_value + addend
                 if (sec.name, start) in known:
