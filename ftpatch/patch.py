@@ -66,36 +66,29 @@ def _mismatch(result: ScanResult, site: Site, expected: Sequence[bytes]) -> str:
 
 
 def _site_patches(result: ScanResult, site: Site, action: Action, style: NopStyle) -> tuple[list[Patch], str | None]:
-    """The patches that put one site in the requested state, or why it cannot be done."""
-    reloc = site.reloc
-    if action is Action.NOP:
-        if site.state is State.OTHER:
-            return [], _mismatch(result, site, [site.call] if site.call else [style.for_length(site.length)])
-        patches = []
-        if site.state is State.CALL:
-            patches.append(Patch(result.base + site.file_offset, site.code, style.for_length(site.length)))
-        if reloc is not None and reloc.r_info != 0:
-            old = reloc.r_info.to_bytes(reloc.info_size, "little")
-            patches.append(Patch(result.base + reloc.info_offset, old, bytes(reloc.info_size)))
-        return patches, None
-    if site.form is Form.RECORDED:
+    """The patches that put one site in the requested state, or why it cannot be done.
+
+    nop and call are mirror images, as ftrace_make_nop and ftrace_make_call are:
+    the site's bytes go to the other state, and its r_info to 0 or back to the call's.
+    """
+    if action is Action.CALL and site.form is Form.RECORDED:
         return [], (
             f"{site.where}: gcc -mnop-mcount left no relocation to restore a call with, rebuild without -mnop-mcount"
         )
-    assert site.call is not None
     if site.state is State.OTHER:
-        return [], _mismatch(result, site, [site.call])
+        return [], _mismatch(result, site, [site.call] if site.call else [style.for_length(site.length)])
+    nop = action is Action.NOP
     patches = []
-    if site.state is State.NOP:
-        patches.append(Patch(result.base + site.file_offset, site.code, site.call))
+    if site.state is not (State.NOP if nop else State.CALL):
+        new = style.for_length(site.length) if nop else site.call
+        assert new is not None  # only a RECORDED site has no call, and it never gets here as a call
+        patches.append(Patch(result.base + site.file_offset, site.code, new))
     # A linked file's site has no relocation: its bytes are all there is.
-    if reloc is not None and reloc.r_info != reloc.call_info:
+    reloc = site.reloc
+    if reloc is not None and reloc.r_info != (want := 0 if nop else reloc.call_info):
+        size = reloc.info_size
         patches.append(
-            Patch(
-                result.base + reloc.info_offset,
-                reloc.r_info.to_bytes(reloc.info_size, "little"),
-                reloc.call_info.to_bytes(reloc.info_size, "little"),
-            )
+            Patch(result.base + reloc.info_offset, reloc.r_info.to_bytes(size, "little"), want.to_bytes(size, "little"))
         )
     return patches, None
 
