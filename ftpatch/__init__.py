@@ -5,8 +5,8 @@ FtpatchError. capstone and pyelftools are imported only when a file needs them.
 """
 
 from .errors import FtpatchError, InputError, OutputError, VerifyError
-from .patch import Action, Patch, Plan, apply, patch_file, plan, plan_all
-from .scan import DEFAULT_TARGETS, ScanResult, Site, State, scan, scan_path, select
+from .patch import Action, Patch, Plan, Rewrite, apply, patch_file, plan, plan_all
+from .scan import DEFAULT_TARGETS, ScanResult, Site, SiteGroup, State, scan, scan_path, select
 from .x86 import NOP_STYLES, Form, NopStyle
 
 __version__ = "0.1.0"
@@ -22,8 +22,10 @@ __all__ = [
     "OutputError",
     "Patch",
     "Plan",
+    "Rewrite",
     "ScanResult",
     "Site",
+    "SiteGroup",
     "State",
     "VerifyError",
     "__version__",

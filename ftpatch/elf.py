@@ -11,10 +11,14 @@ times slower than decoding .symtab here, with 0.3 s and 65 MB to import it.
 
 from __future__ import annotations
 
+import array
+import bisect
+import contextlib
 import os
 import stat
 import struct
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -34,6 +38,7 @@ SUPPORTED_TYPES = (ET_REL, ET_EXEC, ET_DYN)
 
 # e_ident through e_shstrndx, after the 16 bytes of e_ident.
 _EHDR = {ELFCLASS32: struct.Struct("<HHIIIIIHHHHHH"), ELFCLASS64: struct.Struct("<HHIQQQIHHHHHH")}
+_SYM = {ELFCLASS32: struct.Struct("<IIIBBH"), ELFCLASS64: struct.Struct("<IBBHQQ")}
 _SHDR = {ELFCLASS32: struct.Struct("<IIIIIIIIII"), ELFCLASS64: struct.Struct("<IIQQQQIIQQ")}
 
 
@@ -69,22 +74,46 @@ class Symbol:
 
 
 class SymbolTable:
-    """The symbols of one .symtab. Decoding every name costs more than the rest of a
-    scan, so a Symbol, name included, is only built for the index asked for."""
+    """The symbols of one .symtab, decoded a column at a time: finding the target
+    symbols needs only st_name, and decoding every name costs more than the rest
+    of a scan, so a Symbol, name included, is only built for the index asked for."""
 
-    def __init__(self, rows: list[tuple[int, int, int, int, int]], strtab: bytes) -> None:
-        self._rows = rows  # (st_name, type, st_shndx, st_value, st_size)
+    def __init__(self, table: memoryview, elfclass: int, strtab: bytes, extended: Callable[[int], list[int]]) -> None:
+        self._layout = _SYM[elfclass]
+        self._table = table[: len(table) - len(table) % self._layout.size]
         self._strtab = strtab
+        # A symbol whose st_shndx is SHN_XINDEX has its section index in SHT_SYMTAB_SHNDX.
+        # Read (and checked) now, so that a bad file fails here and not when a name is asked for.
+        at = 7 if elfclass == ELFCLASS32 else 3  # st_shndx, in half-words from an entry's start
+        xindex = SHN_XINDEX in words(self._table, 2)[at :: self._layout.size // 2]
+        self._extended = extended(len(self)) if xindex else None
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._table) // self._layout.size
 
     def __getitem__(self, index: int) -> Symbol:
         st_name, st_type, st_shndx, st_value, st_size = self._rows[index]
         return Symbol(index, self._name(st_name), st_value, st_size, st_type, st_shndx)
 
     def __iter__(self) -> Iterator[Symbol]:
-        return (self[i] for i in range(len(self._rows)))
+        return (self[i] for i in range(len(self)))
+
+    def place(self, index: int) -> tuple[int, int]:
+        """(st_shndx, st_value) of a symbol, without decoding its name."""
+        _, _, st_shndx, st_value, _ = self._rows[index]
+        return st_shndx, st_value
+
+    @cached_property
+    def _rows(self) -> list[tuple[int, int, int, int, int]]:
+        """(st_name, type, st_shndx, st_value, st_size) of every symbol."""
+        raw = self._layout.iter_unpack(self._table)
+        if self._layout is _SYM[ELFCLASS64]:
+            rows = [(n, info & 0xF, shndx, value, size) for n, info, _other, shndx, value, size in raw]
+        else:
+            rows = [(n, info & 0xF, shndx, value, size) for n, value, size, info, _other, shndx in raw]
+        if (extended := self._extended) is not None:
+            rows = [(n, t, extended[i] if x == SHN_XINDEX else x, v, z) for i, (n, t, x, v, z) in enumerate(rows)]
+        return rows
 
     def _name(self, st_name: int) -> str:
         end = self._strtab.find(b"\0", st_name)
@@ -99,17 +128,47 @@ class SymbolTable:
             while at >= 0:  # a name may also end a longer string that the linker shared
                 offsets[at] = name
                 at = strtab.find(key, at + 1)
-        return {i: offsets[row[0]] for i, row in enumerate(self._rows) if row[0] in offsets and i}
+        # st_name is the first word of every entry, in both classes.
+        st_names = words(self._table, 4)[:: self._layout.size // 4].tolist()
+        found = {}
+        for st_name, name in offsets.items():
+            i = 0  # symbol 0 is never a target
+            with contextlib.suppress(ValueError):  # list.index searches in C; a comprehension would not
+                while True:
+                    i = st_names.index(st_name, i + 1)
+                    found[i] = name
+        return dict(sorted(found.items()))
 
-    def functions(self) -> dict[int, list[tuple[int, int, int]]]:
-        """Per section index: (st_value, st_size, symbol index) of its STT_FUNC symbols, sorted."""
+    @cached_property
+    def _functions(self) -> dict[int, tuple[list[int], list[tuple[int, int, int]]]]:
+        """Per section index: the starts, and (st_value, st_size, index), of its STT_FUNC symbols, sorted."""
         by_section: dict[int, list[tuple[int, int, int]]] = {}
         for i, (_, st_type, st_shndx, st_value, st_size) in enumerate(self._rows):
             if st_type == STT_FUNC and st_shndx:
                 by_section.setdefault(st_shndx, []).append((st_value, st_size, i))
-        for funcs in by_section.values():
-            funcs.sort()
-        return by_section
+        return {shndx: ([f[0] for f in sorted(funcs)], sorted(funcs)) for shndx, funcs in by_section.items()}
+
+    def function_at(self, shndx: int, offset: int) -> Symbol | None:
+        """The STT_FUNC symbol of section `shndx` whose extent holds `offset`, if any."""
+        starts, funcs = self._functions.get(shndx, ([], []))
+        i = bisect.bisect_right(starts, offset) - 1
+        if i >= 0 and offset < funcs[i][0] + max(funcs[i][1], 1):
+            return self[funcs[i][2]]
+        return None
+
+
+def words(view: memoryview, size: int, signed: bool = False) -> array.array[int]:
+    """`view` as little-endian words of `size` bytes (2, 4 or 8), whatever the host's byte order.
+
+    Relocation and symbol tables are read a column at a time through these: a
+    Python loop over every entry of a large object costs more than the rest of a scan.
+    """
+    code = {4: "i", 8: "q"}[size] if signed else {2: "H", 4: "I", 8: "Q"}[size]
+    column = array.array(code)
+    column.frombytes(view[: len(view) - len(view) % size])
+    if sys.byteorder != "little":
+        column.byteswap()
+    return column
 
 
 def machine_name(e_machine: int) -> str:
@@ -313,18 +372,7 @@ class ElfFile:
                 f"symbol table {symtab.name} links to section [{symtab.sh_link}], which does not exist, sh_link"
             )
         strtab = bytes(self.section_data(self.sections[symtab.sh_link]))
-        is64 = self.elfclass == ELFCLASS64
-        layout = struct.Struct("<IBBHQQ" if is64 else "<IIIBBH")
-        table = self.section_data(symtab)
-        raw = layout.iter_unpack(table[: len(table) - len(table) % layout.size])
-        if is64:
-            rows = [(n, info & 0xF, shndx, value, size) for n, info, _other, shndx, value, size in raw]
-        else:
-            rows = [(n, info & 0xF, shndx, value, size) for n, value, size, info, _other, shndx in raw]
-        if any(row[2] == SHN_XINDEX for row in rows):
-            extended = self._symtab_shndx(len(rows))
-            rows = [(n, t, extended[i] if x == SHN_XINDEX else x, v, z) for i, (n, t, x, v, z) in enumerate(rows)]
-        return SymbolTable(rows, strtab)
+        return SymbolTable(self.section_data(symtab), self.elfclass, strtab, self._symtab_shndx)
 
     def _symtab_shndx(self, count: int) -> list[int]:
         """The SHT_SYMTAB_SHNDX words for the symbol table: the real section index of each symbol."""

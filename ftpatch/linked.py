@@ -42,7 +42,7 @@ from .errors import InputError, VerifyError
 from .x86 import OPCODES, SITE_LENGTH, Form, call_bytes, known_nop
 
 if TYPE_CHECKING:
-    from .scan import Site
+    from .scan import Site, SiteGroup
 
 SHF_ALLOC = 0x2
 # Dynamic relocation types, the same numbers on x86-64 and i386.
@@ -471,8 +471,11 @@ def _prologue_kind(text: str, x86_64: bool) -> str | None:
     return None
 
 
-def scan_linked(elf: ElfFile, names: Iterable[str]) -> tuple[tuple[Site, ...], str]:
-    """The sites of a linked file, and why nop'd sites cannot be found ("" when they can)."""
+def scan_linked(
+    elf: ElfFile, names: Iterable[str]
+) -> tuple[tuple[SiteGroup, ...], Callable[[Section, int], str | None], str]:
+    """The sites of a linked file as groups, the name of the function at a place, and why
+    nop'd sites cannot be found ("" when they can)."""
     from elftools.common.exceptions import ELFError
     from elftools.construct import ConstructError
 
@@ -483,7 +486,34 @@ def scan_linked(elf: ElfFile, names: Iterable[str]) -> tuple[tuple[Site, ...], s
         raise InputError(
             elf.path, f"malformed linked file ({type(e).__name__}: {e}), reading it with pyelftools"
         ) from None
-    return sites, linked.blind
+    functions = {site.file_offset: site.function for site in sites}
+
+    def function_at(section: Section, offset: int) -> str | None:
+        return functions.get(section.sh_offset + offset)
+
+    return _groups(elf, sites), function_at, linked.blind
+
+
+def _groups(elf: ElfFile, sites: Iterable[Site]) -> tuple[SiteGroup, ...]:
+    """Sites as groups, one per section, form and target; each site keeps its own call."""
+    from .scan import SiteGroup
+
+    # A site names its section by name; with its file offset that names one section.
+    sections = {(s.name, s.sh_offset): s for s in elf.sections}
+    grouped: dict[tuple[str, int, Form, str | None], list[Site]] = {}
+    for site in sites:
+        grouped.setdefault((site.section, site.file_offset - site.offset, site.form, site.target), []).append(site)
+    return tuple(
+        SiteGroup(
+            sections[name, sh_offset],
+            form,
+            target,
+            tuple(s.offset for s in group),
+            tuple(s.code for s in group),
+            tuple(s.call for s in group),
+        )
+        for (name, sh_offset, form, target), group in grouped.items()
+    )
 
 
 __all__ = ["Target", "scan_linked"]

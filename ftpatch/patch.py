@@ -12,11 +12,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from itertools import pairwise
+from itertools import chain, compress, repeat
+from operator import attrgetter, lt
 
 from .elf import read_input
 from .errors import InputError, VerifyError
-from .scan import DEFAULT_TARGETS, ScanResult, Site, State, scan_data, select
+from .scan import DEFAULT_TARGETS, ScanResult, Site, SiteGroup, State, chosen, scan_data, site_state
 from .write import locked_input, sweep_stale, write_atomic
 from .x86 import DEFAULT_STYLE, NOP_STYLES, Form, NopStyle, describe, hexbytes
 
@@ -36,17 +37,37 @@ class Patch:
 
 
 @dataclass(frozen=True)
+class Rewrite:
+    """The same change at many file offsets: `old` verified at each, `new` written over it.
+
+    A plan holds its patches this way: 20,000 sites nop'd alike are two rewrites,
+    the call bytes and the r_info words, not 40,000 Patch objects.
+    """
+
+    old: bytes
+    new: bytes
+    file_offsets: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Plan:
     path: str
     action: Action
-    patches: tuple[Patch, ...]
+    rewrites: tuple[Rewrite, ...]
     patched: int  # sites that change
     already: int  # sites already in the requested state
     filtered: int  # sites left alone by --only / --except
 
     @property
     def changes(self) -> bool:
-        return bool(self.patches)
+        return any(r.file_offsets for r in self.rewrites)
+
+    @property
+    def patches(self) -> tuple[Patch, ...]:
+        """Every change one by one, in file order."""
+        patches = [Patch(offset, r.old, r.new) for r in self.rewrites for offset in r.file_offsets]
+        patches.sort(key=attrgetter("file_offset"))
+        return tuple(patches)
 
 
 def nop_style(name: str | None, x86_64: bool, path: str) -> NopStyle:
@@ -60,37 +81,53 @@ def nop_style(name: str | None, x86_64: bool, path: str) -> NopStyle:
     return style
 
 
-def _mismatch(result: ScanResult, site: Site, expected: Sequence[bytes]) -> str:
-    want = " or ".join(hexbytes(e) for e in expected)
+def _problem(result: ScanResult, site: Site, action: Action, style: NopStyle) -> str:
+    """Why a site cannot be put in the requested state, in ftrace_bug's terms."""
+    if action is Action.CALL and site.form is Form.RECORDED:
+        return f"{site.where}: gcc -mnop-mcount left no relocation to restore a call with, rebuild without -mnop-mcount"
+    want = hexbytes(site.call) if site.call else hexbytes(style.for_length(site.length))
     return f"{site.where}: expected {want}, actual {hexbytes(site.code)} ({describe(site.code, result.x86_64)})"
 
 
-def _site_patches(result: ScanResult, site: Site, action: Action, style: NopStyle) -> tuple[list[Patch], str | None]:
-    """The patches that put one site in the requested state, or why it cannot be done.
+def _group_rewrites(
+    group: SiteGroup, base: int, action: Action, style: NopStyle, x86_64: bool
+) -> tuple[list[Rewrite], int, list[int]]:
+    """The rewrites that put a group's sites in the requested state, how many sites
+    change, and which sites (by position) cannot be put in it.
 
     nop and call are mirror images, as ftrace_make_nop and ftrace_make_call are:
     the site's bytes go to the other state, and its r_info to 0 or back to the call's.
+    Sites are classed by what they hold and must hold, once per distinct pair: an
+    object's sites are usually all one pair.
     """
-    if action is Action.CALL and site.form is Form.RECORDED:
-        return [], (
-            f"{site.where}: gcc -mnop-mcount left no relocation to restore a call with, rebuild without -mnop-mcount"
-        )
-    if site.state is State.OTHER:
-        return [], _mismatch(result, site, [site.call] if site.call else [style.for_length(site.length)])
     nop = action is Action.NOP
-    patches = []
-    if site.state is not (State.NOP if nop else State.CALL):
-        new = style.for_length(site.length) if nop else site.call
-        assert new is not None  # only a RECORDED site has no call, and it never gets here as a call
-        patches.append(Patch(result.base + site.file_offset, site.code, new))
+    if not nop and group.form is Form.RECORDED:
+        return [], 0, list(range(len(group)))
+    pairs = list(zip(group.codes, group.calls, strict=True))
+    at: dict[tuple[bytes, bytes | None], list[int]] = {}
+    if len(set(pairs)) == 1:
+        at[pairs[0]] = list(range(len(pairs)))
+    else:
+        for i, pair in enumerate(pairs):
+            at.setdefault(pair, []).append(i)
+    offsets = [base + offset for offset in group.file_offsets()]
+    rewrites, bad, changed = [], [], 0
+    for (code, call), positions in at.items():
+        state = site_state(code, call, x86_64)
+        if state is State.OTHER:
+            bad += positions
+        elif state is not (State.NOP if nop else State.CALL):
+            new = style.for_length(len(code)) if nop else call
+            assert new is not None  # only a RECORDED site has no call, and it never gets here as a call
+            rewrites.append(Rewrite(code, new, tuple(offsets[i] for i in positions)))
+            changed += len(positions)
     # A linked file's site has no relocation: its bytes are all there is.
-    reloc = site.reloc
-    if reloc is not None and reloc.r_info != (want := 0 if nop else reloc.call_info):
-        size = reloc.info_size
-        patches.append(
-            Patch(result.base + reloc.info_offset, reloc.r_info.to_bytes(size, "little"), want.to_bytes(size, "little"))
-        )
-    return patches, None
+    if group.rel is not None and group.r_info != (want := 0 if nop else group.call_info):
+        size = group.info_size
+        infos = tuple(base + offset for offset in group.info_offsets())
+        rewrites.append(Rewrite(group.r_info.to_bytes(size, "little"), want.to_bytes(size, "little"), infos))
+        changed = len(group)
+    return rewrites, changed, bad
 
 
 def plan(
@@ -98,38 +135,56 @@ def plan(
 ) -> Plan:
     """Verify every chosen site and plan the patches; raise VerifyError if any site is wrong."""
     style = nop_style(nop, result.x86_64, result.path)
-    chosen, filtered = select(result.sites, only, exclude)
-    patches: list[Patch] = []
     problems: list[str] = []
-    patched = 0
     if action is Action.CALL:
         if result.blind:
             raise InputError(result.path, result.blind)
         problems += result.strays
-    for site in chosen:
-        site_patches, problem = _site_patches(result, site, action, style)
-        if problem:
-            problems.append(problem)
-        patches += site_patches
-        patched += bool(site_patches)
+    rewrites: list[Rewrite] = []
+    bad: list[Site] = []
+    patched = chosen_sites = filtered = 0
+    for group in result.groups:
+        if only or exclude:
+            keep = [chosen(result.function_at(group.section, start), only, exclude) for start in group.starts]
+            filtered += len(group) - sum(keep)
+            group = group.subset(keep)
+        group_rewrites, changed, refused = _group_rewrites(group, result.base, action, style, result.x86_64)
+        rewrites += group_rewrites
+        patched += changed
+        chosen_sites += len(group)
+        bad += [group.site(i, result.function_at(group.section, group.starts[i]), result.x86_64) for i in refused]
+    if bad:
+        bad.sort(key=attrgetter("file_offset"))
+        problems.append(_problem(result, bad[0], action, style))
     if problems:
-        more = f" (and {len(problems) - 1} more sites)" if len(problems) > 1 else ""
-        raise VerifyError(result.path, problems[0] + more)
-    return Plan(result.path, action, tuple(patches), patched, len(chosen) - patched, len(filtered))
+        more = len(problems) - 1 + len(bad) - bool(bad)
+        raise VerifyError(result.path, problems[0] + (f" (and {more} more sites)" if more else ""))
+    return Plan(result.path, action, tuple(rewrites), patched, chosen_sites - patched, filtered)
 
 
 def apply(data: bytes, plan: Plan) -> bytes:
     """The input bytes with the plan's patches written in."""
-    ordered = sorted(plan.patches, key=lambda p: p.file_offset)
-    for a, b in pairwise(ordered):
-        if b.file_offset < a.file_offset + len(a.old):
-            # Only a file whose sections overlap can put two sites, or a site and an r_info, on the same bytes.
-            raise InputError(plan.path, f"two patches overlap at file offset {b.file_offset:#x}: sections overlap")
+    spans = sorted(chain.from_iterable(zip(r.file_offsets, repeat(len(r.old))) for r in plan.rewrites))
+    starts = [offset for offset, _ in spans]
+    ends = [offset + length for offset, length in spans]
+    # Only a file whose sections overlap can put two sites, or a site and an r_info, on the same bytes.
+    overlap = next(compress(starts[1:], map(lt, starts[1:], ends)), None)
+    if overlap is not None:
+        raise InputError(plan.path, f"two patches overlap at file offset {overlap:#x}: sections overlap")
+    # No two patches overlap, so each finds the input's bytes however the others are written.
+    for r in plan.rewrites:
+        n = len(r.old)
+        found = [data[offset : offset + n] for offset in r.file_offsets]
+        if found.count(r.old) != len(found):
+            stale = next(offset for offset, old in zip(r.file_offsets, found, strict=True) if old != r.old)
+            raise VerifyError(plan.path, f"bytes at file offset {stale:#x} are not the ones verified")
     out = bytearray(data)
-    for p in plan.patches:
-        if out[p.file_offset : p.file_offset + len(p.old)] != p.old:
-            raise VerifyError(plan.path, f"bytes at file offset {p.file_offset:#x} are not the ones verified")
-        out[p.file_offset : p.file_offset + len(p.new)] = p.new
+    view = memoryview(out)  # its slice assignment costs half of bytearray's
+    for r in plan.rewrites:
+        n, new = len(r.old), r.new
+        for offset in r.file_offsets:
+            view[offset : offset + n] = new
+    view.release()
     return bytes(out)
 
 
@@ -147,7 +202,7 @@ def plan_all(
     return Plan(
         path,
         action,
-        tuple(p for pl in plans for p in pl.patches),
+        tuple(r for pl in plans for r in pl.rewrites),
         sum(p.patched for p in plans),
         sum(p.already for p in plans),
         sum(p.filtered for p in plans),

@@ -25,17 +25,18 @@ pyelftools costs 8 microseconds an entry, far too slow for large objects.
 
 from __future__ import annotations
 
-import bisect
 import fnmatch
-import struct
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import cached_property
+from itertools import compress
+from operator import attrgetter, itemgetter
 
 from .archive import is_archive, members
-from .elf import ELFCLASS64, ET_REL, SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Section, Symbol, read_input
+from .elf import ELFCLASS64, ET_REL, SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Section, read_input, words
 from .errors import InputError, VerifyError
-from .x86 import SITE_LENGTH, Form, call_bytes, disp_offset, is_boundary, known_nop
+from .x86 import SITE_LENGTH, Form, call_bytes, disp_offset, is_boundary, known_nop, nops
 
 DEFAULT_TARGETS = ("mcount", "_mcount", "__fentry__")
 
@@ -77,6 +78,11 @@ class State(StrEnum):
     CALL = "call"
     NOP = "nop"
     OTHER = "other"  # neither the expected call nor a known nop: verification fails on it
+
+
+def site_state(code: bytes, call: bytes | None, x86_64: bool) -> State:
+    """The one rule for what a site holds: its call, a known nop, or neither."""
+    return State.CALL if code == call else State.NOP if known_nop(code, x86_64) else State.OTHER
 
 
 @dataclass(frozen=True)
@@ -127,39 +133,135 @@ class Site:
 
 
 @dataclass(frozen=True)
+class SiteGroup:
+    """Sites of one section that share their form and target and, in an object, the
+    relocation section whose entries name them and the r_info those entries hold.
+
+    The sites differ only in where they are, the bytes found there and the call
+    they must hold. An object's 20,000 sites make one or two groups, so verifying
+    and patching them are passes over columns of ints and bytes; a Site object
+    for each is made only when one is asked for (ScanResult.sites).
+    """
+
+    section: Section
+    form: Form
+    target: str | None  # None for RECORDED sites
+    starts: tuple[int, ...]  # each site's offset in the section
+    codes: tuple[bytes, ...]  # the bytes found at each site
+    calls: tuple[bytes | None, ...]  # the exact call each site must hold; None for RECORDED sites
+    rel: Section | None = None  # the SHT_REL or SHT_RELA section of the entries; None in a linked file
+    indices: tuple[int, ...] = ()  # each site's entry in `rel`
+    r_info: int = 0  # what every entry holds now: call_info, or 0 once ftpatch made the site a nop
+    call_info: int = 0  # what an entry holds for a live call
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def info_size(self) -> int:
+        """Bytes in r_info: a word of the file's class; REL and RELA entries are 2 and 3 words."""
+        assert self.rel is not None
+        return self.rel.sh_entsize // (3 if self.rel.sh_type == SHT_RELA else 2)
+
+    def info_offsets(self) -> list[int]:
+        """The file offset of each site's r_info, the entry's second word."""
+        assert self.rel is not None
+        rel, size = self.rel, self.info_size
+        return [rel.sh_offset + index * rel.sh_entsize + size for index in self.indices]
+
+    def file_offsets(self) -> list[int]:
+        base = self.section.sh_offset
+        return [base + start for start in self.starts]
+
+    def subset(self, keep: Sequence[bool]) -> SiteGroup:
+        """The sites for which `keep` is true."""
+        indices = tuple(compress(self.indices, keep)) if self.rel is not None else ()
+        return replace(
+            self,
+            starts=tuple(compress(self.starts, keep)),
+            codes=tuple(compress(self.codes, keep)),
+            calls=tuple(compress(self.calls, keep)),
+            indices=indices,
+        )
+
+    def site(self, i: int, function: str | None, x86_64: bool) -> Site:
+        start, code, call = self.starts[i], self.codes[i], self.calls[i]
+        reloc = None
+        if self.rel is not None:
+            index = self.indices[i]
+            info_offset = self.rel.sh_offset + index * self.rel.sh_entsize + self.info_size
+            reloc = Reloc(self.rel.name, index, info_offset, self.info_size, self.r_info, self.call_info)
+        return Site(
+            function,
+            self.section.name,
+            start,
+            self.section.sh_offset + start,
+            self.form,
+            self.target,
+            site_state(code, call, x86_64),
+            code,
+            call,
+            reloc,
+        )
+
+
+def _no_function(section: Section, offset: int) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
 class ScanResult:
     path: str
     machine: str
     type: str
     x86_64: bool
     data: bytes
-    sites: tuple[Site, ...]
+    groups: tuple[SiteGroup, ...]
     base: int = 0  # where this ELF file starts in the file read: an archive member's offset
     # Zeroed relocations with a call's addend whose bytes are no known nop: `call` refuses them.
     strays: tuple[str, ...] = ()
     # Why nop'd sites of this (linked, stripped) file cannot be found; `call` refuses it. "" when they can.
     blind: str = ""
+    # The name of the function holding a place (section, offset), if the file tells.
+    function_at: Callable[[Section, int], str | None] = field(default=_no_function, repr=False, compare=False)
+
+    @cached_property
+    def sites(self) -> tuple[Site, ...]:
+        """Every site, in file order."""
+        sites = [
+            group.site(i, self.function_at(group.section, start), self.x86_64)
+            for group in self.groups
+            for i, start in enumerate(group.starts)
+        ]
+        sites.sort(key=attrgetter("file_offset"))
+        return tuple(sites)
 
 
 @dataclass(frozen=True)
-class _Entry:
+class _Table:
+    """The columns of one relocation table."""
+
     rel: Section
-    index: int
-    r_offset: int
-    r_info: int
-    r_addend: int | None  # None on REL
+    view: memoryview
+    word: int  # bytes in each field
+    r_offset: list[int]
+    r_info: list[int]
 
+    @cached_property
+    def values(self) -> dict[int, None]:
+        """Each r_info value once, in table order."""
+        return dict.fromkeys(self.r_info)
 
-def _reloc_layout(elf: ElfFile, rel: Section) -> struct.Struct:
-    """The entry layout of a relocation section, checked against its header."""
-    is64 = elf.elfclass == ELFCLASS64
-    fmt = {(True, True): "<QQq", (True, False): "<QQ", (False, True): "<IIi", (False, False): "<II"}
-    layout = struct.Struct(fmt[(is64, rel.sh_type == SHT_RELA)])
-    if rel.sh_entsize != layout.size:
-        raise elf.fail(f"relocation section {rel.name} has sh_entsize {rel.sh_entsize}, expected {layout.size}")
-    if rel.sh_size % layout.size:
-        raise elf.fail(f"relocation section {rel.name} size {rel.sh_size:#x} is not a multiple of {layout.size}")
-    return layout
+    @cached_property
+    def r_addend(self) -> list[int] | None:
+        """None on REL, whose addends are in the bytes relocated."""
+        if self.rel.sh_type != SHT_RELA:
+            return None
+        return words(self.view, self.word, signed=True)[2::3].tolist()
+
+    def holding(self, r_info: int) -> list[int]:
+        """The index of every entry whose r_info is `r_info`."""
+        return [i for i, value in enumerate(self.r_info) if value == r_info]
 
 
 class _Scanner:
@@ -167,14 +269,13 @@ class _Scanner:
         self.elf = elf
         self.x86_64 = elf.x86_64
         self.target_names = frozenset(targets)
-        self.sites: list[Site] = []
+        self.groups: list[SiteGroup] = []
         self.strays: list[str] = []
         self._word = 8 if elf.elfclass == ELFCLASS64 else 4  # bytes in r_offset, r_info
         self._shift = 32 if self._word == 8 else 8  # r_info >> shift is r_sym
         self._type_mask = (1 << self._shift) - 1
-        self._functions: dict[int, tuple[list[int], list[tuple[int, int, int]]]] | None = None
 
-    def run(self) -> tuple[Site, ...]:
+    def run(self) -> tuple[SiteGroup, ...]:
         elf = self.elf
         relocs = [s for s in elf.sections if s.sh_type in (SHT_REL, SHT_RELA)]
         applied = [(rel, self._applies_to(rel)) for rel in relocs]
@@ -185,30 +286,22 @@ class _Scanner:
         if targets:
             self._add_relocated(applied, targets)
         self._add_recorded()
-        self.sites.sort(key=lambda s: s.file_offset)
-        return tuple(self.sites)
+        return tuple(self.groups)
 
     def _add_relocated(self, applied: list[tuple[Section, Section]], targets: dict[int, str]) -> None:
         elf = self.elf
-        live: list[tuple[_Entry, Section]] = []
-        dormant: list[tuple[_Entry, Section]] = []
-        for rel, sec in applied:
+        for rel, _ in applied:
             if rel.sh_link != elf.symtab.index:
                 raise elf.fail(f"relocation section {rel.name} links to section [{rel.sh_link}], not the symbol table")
-            for entry in self._entries(rel, targets):
-                (dormant if entry.r_info == 0 else live).append((entry, sec))
+        tables = [(self._table(rel), sec) for rel, sec in applied]
+        live = [group for table, sec in tables for group in self._live_groups(table, sec, targets)]
+        self.groups += live
+        live_symbols = {group.r_info >> self._shift for group in live}
         live_types: dict[Form, set[int]] = {}
-        live_symbols: set[int] = set()
-        for entry, sec in live:
-            site = self._live_site(entry, sec, targets)
-            self.sites.append(site)
-            live_symbols.add(entry.r_info >> self._shift)
-            if entry.r_info & self._type_mask:
-                live_types.setdefault(site.form, set()).add(entry.r_info & self._type_mask)
-        for entry, sec in dormant:
-            site = self._dormant_site(entry, sec, targets, live_symbols, live_types)
-            if site is not None:
-                self.sites.append(site)
+        for group in live:
+            live_types.setdefault(group.form, set()).add(group.r_info & self._type_mask)
+        for table, sec in tables:
+            self.groups += self._dormant_groups(table, sec, targets, live_symbols, live_types)
 
     # -- relocation tables -------------------------------------------------------------
 
@@ -219,212 +312,236 @@ class _Scanner:
             )
         return self.elf.sections[rel.sh_info]
 
-    def _table(self, rel: Section) -> Iterator[tuple[int, tuple[int, ...]]]:
-        """(index, (r_offset, r_info[, r_addend])) of every entry, its symbol index checked."""
-        nsyms, shift = len(self.elf.symbols), self._shift
-        for index, fields in enumerate(_reloc_layout(self.elf, rel).iter_unpack(self.elf.section_data(rel))):
-            if fields[1] >> shift >= nsyms:
-                raise self.elf.fail(
-                    f"relocation {rel.name}[{index}] names symbol {fields[1] >> shift}, past the end of the symbol table ({nsyms})"
-                )
-            yield index, fields
-
-    def _entries(self, rel: Section, targets: dict[int, str]) -> list[_Entry]:
-        """Entries against a target symbol, and entries whose r_info is all zero."""
-        shift = self._shift
-        return [
-            _Entry(rel, index, fields[0], fields[1], fields[2] if len(fields) == 3 else None)
-            for index, fields in self._table(rel)
-            if fields[1] == 0 or fields[1] >> shift in targets
-        ]
+    def _table(self, rel: Section) -> _Table:
+        """The table's columns, its entry layout and every symbol index checked."""
+        elf, word = self.elf, self._word
+        rela = rel.sh_type == SHT_RELA
+        entsize = word * (3 if rela else 2)
+        if rel.sh_entsize != entsize:
+            raise elf.fail(f"relocation section {rel.name} has sh_entsize {rel.sh_entsize}, expected {entsize}")
+        if rel.sh_size % entsize:
+            raise elf.fail(f"relocation section {rel.name} size {rel.sh_size:#x} is not a multiple of {entsize}")
+        view = elf.section_data(rel)
+        columns = 3 if rela else 2
+        unsigned = words(view, word)
+        r_info = unsigned[1::columns].tolist()
+        nsyms = len(elf.symbols)
+        if r_info and max(r_info) >> self._shift >= nsyms:
+            index = next(i for i, info in enumerate(r_info) if info >> self._shift >= nsyms)
+            raise elf.fail(
+                f"relocation {rel.name}[{index}] names symbol {r_info[index] >> self._shift}, past the end of the symbol table ({nsyms})"
+            )
+        return _Table(rel, view, word, unsigned[0::columns].tolist(), r_info)
 
     # -- sites -------------------------------------------------------------------------
 
-    def _site_bytes(self, entry: _Entry, sec: Section, start: int, length: int) -> bytes:
-        if sec.sh_type == SHT_NOBITS:
-            raise self.elf.fail(
-                f"site {sec.where(start)} is in {sec.name}, which has no file bytes (SHT_NOBITS), relocation {entry.rel.name}[{entry.index}]",
-            )
-        if start < 0 or start + length > sec.sh_size:
-            raise self.elf.fail(
-                f"site {sec.where(start)} of {length} bytes does not fit in {sec.name} ({sec.sh_size:#x} bytes), relocation {entry.rel.name}[{entry.index}]",
-            )
-        return bytes(self.elf.data[sec.sh_offset + start : sec.sh_offset + start + length])
-
-    def _reloc(self, entry: _Entry, call_info: int) -> Reloc:
-        size = self._word
-        info_offset = entry.rel.sh_offset + entry.index * entry.rel.sh_entsize + size
-        return Reloc(entry.rel.name, entry.index, info_offset, size, entry.r_info, call_info)
-
-    def _expected_call(self, entry: _Entry, form: Form) -> bytes:
-        # RELA keeps the addend in the entry, and gas leaves the displacement 0;
-        # REL keeps it in the displacement itself.
-        return call_bytes(form, 0 if entry.r_addend is not None else _REL_ADDEND[form])
-
-    def _make_site(self, entry: _Entry, sec: Section, form: Form, target: str, call_info: int) -> Site:
-        start = entry.r_offset - disp_offset(form)
-        code = self._site_bytes(entry, sec, start, SITE_LENGTH[form])
-        call = self._expected_call(entry, form)
-        state = State.CALL if code == call else State.NOP if known_nop(code, self.x86_64) else State.OTHER
-        return Site(
-            self._function_at(sec, start),
-            sec.name,
-            start,
-            sec.sh_offset + start,
+    def _group(
+        self,
+        table: _Table,
+        sec: Section,
+        form: Form,
+        target: str | None,
+        call: bytes | None,
+        starts: list[int],
+        indices: Sequence[int],
+        r_info: int = 0,
+        call_info: int = 0,
+    ) -> SiteGroup:
+        """A group of sites at `starts` in `sec`, their entries at `indices`, each checked to fit."""
+        length = SITE_LENGTH[form]
+        if starts and (sec.sh_type == SHT_NOBITS or min(starts) < 0 or max(starts) + length > sec.sh_size):
+            # Something is wrong: find the first entry it is wrong for, in table order.
+            for start, index in sorted(zip(starts, indices, strict=True), key=itemgetter(1)):
+                where = f"relocation {table.rel.name}[{index}]"
+                if sec.sh_type == SHT_NOBITS:
+                    raise self.elf.fail(
+                        f"site {sec.where(start)} is in {sec.name}, which has no file bytes (SHT_NOBITS), {where}"
+                    )
+                if start < 0 or start + length > sec.sh_size:
+                    raise self.elf.fail(
+                        f"site {sec.where(start)} of {length} bytes does not fit in {sec.name} ({sec.sh_size:#x} bytes), {where}"
+                    )
+        data, base = self.elf.data, sec.sh_offset
+        codes = tuple([data[at : at + length] for at in [base + start for start in starts]])
+        rel = table.rel if form is not Form.RECORDED else None
+        return SiteGroup(
+            sec,
             form,
             target,
-            state,
-            code,
-            call,
-            self._reloc(entry, call_info),
+            tuple(starts),
+            codes,
+            (call,) * len(starts),
+            rel,
+            tuple(indices) if rel else (),
+            r_info,
+            call_info,
         )
 
-    def _live_site(self, entry: _Entry, sec: Section, targets: dict[int, str]) -> Site:
-        sym, r_type = entry.r_info >> self._shift, entry.r_info & self._type_mask
-        form = _FORM_OF[self.x86_64].get(r_type)
-        if form is None:
-            where = sec.where(entry.r_offset)
-            raise VerifyError(
-                self.elf.path,
-                f"{reloc_type_name(self.x86_64, r_type)} against {targets[sym]} at {where} is not a call ftpatch knows, relocation {entry.rel.name}[{entry.index}]",
-            )
-        return self._make_site(entry, sec, form, targets[sym], entry.r_info)
+    def _expected_call(self, rela: bool, form: Form) -> bytes:
+        # RELA keeps the addend in the entry, and gas leaves the displacement 0;
+        # REL keeps it in the displacement itself.
+        return call_bytes(form, 0 if rela else _REL_ADDEND[form])
 
-    def _dormant_site(
+    def _live_groups(self, table: _Table, sec: Section, targets: dict[int, str]) -> list[SiteGroup]:
+        """One group per r_info value against a target: one symbol, one type, so one form and one call."""
+        groups = []
+        for r_info in table.values:
+            symbol, r_type = r_info >> self._shift, r_info & self._type_mask
+            if r_info == 0 or symbol not in targets:
+                continue
+            indices = table.holding(r_info)
+            form = _FORM_OF[self.x86_64].get(r_type)
+            if form is None:
+                raise VerifyError(
+                    self.elf.path,
+                    f"{reloc_type_name(self.x86_64, r_type)} against {targets[symbol]} at {sec.where(table.r_offset[indices[0]])} is not a call ftpatch knows, relocation {table.rel.name}[{indices[0]}]",
+                )
+            disp = disp_offset(form)
+            starts = [table.r_offset[i] - disp for i in indices]
+            call = self._expected_call(table.r_addend is not None, form)
+            groups.append(self._group(table, sec, form, targets[symbol], call, starts, indices, r_info, r_info))
+        return groups
+
+    def _dormant_groups(
         self,
-        entry: _Entry,
+        table: _Table,
         sec: Section,
         targets: dict[int, str],
         live_symbols: set[int],
         live_types: dict[Form, set[int]],
-    ) -> Site | None:
-        if sec.sh_type == SHT_NOBITS:
-            return None
-        if entry.r_addend is not None and entry.r_addend != _RELA_CALL_ADDEND:
-            return None
-        form = self._dormant_form(entry, sec)
-        if form is None:
-            if entry.r_addend is not None:
+    ) -> list[SiteGroup]:
+        """The sites ftpatch made nops: entries with r_info 0 (and, on RELA, addend -4)
+        whose displacement ends where a known nop ends. One group per form."""
+        if sec.sh_type == SHT_NOBITS or 0 not in table.values:
+            return []
+        zeroed = table.holding(0)
+        if table.r_addend is not None:
+            zeroed = [i for i in zeroed if table.r_addend[i] == _RELA_CALL_ADDEND]
+        by_form: dict[Form, list[int]] = {}
+        for index in zeroed:
+            form = self._dormant_form(table, index, sec)
+            if form is not None:
+                by_form.setdefault(form, []).append(index)
+            elif table.r_addend is not None:
                 self.strays.append(
-                    f"{sec.where(entry.r_offset)}: relocation {entry.rel.name}[{entry.index}] has r_info 0 and addend -4, but no known nop ends at its displacement"
+                    f"{sec.where(table.r_offset[index])}: relocation {table.rel.name}[{index}] has r_info 0 and addend -4, but no known nop ends at its displacement"
                 )
-            return None
-        symbol = self._restore_symbol(entry, sec, targets, live_symbols)
-        types = live_types.get(form, set())
-        if len(types) > 1:
-            names = ", ".join(sorted(reloc_type_name(self.x86_64, t) for t in types))
-            raise VerifyError(
-                self.elf.path,
-                f"site {sec.where(entry.r_offset - disp_offset(form))} could be restored as any of {names}, relocation {entry.rel.name}[{entry.index}]",
+        groups = []
+        for form, indices in by_form.items():
+            index, r_offset = indices[0], table.r_offset[indices[0]]
+            entry = f"relocation {table.rel.name}[{index}]"
+            symbol = self._restore_symbol(targets, live_symbols, sec.where(r_offset), entry)
+            types = live_types.get(form, set())
+            if len(types) > 1:
+                names = ", ".join(sorted(reloc_type_name(self.x86_64, t) for t in types))
+                raise VerifyError(
+                    self.elf.path,
+                    f"site {sec.where(r_offset - disp_offset(form))} could be restored as any of {names}, {entry}",
+                )
+            r_type = next(iter(types)) if types else _DEFAULT_TYPE[self.x86_64][form]
+            starts = [table.r_offset[i] - disp_offset(form) for i in indices]
+            call = self._expected_call(table.r_addend is not None, form)
+            groups.append(
+                self._group(
+                    table, sec, form, targets[symbol], call, starts, indices, 0, (symbol << self._shift) | r_type
+                )
             )
-        r_type = next(iter(types)) if types else _DEFAULT_TYPE[self.x86_64][form]
-        return self._make_site(entry, sec, form, targets[symbol], (symbol << self._shift) | r_type)
+        return groups
 
-    def _dormant_form(self, entry: _Entry, sec: Section) -> Form | None:
+    def _dormant_form(self, table: _Table, index: int, sec: Section) -> Form | None:
         """The call form whose nop ends where this entry's displacement ends, if any."""
-        end = entry.r_offset + 4
-        if end > sec.sh_size or entry.r_offset < 1:
+        r_offset = table.r_offset[index]
+        if r_offset < 1 or r_offset + 4 > sec.sh_size:
             return None
-        code = self.elf.data[sec.sh_offset : sec.sh_offset + end]
+        data, end = self.elf.data, sec.sh_offset + r_offset + 4
         six = Form.GOTPCREL if self.x86_64 else Form.GOT_EBX
         fits = [
             form
             for form in (Form.REL32, six)
-            if entry.r_offset >= disp_offset(form) and known_nop(bytes(code[end - SITE_LENGTH[form] :]), self.x86_64)
+            if r_offset >= disp_offset(form)
+            and data[end - SITE_LENGTH[form] : end] in nops(SITE_LENGTH[form], self.x86_64)
         ]
         if len(fits) < 2:
             return fits[0] if fits else None
-        function = self._function_symbol(sec, entry.r_offset)
+        function = self.elf.symbols.function_at(sec.index, r_offset)
         if function is not None:
-            text = bytes(code[function.st_value :])
-            fits = [f for f in fits if is_boundary(text, self.x86_64, 0, end - SITE_LENGTH[f] - function.st_value)]
+            text = data[sec.sh_offset + function.st_value : end]
+            fits = [f for f in fits if is_boundary(text, self.x86_64, 0, len(text) - SITE_LENGTH[f])]
         if len(fits) != 1:
             raise VerifyError(
                 self.elf.path,
-                f"site ending at {sec.where(end)} may be a 5-byte or a 6-byte nop, and decoding {function.name if function else 'its function'} does not tell, relocation {entry.rel.name}[{entry.index}]",
+                f"site ending at {sec.where(r_offset + 4)} may be a 5-byte or a 6-byte nop, and decoding {function.name if function else 'its function'} does not tell, relocation {table.rel.name}[{index}]",
             )
         return fits[0]
 
-    def _restore_symbol(self, entry: _Entry, sec: Section, targets: dict[int, str], live_symbols: set[int]) -> int:
+    def _restore_symbol(self, targets: dict[int, str], live_symbols: set[int], at: str, entry: str) -> int:
         candidates = set(targets) if len(targets) == 1 else live_symbols & set(targets)
         if len(candidates) != 1:
             names = ", ".join(sorted(targets.values()))
-            raise VerifyError(
-                self.elf.path,
-                f"the nop at {sec.where(entry.r_offset)} could have called any of {names}, relocation {entry.rel.name}[{entry.index}]",
-            )
+            raise VerifyError(self.elf.path, f"the nop at {at} could have called any of {names}, {entry}")
         return next(iter(candidates))
-
-    def _mcount_loc(self) -> Section | None:
-        return next((s for s in self.elf.sections if s.name == "__mcount_loc"), None)
 
     def _add_recorded(self) -> None:
         """Sites gcc -mnop-mcount left as nops, known only from __mcount_loc's relocations."""
-        loc = self._mcount_loc()
+        elf = self.elf
+        loc = next((s for s in elf.sections if s.name == "__mcount_loc"), None)
         if loc is None:
             return
-        rels = [s for s in self.elf.sections if s.sh_type in (SHT_REL, SHT_RELA) and s.sh_info == loc.index]
-        known = {(s.section, s.offset) for s in self.sites}
-        words = self.elf.section_data(loc)
+        rels = [s for s in elf.sections if s.sh_type in (SHT_REL, SHT_RELA) and s.sh_info == loc.index]
+        known: dict[int, set[int]] = {}
+        for group in self.groups:
+            known.setdefault(group.section.index, set()).update(group.starts)
+        words_ = elf.section_data(loc)
         for rel in rels:
-            for index, fields in self._table(rel):
-                symbol = self.elf.symbols[fields[1] >> self._shift]
-                if not 0 < symbol.st_shndx < len(self.elf.sections):
-                    continue
-                sec = self.elf.sections[symbol.st_shndx]
-                addend = (
-                    fields[2]
-                    if len(fields) == 3
-                    else int.from_bytes(words[fields[0] : fields[0] + self._word], "little", signed=True)
-                )
-                start = symbol.st_value + addend
-                if (sec.name, start) in known:
-                    continue
-                entry = _Entry(rel, index, fields[0], fields[1], None)
-                code = self._site_bytes(entry, sec, start, 5)
-                state = State.NOP if known_nop(code, self.x86_64) else State.OTHER
-                self.sites.append(
-                    Site(
-                        self._function_at(sec, start),
-                        sec.name,
-                        start,
-                        sec.sh_offset + start,
-                        Form.RECORDED,
-                        None,
-                        state,
-                        code,
-                        None,
-                        None,
-                    )
-                )
-
-    # -- functions ---------------------------------------------------------------------
-
-    def _function_symbol(self, sec: Section, offset: int) -> Symbol | None:
-        if self._functions is None:
-            self._functions = {
-                shndx: ([f[0] for f in funcs], funcs) for shndx, funcs in self.elf.symbols.functions().items()
-            }
-        starts, funcs = self._functions.get(sec.index, ([], []))
-        i = bisect.bisect_right(starts, offset) - 1
-        if i >= 0 and offset < funcs[i][0] + max(funcs[i][1], 1):
-            return self.elf.symbols[funcs[i][2]]
-        return None
-
-    def _function_at(self, sec: Section, offset: int) -> str | None:
-        symbol = self._function_symbol(sec, offset)
-        return symbol.name if symbol else None
+            table = self._table(rel)
+            if table.r_addend is not None:
+                addends = table.r_addend
+            else:
+                addends = [
+                    int.from_bytes(words_[r_offset : r_offset + self._word], "little", signed=True)
+                    for r_offset in table.r_offset
+                ]
+            symbols = [r_info >> self._shift for r_info in table.r_info]
+            places = {symbol: elf.symbols.place(symbol) for symbol in set(symbols)}
+            by_section: dict[int, tuple[list[int], list[int]]] = {}
+            for index, (symbol, addend) in enumerate(zip(symbols, addends, strict=True)):
+                shndx, st_value = places[symbol]
+                start = st_value + addend
+                if 0 < shndx < len(elf.sections) and start not in known.get(shndx, ()):
+                    starts, indices = by_section.setdefault(shndx, ([], []))
+                    starts.append(start)
+                    indices.append(index)
+            for shndx, (starts, indices) in by_section.items():
+                self.groups.append(self._group(table, elf.sections[shndx], Form.RECORDED, None, None, starts, indices))
 
 
 def scan_elf(elf: ElfFile, targets: Iterable[str] = DEFAULT_TARGETS, base: int = 0) -> ScanResult:
     if elf.e_type != ET_REL:
         from .linked import scan_linked
 
-        sites, blind = scan_linked(elf, targets)
-        return ScanResult(elf.path, elf.machine, elf.type_name, elf.x86_64, elf.data, sites, base, (), blind)
+        groups, function_at, blind = scan_linked(elf, targets)
+        return ScanResult(
+            elf.path, elf.machine, elf.type_name, elf.x86_64, elf.data, groups, base, (), blind, function_at
+        )
     scanner = _Scanner(elf, targets)
-    sites = scanner.run()
-    return ScanResult(elf.path, elf.machine, elf.type_name, elf.x86_64, elf.data, sites, base, tuple(scanner.strays))
+    groups = scanner.run()
+
+    def function_at(section: Section, offset: int) -> str | None:
+        symbol = elf.symbols.function_at(section.index, offset)
+        return symbol.name if symbol else None
+
+    return ScanResult(
+        elf.path,
+        elf.machine,
+        elf.type_name,
+        elf.x86_64,
+        elf.data,
+        groups,
+        base,
+        tuple(scanner.strays),
+        "",
+        function_at,
+    )
 
 
 def scan(path: str, targets: Iterable[str] = DEFAULT_TARGETS) -> ScanResult:
@@ -446,18 +563,22 @@ def scan_path(path: str, targets: Iterable[str] = DEFAULT_TARGETS) -> list[ScanR
     return scan_data(path, read_input(path), targets)
 
 
+def chosen(function: str | None, only: Sequence[str] = (), exclude: Sequence[str] = ()) -> bool:
+    """Whether --only / --except globs keep a site of `function`."""
+    name = function or ""
+    return (not only or any(fnmatch.fnmatchcase(name, g) for g in only)) and not any(
+        fnmatch.fnmatchcase(name, g) for g in exclude
+    )
+
+
 def select(
     sites: Sequence[Site], only: Sequence[str] = (), exclude: Sequence[str] = ()
 ) -> tuple[list[Site], list[Site]]:
     """Split sites into (chosen, filtered out) by shell globs over function names."""
-    chosen, filtered = [], []
+    kept, filtered = [], []
     for site in sites:
-        name = site.function or ""
-        keep = (not only or any(fnmatch.fnmatchcase(name, g) for g in only)) and not any(
-            fnmatch.fnmatchcase(name, g) for g in exclude
-        )
-        (chosen if keep else filtered).append(site)
-    return chosen, filtered
+        (kept if chosen(site.function, only, exclude) else filtered).append(site)
+    return kept, filtered
 
 
 __all__ = [
@@ -466,6 +587,7 @@ __all__ = [
     "Reloc",
     "ScanResult",
     "Site",
+    "SiteGroup",
     "State",
     "scan",
     "scan_data",

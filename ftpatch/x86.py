@@ -109,6 +109,12 @@ def known_nop(code: bytes, x86_64: bool) -> NopStyle | None:
     return None
 
 
+@cache
+def nops(length: int, x86_64: bool) -> frozenset[bytes]:
+    """Every known nop of `length` bytes."""
+    return frozenset(style.for_length(length) for style in styles_for(x86_64))
+
+
 def hexbytes(code: bytes) -> str:
     """Bytes the way ftrace_bug prints them: 0f:1f:44:00:00."""
     return code.hex(":")

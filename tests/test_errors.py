@@ -184,12 +184,11 @@ def test_overlapping_patches_are_bad_input() -> None:
     import ftpatch as lib
 
     data = bytes(16)
-    plan = lib.Plan(
-        "x.o", lib.Action.NOP, (lib.Patch(4, bytes(5), b"\x90" * 5), lib.Patch(8, bytes(4), b"\x01" * 4)), 2, 0, 0
-    )
+    rewrites = (lib.Rewrite(bytes(5), b"\x90" * 5, (4,)), lib.Rewrite(bytes(4), b"\x01" * 4, (8,)))
+    plan = lib.Plan("x.o", lib.Action.NOP, rewrites, 2, 0, 0)
     with pytest.raises(lib.InputError, match=r"^x\.o: two patches overlap at file offset 0x8: sections overlap$"):
         lib.apply(data, plan)
-    stale = lib.Plan("x.o", lib.Action.NOP, (lib.Patch(4, b"\x01", b"\x90"),), 1, 0, 0)
+    stale = lib.Plan("x.o", lib.Action.NOP, (lib.Rewrite(b"\x01", b"\x90", (4,)),), 1, 0, 0)
     with pytest.raises(lib.VerifyError, match="bytes at file offset 0x4 are not the ones verified"):
         lib.apply(data, stale)
 
