@@ -12,8 +12,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from itertools import chain, compress, repeat
-from operator import attrgetter, lt
+from itertools import chain, pairwise, repeat
+from operator import add, attrgetter, lt
 
 from .elf import read_input
 from .errors import InputError, VerifyError
@@ -89,6 +89,18 @@ def _problem(result: ScanResult, site: Site, action: Action, style: NopStyle) ->
     return f"{site.where}: expected {want}, actual {hexbytes(site.code)} ({describe(site.code, result.x86_64)})"
 
 
+def _pairs(group: SiteGroup) -> dict[tuple[bytes, bytes | None], Sequence[int]]:
+    """The positions of the sites holding each distinct (bytes held, call expected) pair."""
+    codes, calls = group.codes, group.calls
+    # An object's group expects one call of every site, and usually finds it at all of them.
+    if codes and codes.count(codes[0]) == len(codes) and calls.count(calls[0]) == len(calls):
+        return {(codes[0], calls[0]): range(len(codes))}
+    at: dict[tuple[bytes, bytes | None], list[int]] = {}
+    for i, pair in enumerate(zip(codes, calls, strict=True)):
+        at.setdefault(pair, []).append(i)
+    return at
+
+
 def _group_rewrites(
     group: SiteGroup, base: int, action: Action, style: NopStyle, x86_64: bool
 ) -> tuple[list[Rewrite], int, list[int]]:
@@ -103,28 +115,22 @@ def _group_rewrites(
     nop = action is Action.NOP
     if not nop and group.form is Form.RECORDED:
         return [], 0, list(range(len(group)))
-    pairs = list(zip(group.codes, group.calls, strict=True))
-    at: dict[tuple[bytes, bytes | None], list[int]] = {}
-    if len(set(pairs)) == 1:
-        at[pairs[0]] = list(range(len(pairs)))
-    else:
-        for i, pair in enumerate(pairs):
-            at.setdefault(pair, []).append(i)
-    offsets = [base + offset for offset in group.file_offsets()]
+    offsets = group.file_offsets(base)
     rewrites, bad, changed = [], [], 0
-    for (code, call), positions in at.items():
+    for (code, call), positions in _pairs(group).items():
         state = site_state(code, call, x86_64)
         if state is State.OTHER:
             bad += positions
         elif state is not (State.NOP if nop else State.CALL):
             new = style.for_length(len(code)) if nop else call
             assert new is not None  # only a RECORDED site has no call, and it never gets here as a call
-            rewrites.append(Rewrite(code, new, tuple(offsets[i] for i in positions)))
+            at = tuple(offsets) if len(positions) == len(offsets) else tuple([offsets[i] for i in positions])
+            rewrites.append(Rewrite(code, new, at))
             changed += len(positions)
     # A linked file's site has no relocation: its bytes are all there is.
     if group.rel is not None and group.r_info != (want := 0 if nop else group.call_info):
         size = group.info_size
-        infos = tuple(base + offset for offset in group.info_offsets())
+        infos = tuple(group.info_offsets(base))
         rewrites.append(Rewrite(group.r_info.to_bytes(size, "little"), want.to_bytes(size, "little"), infos))
         changed = len(group)
     return rewrites, changed, bad
@@ -162,14 +168,32 @@ def plan(
     return Plan(result.path, action, tuple(rewrites), patched, chosen_sites - patched, filtered)
 
 
+def _first_overlap(rewrites: Sequence[Rewrite]) -> int | None:
+    """The file offset of the first patch that overlaps another, if any.
+
+    The usual plan is quick to clear: each rewrite's offsets ascend at least its
+    length apart, and the rewrites' spans are disjoint. Otherwise every patch is sorted.
+    """
+    spans = []
+    for r in rewrites:
+        offsets, n = r.file_offsets, len(r.old)
+        if any(map(lt, offsets[1:], map(add, offsets, repeat(n)))):
+            break
+        if offsets:
+            spans.append((offsets[0], offsets[-1] + n))
+    else:
+        spans.sort()
+        if not any(b[0] < a[1] for a, b in pairwise(spans)):
+            return None
+    patches = sorted(chain.from_iterable(zip(r.file_offsets, repeat(len(r.old))) for r in rewrites))
+    return next((b for (a, n), (b, _) in pairwise(patches) if b < a + n), None)
+
+
 def apply(data: bytes, plan: Plan) -> bytes:
     """The input bytes with the plan's patches written in."""
-    spans = sorted(chain.from_iterable(zip(r.file_offsets, repeat(len(r.old))) for r in plan.rewrites))
-    starts = [offset for offset, _ in spans]
-    ends = [offset + length for offset, length in spans]
-    # Only a file whose sections overlap can put two sites, or a site and an r_info, on the same bytes.
-    overlap = next(compress(starts[1:], map(lt, starts[1:], ends)), None)
+    overlap = _first_overlap(plan.rewrites)
     if overlap is not None:
+        # Only a file whose sections overlap can put two sites, or a site and an r_info, on the same bytes.
         raise InputError(plan.path, f"two patches overlap at file offset {overlap:#x}: sections overlap")
     # No two patches overlap, so each finds the input's bytes however the others are written.
     for r in plan.rewrites:

@@ -163,15 +163,16 @@ class SiteGroup:
         assert self.rel is not None
         return self.rel.sh_entsize // (3 if self.rel.sh_type == SHT_RELA else 2)
 
-    def info_offsets(self) -> list[int]:
-        """The file offset of each site's r_info, the entry's second word."""
+    def info_offsets(self, base: int = 0) -> list[int]:
+        """The file offset of each site's r_info, the entry's second word; `base` is added."""
         assert self.rel is not None
-        rel, size = self.rel, self.info_size
-        return [rel.sh_offset + index * rel.sh_entsize + size for index in self.indices]
+        first, entsize = base + self.rel.sh_offset + self.info_size, self.rel.sh_entsize
+        return [first + index * entsize for index in self.indices]
 
-    def file_offsets(self) -> list[int]:
-        base = self.section.sh_offset
-        return [base + start for start in self.starts]
+    def file_offsets(self, base: int = 0) -> list[int]:
+        """The file offset of each site; `base` is added."""
+        first = base + self.section.sh_offset
+        return [first + start for start in self.starts]
 
     def subset(self, keep: Sequence[bool]) -> SiteGroup:
         """The sites for which `keep` is true."""

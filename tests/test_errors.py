@@ -188,6 +188,9 @@ def test_overlapping_patches_are_bad_input() -> None:
     plan = lib.Plan("x.o", lib.Action.NOP, rewrites, 2, 0, 0)
     with pytest.raises(lib.InputError, match=r"^x\.o: two patches overlap at file offset 0x8: sections overlap$"):
         lib.apply(data, plan)
+    twice = lib.Plan("x.o", lib.Action.NOP, (lib.Rewrite(bytes(5), b"\x90" * 5, (2, 4)),), 2, 0, 0)
+    with pytest.raises(lib.InputError, match=r"^x\.o: two patches overlap at file offset 0x4: sections overlap$"):
+        lib.apply(data, twice)
     stale = lib.Plan("x.o", lib.Action.NOP, (lib.Rewrite(b"\x01", b"\x90", (4,)),), 1, 0, 0)
     with pytest.raises(lib.VerifyError, match="bytes at file offset 0x4 are not the ones verified"):
         lib.apply(data, stale)
