@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -72,6 +73,16 @@ def test_library_snippet_runs(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out.o").read_bytes() != (FIXTURES / "x86_64-pie.o").read_bytes()
+    *sites, patches = proc.stdout.splitlines()
+    assert len(sites) == 8 and "fib (.text+0xcd) gotpcrel call" in sites
+    # fib's call becomes the o16 nop, and its relocation's r_info becomes 0; the bytes are checked against the file.
+    count, listed = patches.split(" ", 1)
+    (site, old, new), (info, r_info, zero) = ast.literal_eval(listed)
+    original = (FIXTURES / "x86_64-pie.o").read_bytes()
+    assert count == "1" and site == hex(0x40 + 0xCD)  # .text starts at file offset 0x40
+    assert bytes.fromhex(old) == original[0x10D : 0x10D + 6] == bytes.fromhex("ff1500000000")
+    assert bytes.fromhex(new) == bytes.fromhex("666666666690")  # o16, 6 bytes
+    assert bytes.fromhex(r_info) == original[int(info, 16) : int(info, 16) + 8] and zero == "00" * 8
 
 
 def test_error_example_is_what_ftpatch_prints(tmp_path: Path) -> None:
