@@ -39,6 +39,7 @@ class Job:
     only: tuple[str, ...]
     exclude: tuple[str, ...]
     targets: tuple[str, ...]
+    fsync: bool = True  # False: no fsync of files or directories (see write_atomic)
 
 
 def _one(job: Job, path: str) -> Outcome:
@@ -52,6 +53,7 @@ def _one(job: Job, path: str) -> Outcome:
             exclude=job.exclude,
             targets=job.targets,
             sync_dir=False,
+            fsync=job.fsync,
         )
     except FtpatchError as e:
         return Outcome(path, e)
@@ -100,11 +102,12 @@ def run(paths: Sequence[str], job: Job, workers: int = 1, fail_fast: bool = Fals
 
     Each file is fsynced before it is renamed into place; the directories the
     renames went to are synced once, at the end, rather than once a file.
+    With job.fsync False, nothing is synced.
     """
     written: set[str] = set()
     try:
         for outcome in _outcomes(paths, job, workers, fail_fast):
-            if outcome.error is None and (outcome.changed or job.output is not None):
+            if job.fsync and outcome.error is None and (outcome.changed or job.output is not None):
                 written.add(os.path.dirname(os.path.abspath(job.output or outcome.path)))
             yield outcome
     finally:

@@ -104,6 +104,14 @@ Jobs = Annotated[int | None, typer.Option("-j", "--jobs", min=1, help="Files pro
 FailFast = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first file that fails.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print a JSON report instead of one line per file.")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No line per file; errors and the summary only.")]
+NoFsync = Annotated[
+    bool,
+    typer.Option(
+        "--no-fsync",
+        help="Do not fsync files and directories: each replace stays atomic, but a power loss may undo it "
+        "(for build trees, whose objects the compiler did not fsync either).",
+    ),
+]
 
 
 def _targets(symbols: list[str]) -> tuple[str, ...]:
@@ -226,6 +234,7 @@ def _patch(
     fail_fast: bool,
     as_json: bool,
     quiet: bool,
+    fsync: bool,
 ) -> None:
     paths = _inputs(files, files_from)
     if in_place == (output is not None):
@@ -239,7 +248,7 @@ def _patch(
     from .patch import Action
 
     started = time.monotonic()
-    job = batch.Job(Action(action_name), output, nop, tuple(only), tuple(exclude), _targets(symbol))
+    job = batch.Job(Action(action_name), output, nop, tuple(only), tuple(exclude), _targets(symbol), fsync)
     advance = _progress(len(paths))
     worst = EXIT_OK
     report = []
@@ -313,6 +322,7 @@ def nop(
     fail_fast: FailFast = False,
     as_json: AsJson = False,
     quiet: Quiet = False,
+    no_fsync: NoFsync = False,
 ) -> None:
     """Turn every profiling call into a nop, after verifying every site."""
     nop = style.value if style else None
@@ -330,6 +340,7 @@ def nop(
         fail_fast=fail_fast,
         as_json=as_json,
         quiet=quiet,
+        fsync=not no_fsync,
     )
 
 
@@ -346,6 +357,7 @@ def call(
     fail_fast: FailFast = False,
     as_json: AsJson = False,
     quiet: Quiet = False,
+    no_fsync: NoFsync = False,
 ) -> None:
     """Turn nop'd profiling sites back into the exact calls, after verifying every site."""
     _patch(
@@ -362,6 +374,7 @@ def call(
         fail_fast=fail_fast,
         as_json=as_json,
         quiet=quiet,
+        fsync=not no_fsync,
     )
 
 

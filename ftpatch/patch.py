@@ -243,24 +243,25 @@ def patch_file(
     exclude: Sequence[str] = (),
     targets: Sequence[str] = DEFAULT_TARGETS,
     sync_dir: bool = True,
+    fsync: bool = True,
 ) -> Plan:
     """Scan, verify, patch and write one ELF file or static archive; `output=None` replaces `path`.
 
     Nothing is written unless every chosen site verified. In place, an
-    unchanged file is left untouched, mtime included. sync_dir: see write_atomic.
+    unchanged file is left untouched, mtime included. sync_dir, fsync: see write_atomic.
     """
     if output is None and os.path.islink(path):
         raise InputError(path, "is a symbolic link, give --in-place the file it points to")
     if output is not None:
         data = read_input(path)
         the_plan = plan_all(path, scan_data(path, data, targets), action, nop=nop, only=only, exclude=exclude)
-        write_atomic(output, apply(data, the_plan), os.stat(path).st_mode & 0o7777, sync_dir=sync_dir)
+        write_atomic(output, apply(data, the_plan), os.stat(path).st_mode & 0o7777, sync_dir=sync_dir, fsync=fsync)
         return the_plan
     # In place: the file stays locked from reading to renaming, so concurrent runs take turns.
     with locked_input(path) as (data, mode):
         the_plan = plan_all(path, scan_data(path, data, targets), action, nop=nop, only=only, exclude=exclude)
         if the_plan.changes:
-            write_atomic(path, apply(data, the_plan), mode, sync_dir=sync_dir)
+            write_atomic(path, apply(data, the_plan), mode, sync_dir=sync_dir, fsync=fsync)
         else:
             sweep_stale(path)  # what a killed run left, even when this one has nothing to write
     return the_plan

@@ -90,10 +90,13 @@ def sync_directory(directory: str) -> None:
         raise OutputError(directory, f"{(e.strerror or str(e)).lower()}, syncing the directory") from None
 
 
-def write_atomic(target: str, data: bytes, mode: int, *, sync_dir: bool = True) -> None:
+def write_atomic(target: str, data: bytes, mode: int, *, sync_dir: bool = True, fsync: bool = True) -> None:
     """Replace (or create) `target` with `data` and permission bits `mode`, atomically.
 
-    With sync_dir False the caller syncs the directory itself, once for a whole batch.
+    The file is fsynced before the rename and its directory after it. With
+    sync_dir False the caller syncs the directory itself, once for a whole
+    batch; with fsync False neither is synced: the replace is still atomic for
+    every reader, but a power loss may undo it.
     """
     directory = os.path.dirname(os.path.abspath(target))
     sweep_stale(target)
@@ -111,7 +114,8 @@ def write_atomic(target: str, data: bytes, mode: int, *, sync_dir: bool = True) 
             while view:
                 view = view[os.write(fd, view) :]
             os.fchmod(fd, mode)
-            os.fsync(fd)
+            if fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temp, target)
@@ -123,7 +127,7 @@ def write_atomic(target: str, data: bytes, mode: int, *, sync_dir: bool = True) 
             # Best effort: it may never have been created (EROFS, EACCES) or already be renamed.
             with contextlib.suppress(OSError):
                 os.unlink(temp)
-    if sync_dir:
+    if sync_dir and fsync:
         sync_directory(directory)
 
 

@@ -84,6 +84,30 @@ def test_in_place_keeps_mode_and_replaces_inode(tmp: Path) -> None:
     assert target.read_bytes() == nopped_bytes(tmp)
 
 
+def test_fsync_before_rename_unless_no_fsync(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    files = [tmp / f"{i}.o" for i in range(3)]
+    for f in files:
+        shutil.copy(PIE, f)
+    assert run_cli(["nop", "--in-place", "-j", "1", *map(str, files)])[0] == 0
+    # Each new file under its temporary name, before the rename; the directory once, after all of them.
+    assert [Path(p).name.split(".ftpatch-")[0] for p in synced] == [".0.o", ".1.o", ".2.o", tmp.name]
+    assert synced[-1] == str(tmp)
+    synced.clear()
+    for f in files:
+        shutil.copy(PIE, f)
+    assert run_cli(["nop", "--in-place", "-j", "1", "--no-fsync", *map(str, files)])[0] == 0
+    assert synced == []
+    assert all(f.read_bytes() == nopped_bytes(tmp) for f in files)
+
+
 def test_hard_link_in_place_keeps_other_names(tmp: Path) -> None:
     a, b = tmp / "a.o", tmp / "b.o"
     shutil.copy(PIE, a)
