@@ -23,6 +23,7 @@ recordmcount variants:
 ftpatch variants (skipped, with a note, if the command is not found):
   ftpatch-j2   ftpatch nop --in-place --files-from LIST -j 2 --json
   ftpatch-j1   the same with -j 1
+  ftpatch-j2-nofsync  ftpatch-j2 with --no-fsync
                (options the CLI does not have yet are probed from `nop --help`
                and dropped, with a NOTE; without --files-from the files are
                passed as arguments: ftpatch-argv*)
@@ -232,6 +233,15 @@ def ftpatch_variants(cmd, each):
                         f"ftpatch-j{j}",
                         "ftpatch",
                         [*base, "nop", "--in-place", "--files-from", "{list}", "-j", j, *json_opt],
+                        "list",
+                    )
+                )
+            if "--no-fsync" in helptext:
+                v.append(
+                    Variant(
+                        "ftpatch-j2-nofsync",
+                        "ftpatch",
+                        [*base, "nop", "--in-place", "--no-fsync", "--files-from", "{list}", "-j", "2", *json_opt],
                         "list",
                     )
                 )
