@@ -19,8 +19,8 @@ import stat
 import struct
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 from .errors import InputError
 
@@ -42,8 +42,11 @@ _SYM = {ELFCLASS32: struct.Struct("<IIIBBH"), ELFCLASS64: struct.Struct("<IBBHQQ
 _SHDR = {ELFCLASS32: struct.Struct("<IIIIIIIIII"), ELFCLASS64: struct.Struct("<IIQQQQIIQQ")}
 
 
-@dataclass(frozen=True)
-class Section:
+class Section(NamedTuple):
+    """One section header. Sections and symbols are named tuples, not dataclasses:
+    an object built with -ffunction-sections has tens of thousands of each, and a
+    frozen dataclass costs four times as much to make."""
+
     index: int
     name: str
     sh_type: int
@@ -63,8 +66,7 @@ class Section:
         return f"{self.name}+{offset:#x}"
 
 
-@dataclass(frozen=True)
-class Symbol:
+class Symbol(NamedTuple):
     index: int
     name: str
     st_value: int
@@ -130,8 +132,9 @@ class SymbolTable:
                 at = strtab.find(key, at + 1)
         # st_name is the first word of every entry, in both classes.
         st_names = words(self._table, 4)[:: self._layout.size // 4].tolist()
+        used = offsets.keys() & set(st_names)  # a short name ends many strings; few of them are symbols
         found = {}
-        for st_name, name in offsets.items():
+        for st_name, name in ((o, offsets[o]) for o in used):
             i = 0  # symbol 0 is never a target
             with contextlib.suppress(ValueError):  # list.index searches in C; a comprehension would not
                 while True:
@@ -234,8 +237,12 @@ class ElfFile:
 
     def __init__(self, path: str, data: bytes) -> None:
         self.path = path
-        self.data = data
+        self.data = bytes(data)  # the same object when it is bytes already; sites are its slices
         self.elfclass, self.e_type, self.e_machine, self.sections = self._check_container()
+
+    def __reduce__(self) -> tuple[type[ElfFile], tuple[str, bytes]]:
+        # Its views of the bytes cannot be pickled; they are made again from the bytes.
+        return ElfFile, (self.path, self.data)
 
     @classmethod
     def load(cls, path: str) -> ElfFile:
@@ -324,29 +331,21 @@ class ElfFile:
             raise self.fail(
                 f"section header table ({shnum} entries at {e_shoff:#x}) is truncated, file is {len(data):#x} bytes, e_shnum"
             )
-        raw = [shdr.unpack_from(data, e_shoff + i * shdr.size) for i in range(shnum)]
+        raw = list(shdr.iter_unpack(memoryview(data)[e_shoff : e_shoff + shnum * shdr.size]))
         if not 0 < shstrndx < shnum:
             raise self.fail(f"section name table index {shstrndx} is out of range ({shnum} sections), e_shstrndx")
-        for i, (_, sh_type, _, _, sh_offset, sh_size, *_rest) in enumerate(raw):
-            if sh_type not in (SHT_NOBITS, SHT_NULL) and sh_offset + sh_size > len(data):
+        for i, header in enumerate(raw):
+            sh_type, sh_offset, sh_size = header[1], header[4], header[5]
+            if sh_offset + sh_size > len(data) and sh_type not in (SHT_NOBITS, SHT_NULL):
                 raise self.fail(
                     f"section [{i}] (offset {sh_offset:#x}, size {sh_size:#x}) extends past the end of the file ({len(data):#x} bytes), sh_size"
                 )
         _, _, _, _, str_off, str_size, *_ = raw[shstrndx]
         strtab = data[str_off : str_off + str_size]
         sections = []
-        for i, (
-            sh_name,
-            sh_type,
-            sh_flags,
-            sh_addr,
-            sh_offset,
-            sh_size,
-            sh_link,
-            sh_info,
-            _align,
-            sh_entsize,
-        ) in enumerate(raw):
+        for i, (sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_link, sh_info, _, sh_entsize) in enumerate(
+            raw
+        ):
             end = strtab.find(b"\0", sh_name)
             if end < 0:
                 raise self.fail(f"section [{i}] name offset {sh_name:#x} is outside the section name table")

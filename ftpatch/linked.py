@@ -35,6 +35,7 @@ import io
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .elf import ET_DYN, SHF_EXECINSTR, SHT_NOBITS, ElfFile, Section
@@ -253,6 +254,12 @@ class _Linked:
         t, form, call = chosen
         offset = va - sec.sh_addr
         code = code6[: SITE_LENGTH[form]]
+        if state is State.OTHER and known_nop(code, self.x86_64):
+            # A nop where a site must be, whose call no target's position allows: a site's
+            # state is what its bytes are (scan.site_state), so this cannot pass as OTHER.
+            raise VerifyError(
+                self.path, f"the nop at {sec.where(offset)} is where no call of a target can be, by its position"
+            )
         return Site(function, sec.name, offset, sec.sh_offset + offset, form, t.name, state, code, call, None)
 
     # -- locating ----------------------------------------------------------------------
@@ -487,33 +494,33 @@ def scan_linked(
             elf.path, f"malformed linked file ({type(e).__name__}: {e}), reading it with pyelftools"
         ) from None
     functions = {site.file_offset: site.function for site in sites}
-
-    def function_at(section: Section, offset: int) -> str | None:
-        return functions.get(section.sh_offset + offset)
-
-    return _groups(elf, sites), function_at, linked.blind
+    return _groups(elf, sites), partial(_function_at, functions), linked.blind
 
 
 def _groups(elf: ElfFile, sites: Iterable[Site]) -> tuple[SiteGroup, ...]:
-    """Sites as groups, one per section, form and target; each site keeps its own call."""
+    """Sites as groups, one per form and target; each site keeps its section and its own call."""
     from .scan import SiteGroup
 
     # A site names its section by name; with its file offset that names one section.
     sections = {(s.name, s.sh_offset): s for s in elf.sections}
-    grouped: dict[tuple[str, int, Form, str | None], list[Site]] = {}
+    grouped: dict[tuple[Form, str | None], list[Site]] = {}
     for site in sites:
-        grouped.setdefault((site.section, site.file_offset - site.offset, site.form, site.target), []).append(site)
+        grouped.setdefault((site.form, site.target), []).append(site)
     return tuple(
         SiteGroup(
-            sections[name, sh_offset],
             form,
             target,
+            tuple(sections[s.section, s.file_offset - s.offset] for s in group),
             tuple(s.offset for s in group),
             tuple(s.code for s in group),
             tuple(s.call for s in group),
         )
-        for (name, sh_offset, form, target), group in grouped.items()
+        for (form, target), group in grouped.items()
     )
+
+
+def _function_at(functions: dict[int, str | None], section: Section, offset: int) -> str | None:
+    return functions.get(section.sh_offset + offset)
 
 
 __all__ = ["Target", "scan_linked"]

@@ -101,11 +101,16 @@ def _pairs(group: SiteGroup) -> dict[tuple[bytes, bytes | None], Sequence[int]]:
     return at
 
 
-def _group_rewrites(
-    group: SiteGroup, base: int, action: Action, style: NopStyle, x86_64: bool
-) -> tuple[list[Rewrite], int, list[int]]:
-    """The rewrites that put a group's sites in the requested state, how many sites
-    change, and which sites (by position) cannot be put in it.
+def _group_edits(
+    group: SiteGroup,
+    base: int,
+    action: Action,
+    style: NopStyle,
+    x86_64: bool,
+    edits: dict[tuple[bytes, bytes], list[int]],
+) -> tuple[int, list[int]]:
+    """Add to `edits` (old bytes, new bytes) -> file offsets what puts a group's sites in the
+    requested state; return how many sites change, and which (by position) cannot be put in it.
 
     nop and call are mirror images, as ftrace_make_nop and ftrace_make_call are:
     the site's bytes go to the other state, and its r_info to 0 or back to the call's.
@@ -114,9 +119,9 @@ def _group_rewrites(
     """
     nop = action is Action.NOP
     if not nop and group.form is Form.RECORDED:
-        return [], 0, list(range(len(group)))
+        return 0, list(range(len(group)))
     offsets = group.file_offsets(base)
-    rewrites, bad, changed = [], [], 0
+    bad, changed = [], 0
     for (code, call), positions in _pairs(group).items():
         state = site_state(code, call, x86_64)
         if state is State.OTHER:
@@ -124,16 +129,17 @@ def _group_rewrites(
         elif state is not (State.NOP if nop else State.CALL):
             new = style.for_length(len(code)) if nop else call
             assert new is not None  # only a RECORDED site has no call, and it never gets here as a call
-            at = tuple(offsets) if len(positions) == len(offsets) else tuple([offsets[i] for i in positions])
-            rewrites.append(Rewrite(code, new, at))
+            at = offsets if len(positions) == len(offsets) else [offsets[i] for i in positions]
+            edits.setdefault((code, new), []).extend(at)
             changed += len(positions)
     # A linked file's site has no relocation: its bytes are all there is.
-    if group.rel is not None and group.r_info != (want := 0 if nop else group.call_info):
+    if group.rels and group.r_info != (want := 0 if nop else group.call_info):
         size = group.info_size
-        infos = tuple(group.info_offsets(base))
-        rewrites.append(Rewrite(group.r_info.to_bytes(size, "little"), want.to_bytes(size, "little"), infos))
+        edits.setdefault((group.r_info.to_bytes(size, "little"), want.to_bytes(size, "little")), []).extend(
+            group.info_offsets(base)
+        )
         changed = len(group)
-    return rewrites, changed, bad
+    return changed, bad
 
 
 def plan(
@@ -146,26 +152,31 @@ def plan(
         if result.blind:
             raise InputError(result.path, result.blind)
         problems += result.strays
-    rewrites: list[Rewrite] = []
+    edits: dict[tuple[bytes, bytes], list[int]] = {}
     bad: list[Site] = []
     patched = chosen_sites = filtered = 0
     for group in result.groups:
         if only or exclude:
-            keep = [chosen(result.function_at(group.section, start), only, exclude) for start in group.starts]
+            places = zip(group.sections, group.starts, strict=True)
+            keep = [chosen(result.function_at(section, start), only, exclude) for section, start in places]
             filtered += len(group) - sum(keep)
-            group = group.subset(keep)
-        group_rewrites, changed, refused = _group_rewrites(group, result.base, action, style, result.x86_64)
-        rewrites += group_rewrites
+            if not any(keep):
+                continue
+            if not all(keep):
+                group = group.subset(keep)
+        changed, refused = _group_edits(group, result.base, action, style, result.x86_64, edits)
         patched += changed
         chosen_sites += len(group)
-        bad += [group.site(i, result.function_at(group.section, group.starts[i]), result.x86_64) for i in refused]
+        bad += [group.site(i, result.function_at(group.sections[i], group.starts[i]), result.x86_64) for i in refused]
     if bad:
         bad.sort(key=attrgetter("file_offset"))
         problems.append(_problem(result, bad[0], action, style))
     if problems:
         more = len(problems) - 1 + len(bad) - bool(bad)
         raise VerifyError(result.path, problems[0] + (f" (and {more} more sites)" if more else ""))
-    return Plan(result.path, action, tuple(rewrites), patched, chosen_sites - patched, filtered)
+    # Offsets in file order: a rewrite whose offsets ascend is quick to check for overlaps.
+    rewrites = tuple(Rewrite(old, new, tuple(sorted(offsets))) for (old, new), offsets in edits.items())
+    return Plan(result.path, action, rewrites, patched, chosen_sites - patched, filtered)
 
 
 def _first_overlap(rewrites: Sequence[Rewrite]) -> int | None:

@@ -118,3 +118,18 @@ def test_many_sites_in_every_state(many_functions: Path) -> None:
     check_against_reference(path, restyled)
     (final,) = scan_data(path, restyled)
     assert lib.apply(restyled, lib.plan(final, lib.Action.CALL)) == data
+
+
+def test_results_pickle_and_take_any_bytes(tmp_path: Path) -> None:
+    """A ScanResult crosses processes whole (its function names too), and a bytearray scans as bytes do."""
+    import pickle
+
+    program = tmp_path / "prog"
+    subprocess.run(["gcc", "-pg", FIXTURES / "x86_64-pie.o", "-o", program], check=True)
+    for path in (FIXTURES / "x86_64-pie.o", program):
+        (result,) = scan_data(str(path), bytearray(path.read_bytes()))
+        assert result.sites and all(type(site.code) is bytes for site in result.sites)
+        assert all(site.function for site in result.sites)
+        again = pickle.loads(pickle.dumps(result))
+        assert again.sites == result.sites
+        assert lib.plan(again, lib.Action.NOP).patches == lib.plan(result, lib.Action.NOP).patches

@@ -128,6 +128,24 @@ def test_site_straddling_the_end_of_its_section(tmp: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("first", ["type", "offset"])
+def test_the_first_bad_entry_in_table_order_is_reported(tmp: Path, first: str) -> None:
+    # x86_64-fentry.o's .rela.text (at 0x618, 24-byte entries): [3] and [4] are R_X86_64_PLT32 against __fentry__.
+    fentry = FIXTURES / "x86_64-fentry.o"
+    entry = {i: 0x618 + 24 * i for i in (3, 4)}
+    not_a_call = 0xB_0000_0001  # R_X86_64_64 against symbol 11, __fentry__
+    type_at, offset_at = (3, 4) if first == "type" else (4, 3)
+    bad = poke(tmp, "two.o", (entry[type_at] + 8, "Q", not_a_call), (entry[offset_at], "Q", 0x1000), src=fentry)
+    if first == "type":
+        fails(
+            bad,
+            f"{bad}: R_X86_64_64 against __fentry__ at .text+0x31 is not a call ftpatch knows, relocation .rela.text[3]",
+            3,
+        )
+    else:
+        fails(bad, f"{bad}: site .text+0xfff of 5 bytes does not fit in .text (0x19d bytes), relocation .rela.text[3]")
+
+
 def test_64_bit_class_with_32_bit_machine(tmp: Path) -> None:
     bad = poke(tmp, "mixed.o", (18, "H", 3))
     fails(bad, f"{bad}: ELFCLASS64 with machine EM_386 (3) is not supported, e_ident[4]")
