@@ -169,14 +169,19 @@ class SiteGroup:
 
     def file_offsets(self, base: int = 0) -> list[int]:
         """The file offset of each site; `base` is added."""
-        return [base + section.sh_offset + start for section, start in zip(self.sections, self.starts, strict=True)]
+        sections, starts = self.sections, self.starts
+        if sections and sections.count(sections[0]) == len(sections):  # one section: the usual case
+            first = base + sections[0].sh_offset
+            return [first + start for start in starts]
+        return [base + section.sh_offset + start for section, start in zip(sections, starts, strict=True)]
 
     def info_offsets(self, base: int = 0) -> list[int]:
         """The file offset of each site's r_info, its entry's second word; `base` is added."""
-        word = base + self.info_size
-        return [
-            word + rel.sh_offset + index * rel.sh_entsize for rel, index in zip(self.rels, self.indices, strict=True)
-        ]
+        rels, indices, word = self.rels, self.indices, base + self.info_size
+        if rels.count(rels[0]) == len(rels):  # one relocation table: the usual case
+            first, entsize = word + rels[0].sh_offset, rels[0].sh_entsize
+            return [first + index * entsize for index in indices]
+        return [word + rel.sh_offset + index * rel.sh_entsize for rel, index in zip(rels, indices, strict=True)]
 
     def subset(self, keep: Sequence[bool]) -> SiteGroup:
         """The sites for which `keep` is true."""
@@ -246,7 +251,7 @@ class _Entries:
     All the tables that apply to executable sections are read as one: gcc
     -ffunction-sections gives an object one table a function, and a pass per
     table would cost more than the rest of the scan. An entry is named by its
-    position in these columns; `table` and `index` say where it lives.
+    position in these columns; `table` and index() say where it lives.
     """
 
     tables: tuple[tuple[Section, Section], ...]  # (relocation section, the section it applies to)
