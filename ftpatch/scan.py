@@ -28,6 +28,7 @@ takes about 15 ms.
 
 from __future__ import annotations
 
+import array
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -255,19 +256,21 @@ class _Entries:
     """
 
     tables: tuple[tuple[Section, Section], ...]  # (relocation section, the section it applies to)
-    table: list[int]  # each entry's table, an index into `tables`
+    # Arrays, not lists: an object linked with ld -r can have millions of entries, and a
+    # list of ints costs 36 bytes an entry where an array costs 8.
+    table: array.array[int]  # each entry's table, an index into `tables`
     first: list[int]  # the position of each table's first entry: entry i is [i - first[table[i]]] of its table
-    r_offset: list[int]
-    r_info: list[int]
-    r_addend: list[int | None]  # None for an entry of a REL table, whose addend is in the bytes relocated
+    r_offset: array.array[int]
+    r_info: array.array[int]
+    r_addend: array.array[int]  # 0 for an entry of a REL table, whose addend is in the bytes relocated
 
     @classmethod
     def read(cls, elf: ElfFile, tables: Sequence[tuple[Section, Section]]) -> _Entries:
         """The tables' entries, each table's layout and every symbol index checked."""
         word = 8 if elf.elfclass == ELFCLASS64 else 4
-        r_offset: list[int] = []
-        r_info: list[int] = []
-        r_addend: list[int | None] = []
+        unsigned_code = "Q" if word == 8 else "I"
+        r_offset, r_info = array.array(unsigned_code), array.array(unsigned_code)
+        r_addend = array.array("q" if word == 8 else "i")
         counts = []
         for rel, _ in tables:
             if rel.sh_link != elf.symtab.index:
@@ -283,10 +286,14 @@ class _Entries:
             raw = b"".join(elf.section_data(rel) for rel, _ in run)
             columns = 3 if rela else 2
             unsigned = words(raw, word)
-            r_offset += unsigned[0::columns].tolist()
-            r_info += unsigned[1::columns].tolist()
-            r_addend += words(raw, word, signed=True)[2::3].tolist() if rela else [None] * (len(unsigned) // 2)
-        table = list(chain.from_iterable(repeat(t, n) for t, n in enumerate(counts)))
+            r_offset += unsigned[0::columns]
+            r_info += unsigned[1::columns]
+            r_addend += (
+                words(raw, word, signed=True)[2::3]
+                if rela
+                else array.array(r_addend.typecode, [0]) * (len(unsigned) // 2)
+            )
+        table = array.array("I", chain.from_iterable(repeat(t, n) for t, n in enumerate(counts)))
         first = [0, *accumulate(counts)][:-1]
         entries = cls(tuple(tables), table, first, r_offset, r_info, r_addend)
         shift, nsyms = (32 if word == 8 else 8), len(elf.symbols)
@@ -308,7 +315,11 @@ class _Entries:
         return self.tables[self.table[i]][1]
 
     def rela(self, i: int) -> bool:
-        return self.r_addend[i] is not None
+        return self.tables[self.table[i]][0].sh_type == SHT_RELA
+
+    def addend(self, i: int) -> int | None:
+        """Entry i's r_addend; None on REL."""
+        return self.r_addend[i] if self.rela(i) else None
 
     @cached_property
     def values(self) -> dict[int, None]:
@@ -472,7 +483,7 @@ class _Scanner:
             return []
         by_form: dict[Form, list[int]] = {}
         for i in entries.holding(0):
-            addend = entries.r_addend[i]
+            addend = entries.addend(i)
             if addend is not None and addend != _RELA_CALL_ADDEND:
                 continue
             form = self._dormant_form(entries, i)
@@ -552,7 +563,8 @@ class _Scanner:
         symbols = [r_info >> self._shift for r_info in entries.r_info]
         places = {symbol: elf.symbols.place(symbol) for symbol in set(symbols)}
         positions, sections, starts = [], [], []
-        for i, (symbol, addend) in enumerate(zip(symbols, entries.r_addend, strict=True)):
+        for i, symbol in enumerate(symbols):
+            addend = entries.addend(i)
             if addend is None:
                 r_offset = entries.r_offset[i]
                 addend = int.from_bytes(words_[r_offset : r_offset + self._word], "little", signed=True)
