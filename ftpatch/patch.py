@@ -202,6 +202,11 @@ def _first_overlap(rewrites: Sequence[Rewrite]) -> int | None:
 
 def apply(data: bytes, plan: Plan) -> bytes:
     """The input bytes with the plan's patches written in."""
+    return bytes(_patched(data, plan))
+
+
+def _patched(data: bytes, plan: Plan) -> bytearray:
+    """apply() without its last copy, which patch_file does not need: a file is written from any bytes."""
     overlap = _first_overlap(plan.rewrites)
     if overlap is not None:
         # Only a file whose sections overlap can put two sites, or a site and an r_info, on the same bytes.
@@ -220,7 +225,7 @@ def apply(data: bytes, plan: Plan) -> bytes:
         for offset in r.file_offsets:
             view[offset : offset + n] = new
     view.release()
-    return bytes(out)
+    return out
 
 
 def plan_all(
@@ -266,13 +271,13 @@ def patch_file(
     if output is not None:
         data = read_input(path)
         the_plan = plan_all(path, scan_data(path, data, targets), action, nop=nop, only=only, exclude=exclude)
-        write_atomic(output, apply(data, the_plan), os.stat(path).st_mode & 0o7777, sync_dir=sync_dir, fsync=fsync)
+        write_atomic(output, _patched(data, the_plan), os.stat(path).st_mode & 0o7777, sync_dir=sync_dir, fsync=fsync)
         return the_plan
     # In place: the file stays locked from reading to renaming, so concurrent runs take turns.
     with locked_input(path) as (data, mode):
         the_plan = plan_all(path, scan_data(path, data, targets), action, nop=nop, only=only, exclude=exclude)
         if the_plan.changes:
-            write_atomic(path, apply(data, the_plan), mode, sync_dir=sync_dir, fsync=fsync)
+            write_atomic(path, _patched(data, the_plan), mode, sync_dir=sync_dir, fsync=fsync)
         else:
             sweep_stale(path)  # what a killed run left, even when this one has nothing to write
     return the_plan

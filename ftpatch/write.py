@@ -90,7 +90,7 @@ def sync_directory(directory: str) -> None:
         raise OutputError(directory, f"{(e.strerror or str(e)).lower()}, syncing the directory") from None
 
 
-def write_atomic(target: str, data: bytes, mode: int, *, sync_dir: bool = True, fsync: bool = True) -> None:
+def write_atomic(target: str, data: bytes | bytearray, mode: int, *, sync_dir: bool = True, fsync: bool = True) -> None:
     """Replace (or create) `target` with `data` and permission bits `mode`, atomically.
 
     The file is fsynced before the rename and its directory after it. With
