@@ -8,6 +8,7 @@
 #   modules-pristine/        every .ko of Debian 12's linux-image-*-amd64-unsigned,
 #                            decompressed, with __mcount_loc removed by objcopy
 #   big20k.o                 20,000 functions, gcc -O1 -pg -mfentry -fno-pie
+#   fsections8k.o            8,000 functions, gcc -O1 -pg -mfentry -mrecord-mcount -ffunction-sections
 #   corpus.txt               packages used, file/byte/__fentry__ relocation counts
 #
 # Environment:
@@ -119,6 +120,17 @@ EOF
     gcc -O1 -pg -mfentry -fno-pie -c "$CACHE/big20k.c" -o "$CACHE/big20k.o.tmp"
     mv "$CACHE/big20k.o.tmp" "$CACHE/big20k.o"
     stamp big20k
+fi
+
+# -------------------------------------------------------------- fsections8k.o
+# One relocation table and one section a function, plus __mcount_loc: for bench/inprocess.py.
+if ! done_stamp fsections8k || [ ! -f "$CACHE/fsections8k.o" ]; then
+    log "generating fsections8k.c and compiling it (about 5 s)"
+    python3 -c 'import sys; sys.stdout.write("".join(f"int f{i}(int x) {{ return x * {i} + 1; }}\n" for i in range(8000)))' \
+        > "$CACHE/fsections8k.c"
+    gcc -O1 -pg -mfentry -mrecord-mcount -ffunction-sections -c "$CACHE/fsections8k.c" -o "$CACHE/fsections8k.o.tmp"
+    mv "$CACHE/fsections8k.o.tmp" "$CACHE/fsections8k.o"
+    stamp fsections8k
 fi
 
 # ------------------------------------------------------------------ corpus.txt
