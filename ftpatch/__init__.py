@@ -6,7 +6,7 @@ FtpatchError. capstone and pyelftools are imported only when a file needs them.
 
 from .errors import FtpatchError, InputError, OutputError, VerifyError
 from .patch import Action, Patch, Plan, Rewrite, apply, patch_file, plan, plan_all
-from .scan import DEFAULT_TARGETS, ScanResult, Site, SiteGroup, State, scan, scan_path, select
+from .scan import DEFAULT_TARGETS, ScanResult, Site, SiteGroup, State, scan, scan_path
 from .x86 import NOP_STYLES, Form, NopStyle
 
 __version__ = "0.1.0"
@@ -35,5 +35,4 @@ __all__ = [
     "plan_all",
     "scan",
     "scan_path",
-    "select",
 ]

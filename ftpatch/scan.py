@@ -652,16 +652,6 @@ def chosen(function: str | None, only: Sequence[str] = (), exclude: Sequence[str
     )
 
 
-def select(
-    sites: Sequence[Site], only: Sequence[str] = (), exclude: Sequence[str] = ()
-) -> tuple[list[Site], list[Site]]:
-    """Split sites into (chosen, filtered out) by shell globs over function names."""
-    kept, filtered = [], []
-    for site in sites:
-        (kept if chosen(site.function, only, exclude) else filtered).append(site)
-    return kept, filtered
-
-
 __all__ = [
     "DEFAULT_TARGETS",
     "InputError",
@@ -674,5 +664,4 @@ __all__ = [
     "scan_data",
     "scan_elf",
     "scan_path",
-    "select",
 ]
