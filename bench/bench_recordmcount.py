@@ -24,9 +24,6 @@ ftpatch variants (skipped, with a note, if the command is not found):
   ftpatch-j2   ftpatch nop --in-place --files-from LIST -j 2 --json
   ftpatch-j1   the same with -j 1
   ftpatch-j2-nofsync  ftpatch-j2 with --no-fsync
-               (options the CLI does not have yet are probed from `nop --help`
-               and dropped, with a NOTE; without --files-from the files are
-               passed as arguments: ftpatch-argv*)
   ftpatch-each one process per file (only with --ftpatch-each; slow by nature)
 
 Any other command line can be plugged in with --tool 'NAME=TEMPLATE', where
@@ -203,7 +200,7 @@ def recordmcount_variants(rm):
 
 
 def ftpatch_variants(cmd, each):
-    """ftpatch variants, adapted to the options its CLI has; (variants, notes)."""
+    """The ftpatch variants; (variants, notes)."""
     base = shlex.split(cmd)
     if not base or shutil.which(base[0]) is None:
         return None, [
@@ -211,64 +208,18 @@ def ftpatch_variants(cmd, each):
             "variants, printing recordmcount figures only (set FTPATCH_CMD or "
             "--ftpatch-cmd)."
         ]
-    try:
-        h = subprocess.run([*base, "nop", "--help"], capture_output=True, text=True, timeout=60)
-        helptext = h.stdout + h.stderr
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return None, [f"`{cmd} nop --help` failed ({e}): skipping ftpatch"]
-    has = {o: o in helptext for o in ("--files-from", "--json", "--in-place")}
-    has["-j"] = any(x in helptext for x in (" -j", "--jobs"))
-    notes = []
-    if not has["--in-place"]:
-        return None, [f"`{cmd} nop` has no --in-place: skipping ftpatch"]
-    json_opt = ["--json"] if has["--json"] else []
-    if not has["--json"]:
-        notes.append("ftpatch nop has no --json yet: run without it")
-    v = []
-    if has["--files-from"]:
-        if has["-j"]:
-            for j in ("2", "1"):
-                v.append(
-                    Variant(
-                        f"ftpatch-j{j}",
-                        "ftpatch",
-                        [*base, "nop", "--in-place", "--files-from", "{list}", "-j", j, *json_opt],
-                        "list",
-                    )
-                )
-            if "--no-fsync" in helptext:
-                v.append(
-                    Variant(
-                        "ftpatch-j2-nofsync",
-                        "ftpatch",
-                        [*base, "nop", "--in-place", "--no-fsync", "--files-from", "{list}", "-j", "2", *json_opt],
-                        "list",
-                    )
-                )
-        else:
-            notes.append("ftpatch nop has no -j yet: one run without it")
-            v.append(
-                Variant(
-                    "ftpatch-list", "ftpatch", [*base, "nop", "--in-place", "--files-from", "{list}", *json_opt], "list"
-                )
-            )
-    else:
-        notes.append("ftpatch nop has no --files-from yet: all files given as arguments instead")
-        if has["-j"]:
-            for j in ("2", "1"):
-                v.append(
-                    Variant(
-                        f"ftpatch-argv-j{j}",
-                        "ftpatch",
-                        [*base, "nop", "--in-place", "-j", j, *json_opt, "{files}"],
-                        "batch",
-                    )
-                )
-        else:
-            v.append(Variant("ftpatch-argv", "ftpatch", [*base, "nop", "--in-place", *json_opt, "{files}"], "batch"))
+    nop = [*base, "nop", "--in-place"]
+    v = [
+        Variant(name, "ftpatch", [*nop, *extra, "--files-from", "{list}", "-j", jobs, "--json"], "list")
+        for name, jobs, extra in (
+            ("ftpatch-j2", "2", []),
+            ("ftpatch-j1", "1", []),
+            ("ftpatch-j2-nofsync", "2", ["--no-fsync"]),
+        )
+    ]
     if each:
-        v.append(Variant("ftpatch-each", "ftpatch", [*base, "nop", "--in-place", "{file}"], "each"))
-    return v, notes
+        v.append(Variant("ftpatch-each", "ftpatch", [*nop, "{file}"], "each"))
+    return v, []
 
 
 # -------------------------------------------------------------------- corpus
