@@ -149,7 +149,9 @@ class SymbolTable:
         for i, (_, st_type, st_shndx, st_value, st_size) in enumerate(self._rows):
             if st_type == STT_FUNC and st_shndx:
                 by_section.setdefault(st_shndx, []).append((st_value, st_size, i))
-        return {shndx: ([f[0] for f in sorted(funcs)], sorted(funcs)) for shndx, funcs in by_section.items()}
+        for funcs in by_section.values():
+            funcs.sort()
+        return {shndx: ([f[0] for f in funcs], funcs) for shndx, funcs in by_section.items()}
 
     def function_at(self, shndx: int, offset: int) -> Symbol | None:
         """The STT_FUNC symbol of section `shndx` whose extent holds `offset`, if any."""
