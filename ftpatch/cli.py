@@ -226,7 +226,7 @@ def _patch(
     files_from: str | None,
     output: str | None,
     in_place: bool,
-    nop: str | None,
+    style: NopChoice | None,
     only: list[str],
     exclude: list[str],
     symbol: list[str],
@@ -234,8 +234,9 @@ def _patch(
     fail_fast: bool,
     as_json: bool,
     quiet: bool,
-    fsync: bool,
+    no_fsync: bool,
 ) -> None:
+    """nop and call: their parameters, by the same names (each passes its own locals())."""
     paths = _inputs(files, files_from)
     if in_place == (output is not None):
         _usage("give exactly one of -o FILE or --in-place")
@@ -248,7 +249,8 @@ def _patch(
     from .patch import Action
 
     started = time.monotonic()
-    job = batch.Job(Action(action_name), output, nop, tuple(only), tuple(exclude), _targets(symbol), fsync)
+    nop = style.value if style else None
+    job = batch.Job(Action(action_name), output, nop, tuple(only), tuple(exclude), _targets(symbol), not no_fsync)
     advance = _progress(len(paths))
     worst = EXIT_OK
     report = []
@@ -325,23 +327,7 @@ def nop(
     no_fsync: NoFsync = False,
 ) -> None:
     """Turn every profiling call into a nop, after verifying every site."""
-    nop = style.value if style else None
-    _patch(
-        "nop",
-        files=files,
-        files_from=files_from,
-        output=output,
-        in_place=in_place,
-        nop=nop,
-        only=only,
-        exclude=exclude,
-        symbol=symbol,
-        jobs=jobs,
-        fail_fast=fail_fast,
-        as_json=as_json,
-        quiet=quiet,
-        fsync=not no_fsync,
-    )
+    _patch("nop", **locals())
 
 
 @app.command()
@@ -360,22 +346,7 @@ def call(
     no_fsync: NoFsync = False,
 ) -> None:
     """Turn nop'd profiling sites back into the exact calls, after verifying every site."""
-    _patch(
-        "call",
-        files=files,
-        files_from=files_from,
-        output=output,
-        in_place=in_place,
-        nop=None,
-        only=only,
-        exclude=exclude,
-        symbol=symbol,
-        jobs=jobs,
-        fail_fast=fail_fast,
-        as_json=as_json,
-        quiet=quiet,
-        fsync=not no_fsync,
-    )
+    _patch("call", style=None, **locals())
 
 
 @app.command()
