@@ -184,38 +184,33 @@ def test_stripped_program_nops_but_cannot_be_restored(built: dict[str, Path], tm
     assert not (tmp / "back").exists()
 
 
-def test_site_calling_elsewhere_fails_verification(built: dict[str, Path], tmp: Path) -> None:
-    exe = built["pie"]
-    main = next(s for s in scan_json(exe) if s["function"] == "main")
-    bad = tmp / "bad"
+def refuses_overwritten_site(exe: Path, site: dict, garbage: str, decoded: str, tmp: Path) -> None:
+    """With `garbage` over `site`'s 6 bytes, nop fails verification quoting both, and writes nothing."""
+    bad = tmp / f"{exe.name}.bad"
     data = bytearray(exe.read_bytes())
-    good = bytes(data[main["file_offset"] : main["file_offset"] + 6])
-    data[main["file_offset"] : main["file_offset"] + 6] = bytes.fromhex("ff1500000000")
+    good = bytes(data[site["file_offset"] : site["file_offset"] + 6])
+    data[site["file_offset"] : site["file_offset"] + 6] = bytes.fromhex(garbage)
     bad.write_bytes(data)
     proc = ftpatch("nop", bad, "-o", tmp / "out")
     assert proc.returncode == 3
     assert proc.stderr == (
-        f"ftpatch: error: {bad}: main (.text+{main['offset']:#x}): expected {good.hex(':')}, "
-        "actual ff:15:00:00:00:00 (call qword ptr [rip])\n"
+        f"ftpatch: error: {bad}: {site['function']} (.text+{site['offset']:#x}): expected {good.hex(':')}, "
+        f"actual {bytes.fromhex(garbage).hex(':')} ({decoded})\n"
     )
     assert not (tmp / "out").exists()
+
+
+def test_site_calling_elsewhere_fails_verification(built: dict[str, Path], tmp: Path) -> None:
+    exe = built["pie"]
+    main = next(s for s in scan_json(exe) if s["function"] == "main")
+    refuses_overwritten_site(exe, main, "ff1500000000", "call qword ptr [rip]", tmp)
 
 
 def test_recorded_site_overwritten_with_garbage_fails_verification(tmp: Path) -> None:
     exe = tmp / "prog"
     run("gcc", "-O2", "-pg", "-mfentry", "-mrecord-mcount", FIXTURES / "prog.c", "-o", exe)
     fib = next(s for s in scan_json(exe) if s["function"] == "fib")
-    data = bytearray(exe.read_bytes())
-    good = bytes(data[fib["file_offset"] : fib["file_offset"] + 6])
-    data[fib["file_offset"] : fib["file_offset"] + 6] = bytes.fromhex("0f0b90909090")
-    exe.write_bytes(data)
-    proc = ftpatch("nop", exe, "-o", tmp / "out")
-    assert proc.returncode == 3
-    assert proc.stderr == (
-        f"ftpatch: error: {exe}: fib (.text+{fib['offset']:#x}): expected {good.hex(':')}, "
-        "actual 0f:0b:90:90:90:90 (ud2; nop; nop; nop; nop)\n"
-    )
-    assert not (tmp / "out").exists()
+    refuses_overwritten_site(exe, fib, "0f0b90909090", "ud2; nop; nop; nop; nop", tmp)
 
 
 @pytest.mark.parametrize(
