@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,17 @@ def call_graph(exe: Path, workdir: Path | None = None) -> subprocess.CompletedPr
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def _loose_files() -> set[Path]:
+    """The files at the top of the checkout and in fixtures/ and tests/: where a stray gmon.out or output would land."""
+    return {p for d in (ROOT, FIXTURES, ROOT / "tests") for p in d.iterdir() if p.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean() -> Iterator[None]:
+    """Every test writes in its own temporary directory: a -pg program run elsewhere leaves gmon.out behind."""
+    before = _loose_files()
+    yield
+    left = sorted(str(p.relative_to(ROOT)) for p in _loose_files() - before)
+    assert not left, f"the tests left files in the checkout: {left}"

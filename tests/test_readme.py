@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import FIXTURES, ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -26,7 +27,11 @@ def shell(tmp: Path) -> dict[str, str]:
     wrapper = bin_dir / "ftpatch"
     wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m ftpatch "$@"\n')
     wrapper.chmod(0o755)
-    (bin_dir / "python").symlink_to(sys.executable)
+    # A script, not a symlink: started through a symlink in another directory, Python misses the
+    # venv's pyvenv.cfg and runs the base interpreter, which on a fresh machine has none of our packages.
+    python = bin_dir / "python"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
     shutil.copytree(FIXTURES, tmp / "fixtures")
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
 
@@ -125,3 +130,20 @@ def test_nops_table_matches_ftpatch_nops() -> None:
     for style in NOP_STYLES.values():
         row = f"| `{style.name}` | `{style.nop5.hex(' ')}` | `{style.nop6.hex(' ')}` |"
         assert row in README
+
+
+def test_what_the_examples_write_at_the_top_is_ignored_by_git() -> None:
+    """A user who runs the README from the top of a clone sees no untracked outputs in `git status`."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    written = set()
+    for block in blocks("sh") + blocks("python"):
+        for line in block.splitlines():
+            command = line.split("  #")[0]
+            written |= set(re.findall(r"(?:-o\s+|>\s*|output=\")([\w.-]+)", command))
+    written |= {"gmon.out"}
+    assert {"prog-nop.o", "report.json", "out.o"} <= written
+    proc = subprocess.run(
+        ["git", "check-ignore", "--no-index", *sorted(written)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert set(proc.stdout.split()) == written
