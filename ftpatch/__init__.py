@@ -6,8 +6,9 @@ FtpatchError. capstone and pyelftools are imported only when a file needs them.
 
 from .errors import FtpatchError, InputError, OutputError, VerifyError
 from .patch import Action, Patch, Plan, Rewrite, apply, patch_file, plan, plan_all
-from .scan import DEFAULT_TARGETS, ScanResult, Site, SiteGroup, State, scan, scan_path
-from .x86 import NOP_STYLES, Form, NopStyle
+from .scan import scan, scan_path
+from .sites import DEFAULT_TARGETS, ScanResult, Site, SiteGroup, State
+from .x86 import NOP_STYLES, Arch, Form, NopStyle
 
 __version__ = "0.1.0"
 
@@ -15,6 +16,7 @@ __all__ = [
     "DEFAULT_TARGETS",
     "NOP_STYLES",
     "Action",
+    "Arch",
     "Form",
     "FtpatchError",
     "InputError",

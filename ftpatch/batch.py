@@ -29,6 +29,7 @@ class Outcome:
     already: int = 0
     filtered: int = 0
     changed: bool = False  # the file's sites changed
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def _one(job: Job, path: str) -> Outcome:
         )
     except FtpatchError as e:
         return Outcome(path, e)
-    return Outcome(path, None, plan.patched, plan.already, plan.filtered, plan.changes)
+    return Outcome(path, None, plan.patched, plan.already, plan.filtered, plan.changes, plan.warnings)
 
 
 def _worker_init() -> None:

@@ -28,7 +28,7 @@ from . import __version__
 from .errors import FtpatchError, VerifyError, printable
 
 if TYPE_CHECKING:
-    from .scan import ScanResult
+    from .sites import ScanResult
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_VERIFY, EXIT_INTERNAL = 0, 1, 2, 3, 70
 EXIT_CODES_HELP = (
@@ -60,6 +60,10 @@ def _exit_code(error: FtpatchError) -> int:
 
 def _error(message: str) -> None:
     print(f"ftpatch: error: {printable(message)}", file=sys.stderr)
+
+
+def _warning(message: str) -> None:
+    print(f"ftpatch: warning: {printable(message)}", file=sys.stderr)
 
 
 def _usage(message: str) -> NoReturn:
@@ -115,7 +119,7 @@ NoFsync = Annotated[
 
 
 def _targets(symbols: list[str]) -> tuple[str, ...]:
-    from .scan import DEFAULT_TARGETS
+    from .sites import DEFAULT_TARGETS
 
     return (*DEFAULT_TARGETS, *symbols)
 
@@ -143,7 +147,8 @@ def scan(
     symbol: Symbols = [],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
     """List the profiling call sites of each file: function, section+offset, form, state."""
-    from .scan import State, scan_path
+    from .scan import scan_path
+    from .sites import State
 
     worst = EXIT_OK
     reports = []
@@ -158,9 +163,17 @@ def scan(
             reports.append(result)
             if not as_json:
                 _print_sites(result)
+            if result.opaque:
+                _error(f"{result.path}: {result.opaque}")
+                worst = max(worst, EXIT_INPUT)
+            elif result.blind:
+                _warning(f"{result.path}: `ftpatch call` refuses this file: it {result.blind}")
             for stray in result.strays:
                 _error(f"{result.path}: {stray}")
                 worst = max(worst, EXIT_VERIFY)
+            for call in result.unclassified:
+                _error(f"{result.path}: {call}")
+                worst = max(worst, EXIT_INPUT)
             for site in result.sites:
                 if site.state is State.OTHER:
                     _error(
@@ -170,7 +183,13 @@ def scan(
     if as_json:
         doc = {
             "files": [
-                {"path": r.path, "machine": r.machine, "type": r.type, "sites": [s.to_json() for s in r.sites]}
+                {
+                    "path": r.path,
+                    "machine": r.machine,
+                    "type": r.type,
+                    "sites": [s.to_json() for s in r.sites],
+                    "unclassified": list(r.unclassified),
+                }
                 for r in reports
             ]
         }
@@ -275,6 +294,8 @@ def _patch(
                     }
                 )
                 continue
+            for warning in outcome.warnings:
+                _warning(f"{outcome.path}: {warning}")
             for key in ("patched", "already", "filtered"):
                 totals[key] += getattr(outcome, key)
             report.append(
@@ -285,6 +306,7 @@ def _patch(
                     "patched": outcome.patched,
                     "already": outcome.already,
                     "filtered": outcome.filtered,
+                    "warnings": list(outcome.warnings),
                 }
             )
             if not (quiet or as_json):
@@ -352,11 +374,11 @@ def call(
 @app.command()
 def nops() -> None:
     """List the nop styles: name, 5-byte and 6-byte members, where each is a nop."""
-    from .x86 import DEFAULT_STYLE, NOP_STYLES
+    from .x86 import I386, NOP_STYLES, X86_64
 
     for s in NOP_STYLES.values():
         where = "x86-64 and i386" if s.x86_64 else "i386 only"
-        default = [arch for arch, x64 in (("x86-64", True), ("i386", False)) if DEFAULT_STYLE[x64] == s.name]
+        default = [label for label, arch in (("x86-64", X86_64), ("i386", I386)) if arch.default_nop == s.name]
         mark = f" (default on {', '.join(default)})" if default else ""
         print(f"{s.name:4} {s.nop5.hex(' '):17} {s.nop6.hex(' '):20} {where}{mark}: {s.about}")
 

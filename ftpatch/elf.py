@@ -1,12 +1,18 @@
-"""Loading: read an x86 ELF file, check its container, and give its sections and symbols.
+"""Loading: read an x86 ELF file, check its container, and answer every question ftpatch asks of it.
 
-Everything ftpatch reads of the ELF container is decoded and bounds-checked
-here, field by field, so that an error can say which field is wrong. lief
-loaded the symbols at first and was dropped from this path, measured: it
-reads a malformed header without complaint (uninitialised memory in its
-header dump), it reads no symbols at all with extended section numbering
-(e_shnum 0), and on Debian's 4,023 kernel modules it made each file 1.5
-times slower than decoding .symtab here, with 0.3 s and 65 MB to import it.
+ElfFile is the one model of a file. What is hot (the section headers, symbol
+tables and relocation tables, which an object or a program can hold by the
+hundred thousand) is decoded here as whole columns and bounds-checked field by
+field, so that an error can say which field is wrong. What is not hot (the
+.eh_frame of a stripped static program, the names of machines and relocation
+types) is read through pyelftools, over the same bytes, in one adapter that turns
+what a malformed file makes it raise into an InputError.
+
+lief loaded the symbols at first and was dropped from this path, measured: it
+reads a malformed header without complaint (uninitialised memory in its header
+dump), it reads no symbols at all with extended section numbering (e_shnum 0),
+and on Debian's 4,023 kernel modules it made each file 1.5 times slower than
+decoding .symtab here, with 0.3 s and 65 MB to import it.
 """
 
 from __future__ import annotations
@@ -18,20 +24,25 @@ import os
 import stat
 import struct
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import cached_property
+from itertools import accumulate, chain, groupby, repeat
 from typing import NamedTuple
 
 from .errors import InputError
+from .x86 import ARCHES, Arch
 
 ELFCLASS32, ELFCLASS64 = 1, 2
 ELFDATA2LSB = 1
 ET_REL, ET_EXEC, ET_DYN = 1, 2, 3
-EM_386, EM_X86_64 = 3, 62
-SHT_NULL, SHT_SYMTAB, SHT_RELA, SHT_NOBITS, SHT_REL, SHT_SYMTAB_SHNDX = 0, 2, 4, 8, 9, 18
-SHF_EXECINSTR = 0x4
+SHT_NULL, SHT_PROGBITS, SHT_SYMTAB, SHT_RELA, SHT_DYNAMIC, SHT_NOBITS, SHT_REL, SHT_DYNSYM = 0, 1, 2, 4, 6, 8, 9, 11
+SHT_SYMTAB_SHNDX = 18
+SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
 SHN_UNDEF, SHN_LORESERVE, SHN_XINDEX = 0, 0xFF00, 0xFFFF
 STT_FUNC = 2
+STB_LOCAL = 0
+DT_NULL, DT_NEEDED, DT_PLTGOT = 0, 1, 3
 
 E_TYPE_NAMES = {ET_REL: "ET_REL", ET_EXEC: "ET_EXEC", ET_DYN: "ET_DYN"}
 SUPPORTED_TYPES = (ET_REL, ET_EXEC, ET_DYN)
@@ -62,6 +73,11 @@ class Section(NamedTuple):
     def is_exec(self) -> bool:
         return bool(self.sh_flags & SHF_EXECINSTR)
 
+    @property
+    def is_code(self) -> bool:
+        """Loaded instructions with bytes in the file: where a linked file's sites can be."""
+        return bool(self.sh_flags & SHF_EXECINSTR and self.sh_flags & SHF_ALLOC) and self.sh_type != SHT_NOBITS
+
     def where(self, offset: int) -> str:
         return f"{self.name}+{offset:#x}"
 
@@ -75,9 +91,18 @@ class Symbol(NamedTuple):
     st_shndx: int
 
 
+class _Row(NamedTuple):
+    st_name: int
+    st_type: int
+    st_bind: int
+    st_shndx: int
+    st_value: int
+    st_size: int
+
+
 class SymbolTable:
-    """The symbols of one .symtab, decoded a column at a time: finding the target
-    symbols needs only st_name, and decoding every name costs more than the rest
+    """The symbols of one .symtab or .dynsym, decoded a column at a time: finding the
+    target symbols needs only st_name, and decoding every name costs more than the rest
     of a scan, so a Symbol, name included, is only built for the index asked for."""
 
     def __init__(self, table: memoryview, elfclass: int, strtab: bytes, extended: Callable[[int], list[int]]) -> None:
@@ -94,30 +119,30 @@ class SymbolTable:
         return len(self._table) // self._layout.size
 
     def __getitem__(self, index: int) -> Symbol:
-        st_name, st_type, st_shndx, st_value, st_size = self._rows[index]
-        return Symbol(index, self._name(st_name), st_value, st_size, st_type, st_shndx)
+        row = self._rows[index]
+        return Symbol(index, self.name_at(row.st_name), row.st_value, row.st_size, row.st_type, row.st_shndx)
 
     def __iter__(self) -> Iterator[Symbol]:
         return (self[i] for i in range(len(self)))
 
     def place(self, index: int) -> tuple[int, int]:
         """(st_shndx, st_value) of a symbol, without decoding its name."""
-        _, _, st_shndx, st_value, _ = self._rows[index]
-        return st_shndx, st_value
+        row = self._rows[index]
+        return row.st_shndx, row.st_value
 
     @cached_property
-    def _rows(self) -> list[tuple[int, int, int, int, int]]:
-        """(st_name, type, st_shndx, st_value, st_size) of every symbol."""
+    def _rows(self) -> list[_Row]:
+        """Every symbol's fields but its name."""
         raw = self._layout.iter_unpack(self._table)
         if self._layout is _SYM[ELFCLASS64]:
-            rows = [(n, info & 0xF, shndx, value, size) for n, info, _other, shndx, value, size in raw]
+            rows = [_Row(n, info & 0xF, info >> 4, shndx, value, size) for n, info, _o, shndx, value, size in raw]
         else:
-            rows = [(n, info & 0xF, shndx, value, size) for n, value, size, info, _other, shndx in raw]
+            rows = [_Row(n, info & 0xF, info >> 4, shndx, value, size) for n, value, size, info, _o, shndx in raw]
         if (extended := self._extended) is not None:
-            rows = [(n, t, extended[i] if x == SHN_XINDEX else x, v, z) for i, (n, t, x, v, z) in enumerate(rows)]
+            rows = [r._replace(st_shndx=extended[i]) if r.st_shndx == SHN_XINDEX else r for i, r in enumerate(rows)]
         return rows
 
-    def _name(self, st_name: int) -> str:
+    def name_at(self, st_name: int) -> str:
         end = self._strtab.find(b"\0", st_name)
         return self._strtab[st_name:end].decode("utf-8", "backslashreplace") if end >= 0 else ""
 
@@ -142,13 +167,16 @@ class SymbolTable:
                     found[i] = name
         return dict(sorted(found.items()))
 
+    def function_rows(self) -> list[tuple[int, _Row]]:
+        """(index, row) of every defined STT_FUNC symbol."""
+        return [(i, r) for i, r in enumerate(self._rows) if r.st_type == STT_FUNC and r.st_shndx != SHN_UNDEF]
+
     @cached_property
     def _functions(self) -> dict[int, tuple[list[int], list[tuple[int, int, int]]]]:
         """Per section index: the starts, and (st_value, st_size, index), of its STT_FUNC symbols, sorted."""
         by_section: dict[int, list[tuple[int, int, int]]] = {}
-        for i, (_, st_type, st_shndx, st_value, st_size) in enumerate(self._rows):
-            if st_type == STT_FUNC and st_shndx:
-                by_section.setdefault(st_shndx, []).append((st_value, st_size, i))
+        for i, row in self.function_rows():
+            by_section.setdefault(row.st_shndx, []).append((row.st_value, row.st_size, i))
         for funcs in by_section.values():
             funcs.sort()
         return {shndx: ([f[0] for f in funcs], funcs) for shndx, funcs in by_section.items()}
@@ -162,7 +190,55 @@ class SymbolTable:
         return None
 
 
-def words(view: memoryview, size: int, signed: bool = False) -> array.array[int]:
+@dataclass(frozen=True)
+class Relocations:
+    """The entries of some relocation tables, in table order, as columns.
+
+    All the tables asked for are read as one: gcc -ffunction-sections gives an
+    object one table a function, and a pass per table would cost more than the
+    rest of the scan. An entry is named by its position in these columns;
+    `table` and index() say where it lives.
+    """
+
+    tables: tuple[tuple[Section, Section | None], ...]  # (relocation section, the section it applies to)
+    # Arrays, not lists: an object linked with ld -r can have millions of entries, and a
+    # list of ints costs 36 bytes an entry where an array costs 8.
+    table: array.array[int]  # each entry's table, an index into `tables`
+    first: list[int]  # the position of each table's first entry: entry i is [i - first[table[i]]] of its table
+    r_offset: array.array[int]
+    r_info: array.array[int]
+    r_addend: array.array[int]  # 0 for an entry of a REL table, whose addend is in the bytes relocated
+
+    def index(self, i: int) -> int:
+        """Entry i's index in its own table."""
+        return i - self.first[self.table[i]]
+
+    def name(self, i: int) -> str:
+        return f"{self.tables[self.table[i]][0].name}[{self.index(i)}]"
+
+    def section(self, i: int) -> Section:
+        applies_to = self.tables[self.table[i]][1]
+        assert applies_to is not None  # only asked of tables that apply to a section
+        return applies_to
+
+    def rela(self, i: int) -> bool:
+        return self.tables[self.table[i]][0].sh_type == SHT_RELA
+
+    def addend(self, i: int) -> int | None:
+        """Entry i's r_addend; None on REL."""
+        return self.r_addend[i] if self.rela(i) else None
+
+    @cached_property
+    def values(self) -> dict[int, None]:
+        """Each r_info value once, in table order."""
+        return dict.fromkeys(self.r_info)
+
+    def holding(self, r_info: int) -> list[int]:
+        """Every entry whose r_info is `r_info`."""
+        return [i for i, value in enumerate(self.r_info) if value == r_info]
+
+
+def words(view: memoryview | bytes, size: int, signed: bool = False) -> array.array[int]:
     """`view` as little-endian words of `size` bytes (2, 4 or 8), whatever the host's byte order.
 
     Relocation and symbol tables are read a column at a time through these: a
@@ -240,7 +316,7 @@ class ElfFile:
     def __init__(self, path: str, data: bytes) -> None:
         self.path = path
         self.data = bytes(data)  # the same object when it is bytes already; sites are its slices
-        self.elfclass, self.e_type, self.e_machine, self.sections = self._check_container()
+        self.e_type, self.arch, self.sections = self._check_container()
 
     def __reduce__(self) -> tuple[type[ElfFile], tuple[str, bytes]]:
         # Its views of the bytes cannot be pickled; they are made again from the bytes.
@@ -249,14 +325,6 @@ class ElfFile:
     @classmethod
     def load(cls, path: str) -> ElfFile:
         return cls(path, read_input(path))
-
-    @property
-    def x86_64(self) -> bool:
-        return self.e_machine == EM_X86_64
-
-    @property
-    def machine(self) -> str:
-        return "x86_64" if self.x86_64 else "i386"
 
     @property
     def type_name(self) -> str:
@@ -270,7 +338,10 @@ class ElfFile:
             raise self.fail(f"section {section.name} [{section.index}] has no file bytes (SHT_NOBITS)")
         return memoryview(self.data)[section.sh_offset : section.sh_offset + section.sh_size]
 
-    def _check_container(self) -> tuple[int, int, int, tuple[Section, ...]]:
+    def section_named(self, name: str) -> Section | None:
+        return next((s for s in self.sections if s.name == name), None)
+
+    def _check_container(self) -> tuple[int, Arch, tuple[Section, ...]]:
         data = self.data
         if len(data) == 0:
             raise self.fail("empty file")
@@ -303,15 +374,15 @@ class ElfFile:
             e_shnum,
             e_shstrndx,
         ) = ehdr.unpack_from(data, 16)
-        want_machine = EM_X86_64 if elfclass == ELFCLASS64 else EM_386
-        if e_machine not in (EM_386, EM_X86_64):
+        arch = ARCHES.get(e_machine)
+        if arch is None:
             raise self.fail(f"unsupported machine {machine_name(e_machine)}, e_machine")
-        if e_machine != want_machine:
+        if arch.elfclass != elfclass:
             cls = "ELFCLASS64" if elfclass == ELFCLASS64 else "ELFCLASS32"
             raise self.fail(f"{cls} with machine {machine_name(e_machine)} is not supported, e_ident[4]")
         if e_type not in SUPPORTED_TYPES:
             raise self.fail(f"unsupported ELF type {E_TYPE_NAMES.get(e_type, e_type)}, e_type")
-        return elfclass, e_type, e_machine, self._read_sections(elfclass, e_shoff, e_shentsize, e_shnum, e_shstrndx)
+        return e_type, arch, self._read_sections(elfclass, e_shoff, e_shentsize, e_shnum, e_shstrndx)
 
     def _read_sections(
         self, elfclass: int, e_shoff: int, e_shentsize: int, e_shnum: int, e_shstrndx: int
@@ -357,34 +428,311 @@ class ElfFile:
             )
         return tuple(sections)
 
+    # -- symbols -----------------------------------------------------------------------
+
+    def _one(self, sh_type: int) -> Section | None:
+        found = [s for s in self.sections if s.sh_type == sh_type]
+        if len(found) > 1:
+            kind = "SHT_SYMTAB" if sh_type == SHT_SYMTAB else "SHT_DYNSYM"
+            raise self.fail(f"expected one {kind} section, found {len(found)}")
+        return found[0] if found else None
+
     @cached_property
     def symtab(self) -> Section:
-        found = [s for s in self.sections if s.sh_type == SHT_SYMTAB]
-        if len(found) != 1:
-            raise self.fail(f"expected one SHT_SYMTAB section, found {len(found)}")
-        return found[0]
+        found = self._one(SHT_SYMTAB)
+        if found is None:
+            raise self.fail("expected one SHT_SYMTAB section, found 0")
+        return found
+
+    @property
+    def has_symtab(self) -> bool:
+        return self._one(SHT_SYMTAB) is not None
 
     @cached_property
     def symbols(self) -> SymbolTable:
         """The .symtab, decoded in bulk, with SHN_XINDEX resolved through .symtab_shndx."""
-        symtab = self.symtab
-        if not 0 < symtab.sh_link < len(self.sections):
-            raise self.fail(
-                f"symbol table {symtab.name} links to section [{symtab.sh_link}], which does not exist, sh_link"
-            )
-        strtab = bytes(self.section_data(self.sections[symtab.sh_link]))
-        return SymbolTable(self.section_data(symtab), self.elfclass, strtab, self._symtab_shndx)
+        return self._symbol_table(self.symtab)
 
-    def _symtab_shndx(self, count: int) -> list[int]:
-        """The SHT_SYMTAB_SHNDX words for the symbol table: the real section index of each symbol."""
-        found = [s for s in self.sections if s.sh_type == SHT_SYMTAB_SHNDX and s.sh_link == self.symtab.index]
-        if len(found) != 1:
+    @cached_property
+    def dynamic_symbols(self) -> SymbolTable | None:
+        """The .dynsym of a linked file, if it has one."""
+        dynsym = self._one(SHT_DYNSYM)
+        return self._symbol_table(dynsym) if dynsym is not None else None
+
+    def _symbol_table(self, table: Section) -> SymbolTable:
+        if not 0 < table.sh_link < len(self.sections):
             raise self.fail(
-                f"a symbol has st_shndx SHN_XINDEX but there are {len(found)} SHT_SYMTAB_SHNDX sections for {self.symtab.name}"
+                f"symbol table {table.name} links to section [{table.sh_link}], which does not exist, sh_link"
             )
-        table = self.section_data(found[0])
-        if len(table) < 4 * count:
+        strtab = bytes(self.section_data(self.sections[table.sh_link]))
+        return SymbolTable(self.section_data(table), self.arch.elfclass, strtab, self._symtab_shndx(table))
+
+    def _symtab_shndx(self, table: Section) -> Callable[[int], list[int]]:
+        def extended(count: int) -> list[int]:
+            """The SHT_SYMTAB_SHNDX words for `table`: the real section index of each symbol."""
+            found = [s for s in self.sections if s.sh_type == SHT_SYMTAB_SHNDX and s.sh_link == table.index]
+            if len(found) != 1:
+                raise self.fail(
+                    f"a symbol has st_shndx SHN_XINDEX but there are {len(found)} SHT_SYMTAB_SHNDX sections for {table.name}"
+                )
+            words_ = self.section_data(found[0])
+            if len(words_) < 4 * count:
+                raise self.fail(
+                    f"section {found[0].name} has {len(words_) // 4} entries, {table.name} has {count} symbols"
+                )
+            return list(struct.unpack_from(f"<{count}I", words_))
+
+        return extended
+
+    # -- relocations -------------------------------------------------------------------
+
+    def relocations(self, tables: Sequence[tuple[Section, Section | None]], nsyms: int) -> Relocations:
+        """The entries of these REL/RELA tables as columns, each table's layout and every symbol index
+        checked against `nsyms`, the length of the symbol table they link to."""
+        arch = self.arch
+        word = arch.word
+        unsigned_code = "Q" if word == 8 else "I"
+        r_offset, r_info = array.array(unsigned_code), array.array(unsigned_code)
+        r_addend = array.array("q" if word == 8 else "i")
+        counts = []
+        for rel, _ in tables:
+            entsize = word * (3 if rel.sh_type == SHT_RELA else 2)
+            if rel.sh_entsize != entsize:
+                raise self.fail(f"relocation section {rel.name} has sh_entsize {rel.sh_entsize}, expected {entsize}")
+            if rel.sh_size % entsize:
+                raise self.fail(f"relocation section {rel.name} size {rel.sh_size:#x} is not a multiple of {entsize}")
+            counts.append(rel.sh_size // entsize)
+        # Tables of one kind in a row are decoded at once.
+        for rela, run in groupby(tables, key=lambda t: t[0].sh_type == SHT_RELA):
+            raw = b"".join(self.section_data(rel) for rel, _ in run)
+            columns = 3 if rela else 2
+            unsigned = words(raw, word)
+            r_offset += unsigned[0::columns]
+            r_info += unsigned[1::columns]
+            r_addend += (
+                words(raw, word, signed=True)[2::3]
+                if rela
+                else array.array(r_addend.typecode, [0]) * (len(unsigned) // 2)
+            )
+        table = array.array("I", chain.from_iterable(repeat(t, n) for t, n in enumerate(counts)))
+        first = [0, *accumulate(counts)][:-1]
+        entries = Relocations(tuple(tables), table, first, r_offset, r_info, r_addend)
+        shift = arch.r_sym_shift
+        if r_info and max(r_info) >> shift >= nsyms:
+            i = next(i for i, info in enumerate(r_info) if info >> shift >= nsyms)
             raise self.fail(
-                f"section {found[0].name} has {len(table) // 4} entries, {self.symtab.name} has {count} symbols"
+                f"relocation {entries.name(i)} names symbol {r_info[i] >> shift}, past the end of the symbol table ({nsyms})"
             )
-        return list(struct.unpack_from(f"<{count}I", table))
+        return entries
+
+    def applied_to(self, rel: Section) -> Section:
+        """The section a relocation table applies to (its sh_info)."""
+        if not 0 < rel.sh_info < len(self.sections):
+            raise self.fail(
+                f"relocation section {rel.name} applies to section [{rel.sh_info}], which does not exist, sh_info"
+            )
+        return self.sections[rel.sh_info]
+
+    # -- a linked file's image ---------------------------------------------------------
+
+    @cached_property
+    def code_sections(self) -> tuple[Section, ...]:
+        """The loaded executable sections, by address."""
+        return tuple(sorted((s for s in self.sections if s.is_code), key=lambda s: s.sh_addr))
+
+    def section_at(self, va: int) -> Section | None:
+        """The loaded section (with file bytes) that holds address `va`."""
+        starts, loaded = self._loaded
+        i = bisect.bisect_right(starts, va) - 1
+        if i >= 0 and va < loaded[i].sh_addr + loaded[i].sh_size:
+            return loaded[i]
+        return None
+
+    @cached_property
+    def _loaded(self) -> tuple[list[int], list[Section]]:
+        """The loaded sections with file bytes and a size, by address, and their addresses."""
+        loaded = sorted(
+            (
+                s
+                for s in self.sections
+                if s.sh_flags & SHF_ALLOC and s.sh_type not in (SHT_NOBITS, SHT_NULL) and s.sh_size
+            ),
+            key=lambda s: s.sh_addr,
+        )
+        return [s.sh_addr for s in loaded], loaded
+
+    def read(self, va: int, length: int) -> bytes:
+        """Up to `length` bytes of the loaded image at `va`, within one section; b"" where nothing is loaded."""
+        sec = self.section_at(va)
+        if sec is None:
+            return b""
+        off = va - sec.sh_addr
+        return self.data[sec.sh_offset + off : sec.sh_offset + min(off + length, sec.sh_size)]
+
+    @cached_property
+    def _dynamic(self) -> list[tuple[int, int]]:
+        """(d_tag, d_val) of each entry of .dynamic before DT_NULL; none in a static program."""
+        dynamic = next((s for s in self.sections if s.sh_type == SHT_DYNAMIC), None)
+        if dynamic is None:
+            return []
+        column = words(self.section_data(dynamic), self.arch.word)
+        entries = list(zip(column[0::2], column[1::2], strict=False))
+        return entries[: next((i for i, (d_tag, _) in enumerate(entries) if d_tag == DT_NULL), len(entries))]
+
+    def dynamic_entry(self, tag: int) -> int | None:
+        """The value of a DT_* tag in .dynamic, if the file has one."""
+        return next((d_val for d_tag, d_val in self._dynamic if d_tag == tag), None)
+
+    @property
+    def is_static(self) -> bool:
+        """Linked with no shared library (-static, -static-pie): what it calls, it defines."""
+        return all(d_tag != DT_NEEDED for d_tag, _ in self._dynamic)
+
+    @cached_property
+    def unwind_starts(self) -> tuple[int, ...]:
+        """The start address of every function the unwind tables describe, sorted.
+
+        .eh_frame_hdr's search table is read directly: a sorted array the linker made.
+        A static program has no .eh_frame_hdr (gcc passes --eh-frame-hdr only to dynamic
+        links), and there the FDEs of .eh_frame are walked here: pyelftools took 0.29 s
+        over a static program's 1,059 FDEs, decoding every CFA instruction we never read.
+        """
+        hdr = self.section_named(".eh_frame_hdr")
+        if hdr is not None and hdr.sh_type != SHT_NOBITS:
+            starts = self._eh_frame_hdr_starts(hdr)
+            if starts is not None:
+                return starts
+        frame = self.section_named(".eh_frame")
+        if frame is None or frame.sh_type == SHT_NOBITS or not frame.sh_flags & SHF_ALLOC:
+            return ()
+        return tuple(sorted(set(_fde_starts(self, frame))))
+
+    def _eh_frame_hdr_starts(self, hdr: Section) -> tuple[int, ...] | None:
+        raw = self.section_data(hdr)
+        # version 1, eh_frame_ptr (any encoding), fde_count udata4, table datarel|sdata4: what every linker writes.
+        if len(raw) < 12 or raw[0] != 1 or raw[2] != 0x03 or raw[3] != 0x3B:
+            return None
+        ptr_size = {0x1B: 4, 0x03: 4, 0x0B: 4, 0x00: self.arch.word}.get(raw[1])
+        if ptr_size is None:
+            return None
+        count = int.from_bytes(raw[4 + ptr_size : 8 + ptr_size], "little")
+        table = words(raw[8 + ptr_size :], 4, signed=True)
+        if len(table) < 2 * count:
+            raise self.fail(f".eh_frame_hdr lists {count} functions but holds {len(table) // 2}")
+        return tuple(sorted({hdr.sh_addr + start for start in table[0 : 2 * count : 2]}))
+
+
+# DW_EH_PE_* value formats: (size, signed); 0 is the address size, None a LEB128.
+_EH_PE_FORMATS = {
+    0x00: (0, False),
+    0x01: (None, False),
+    0x02: (2, False),
+    0x03: (4, False),
+    0x04: (8, False),
+    0x09: (None, True),
+    0x0A: (2, True),
+    0x0B: (4, True),
+    0x0C: (8, True),
+}
+_DW_EH_PE_PCREL, _DW_EH_PE_OMIT = 0x10, 0xFF
+
+
+class _Truncated(Exception):
+    """An .eh_frame entry runs past its end, or past the section's."""
+
+
+def _leb128(raw: memoryview, at: int, signed: bool) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(raw):
+            raise _Truncated
+        byte = raw[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            if signed and byte & 0x40:
+                value -= 1 << shift
+            return value, at
+
+
+def _fde_starts(elf: ElfFile, frame: Section) -> Iterator[int]:
+    """pc_begin of every FDE of `frame` (.eh_frame): CIEs give each FDE's pointer encoding."""
+    raw, word = elf.section_data(frame), elf.arch.word
+    encodings: dict[int, int] = {}  # CIE offset -> its FDEs' pointer encoding
+    at = 0
+    try:
+        while at + 8 <= len(raw):
+            length = int.from_bytes(raw[at : at + 4], "little")
+            if length == 0:  # the terminator
+                return
+            if length == 0xFFFFFFFF:
+                raise elf.fail(
+                    f".eh_frame entry at {frame.where(at)} uses the 64-bit DWARF format, which no x86 linker writes"
+                )
+            body, end = at + 4, at + 4 + length
+            if end > len(raw):
+                raise _Truncated
+            cie_id = int.from_bytes(raw[body : body + 4], "little")
+            if cie_id == 0:
+                encodings[at] = _cie_fde_encoding(raw, body + 4, end, word)
+            else:
+                encoding = encodings.get(body - cie_id)
+                if encoding is None:
+                    raise elf.fail(f".eh_frame FDE at {frame.where(at)} points to no CIE before it")
+                if encoding & 0x0F not in _EH_PE_FORMATS or encoding & 0x70 not in (0, _DW_EH_PE_PCREL):
+                    raise elf.fail(
+                        f".eh_frame FDE at {frame.where(at)} has pointer encoding {encoding:#x}, which ftpatch does not read"
+                    )
+                yield _eh_pointer(raw[:end], body + 4, encoding, frame.sh_addr, word)
+            at = end
+    except _Truncated:
+        raise elf.fail(f".eh_frame entry at {frame.where(at)} is truncated") from None
+
+
+def _cie_fde_encoding(raw: memoryview, at: int, end: int, word: int) -> int:
+    """The FDE pointer encoding a CIE's augmentation gives ('R'), absolute addresses without one."""
+    raw = raw[:end]
+    if at >= end or (nul := bytes(raw[at + 1 : end]).find(b"\0")) < 0:
+        raise _Truncated
+    version = raw[at]
+    aug_end = nul + at + 1
+    augmentation = bytes(raw[at + 1 : aug_end])
+    at = aug_end + 1
+    _, at = _leb128(raw, at, False)  # code alignment
+    _, at = _leb128(raw, at, True)  # data alignment
+    at = at + 1 if version == 1 else _leb128(raw, at, False)[1]  # return address register
+    if not augmentation.startswith(b"z"):
+        return 0x00
+    _, at = _leb128(raw, at, False)  # augmentation data length
+    for letter in augmentation[1:]:
+        if at >= len(raw):
+            raise _Truncated
+        if letter == ord("R"):
+            return raw[at]
+        if letter == ord("P"):  # the personality routine: its encoding, then a pointer in it
+            encoding = raw[at]
+            if encoding & 0x0F not in _EH_PE_FORMATS:
+                break
+            size, signed = _EH_PE_FORMATS[encoding & 0x0F]
+            at = _leb128(raw, at + 1, signed)[1] if size is None else at + 1 + (size or word)
+        elif letter == ord("L"):
+            at += 1
+        elif letter not in b"SB":
+            break
+    return 0x00
+
+
+def _eh_pointer(raw: memoryview, at: int, encoding: int, base: int, word: int) -> int:
+    """The address an encoded .eh_frame pointer at `at` holds; `base` is the section's address."""
+    size, signed = _EH_PE_FORMATS[encoding & 0x0F]
+    if size is None:
+        value, _ = _leb128(raw, at, signed)
+    else:
+        size = size or word
+        if at + size > len(raw):
+            raise _Truncated
+        value = int.from_bytes(raw[at : at + size], "little", signed=signed)
+    if encoding & 0x70 == _DW_EH_PE_PCREL:
+        value += base + at
+    return value & ((1 << (8 * word)) - 1)

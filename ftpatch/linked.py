@@ -1,526 +1,498 @@
-"""Linked files: find the profiling call sites of an executable or a shared object.
+"""Linked files: find the profiling call sites of an executable or a shared object, and prove none is missed.
 
-A linked file has no relocation at its sites (unless it was linked with
---emit-relocs), so a site is recognised by what it calls. First the target is
-resolved from the dynamic relocations and symbols, which ftpatch never
-changes (FACTS.md):
+A linked file has no relocation at its sites (unless linked with --emit-relocs),
+so a site is recognised by what it calls (targets.py resolves that first, for
+the whole file). Sites are then located by the first of these the file has:
 
-- a GOT slot that R_*_GLOB_DAT fills with mcount: `ff 15 disp32` (x86-64 PIE
-  and the Debian default) or `ff 93 disp32` relative to the GOT base (i386);
-- the PLT entry (.plt, .plt.sec with IBT, .plt.got) whose indirect jmp goes
-  through a JUMP_SLOT or GLOB_DAT slot for mcount: `e8 rel32` (-fno-pie);
-- mcount itself, defined in the file (-static): `e8 rel32`, or `67 e8 rel32`
-  where ld relaxed a GOTPCRELX call.
-
-Then the sites are located by the first of these the file has:
-
-1. `__mcount_loc` (gcc -mrecord-mcount), with R_*_RELATIVE addends in a PIE;
+1. `__mcount_loc` (gcc -mrecord-mcount, or ftpatch record): each entry is a
+   site's address (in a PIE, the addend of its R_*_RELATIVE);
 2. relocations against a target kept by `ld --emit-relocs`;
-3. function symbols (.symtab, else .dynsym): capstone decodes each prologue.
-   With __fentry__ the site is the first instruction, or follows endbr. With
-   mcount it follows the frame setup (endbr, push, mov %rsp,%rbp, sub/and on
-   the stack pointer, the i386 GOT pointer setup); the first instruction that
-   is not part of it must be the call, or a known nop where the call would sit;
-4. none of these (a stripped program): a linear sweep of the executable
-   sections for calls to the target. Nop'd sites cannot be found that way, so
-   `call` refuses such a file (ScanResult.blind says why).
+3. function starts, from .symtab, .dynsym and the unwind tables (.eh_frame_hdr,
+   or .eh_frame in a static program), which a stripped file keeps: capstone
+   decodes each function from its entry, and its site is the first instruction
+   that calls a target or is a nop ftpatch put there. Any prologue may come
+   first (pushes, moves and spills, stack adjustments, stack-clash probe loops,
+   the i386 GOT setup); the walk ends at the function's first jmp or ret, or a
+   call that is not the i386 GOT setup;
+4. none of these (stripped, and built without unwind tables): a linear sweep
+   of the code.
 
-Every site's `call` is the exact instruction recomputed from the resolved
-target, so verification checks the opcode and the target.
+Which nop is a nop'd site: at an exact address (1, 2) or at a function's entry
+(where __fentry__ is called), every nop ftpatch knows; inside a function (where
+mcount is called, after the prologue) only the nops no assembler pads loop heads
+with, which is what ftpatch writes there (x86.NopStyle).
+
+Then an independent check: every call encoding in the code whose destination
+is a target (found by its bytes, without decoding) must be one of the sites.
+One that is not is reported, and `nop` refuses the file rather than leave a
+call live; after a nop the check runs again on the new bytes.
 """
 
 from __future__ import annotations
 
-import io
-import struct
-from collections.abc import Callable, Iterable, Iterator
+import bisect
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
 
-from .elf import ET_DYN, SHF_EXECINSTR, SHT_NOBITS, ElfFile, Section
-from .errors import InputError, VerifyError
-from .x86 import OPCODES, SITE_LENGTH, Form, call_bytes, known_nop
+from .elf import SHF_ALLOC, SHT_NOBITS, SHT_REL, SHT_RELA, STB_LOCAL, ElfFile, Section, words
+from .sites import ScanResult, SiteGroup, State
+from .targets import R_RELATIVE, Targets, dynamic_relocations, resolve
+from .x86 import Arch, Form, decode_lite, hexbytes, inner_form, marked_nops, nops, written_inside
 
-if TYPE_CHECKING:
-    from .scan import Site, SiteGroup
-
-SHF_ALLOC = 0x2
-# Dynamic relocation types, the same numbers on x86-64 and i386.
-R_GLOB_DAT, R_JUMP_SLOT, R_RELATIVE = 6, 7, 8
-# Call relocation types ld --emit-relocs keeps (it may retype a relaxed GOTPCRELX as PC32).
-_CALL_TYPES = {True: {2, 4, 9, 41, 42}, False: {2, 3, 4, 43}}
-_WINDOW = 16  # instructions decoded from a function's entry
-_PROLOGUE_BYTES = 96
+_WINDOW = 64  # instructions decoded from a function's entry, at most
+_SPAN = 512  # bytes decoded from a function's entry, at most
 _ENDBR = (bytes.fromhex("f30f1efa"), bytes.fromhex("f30f1efb"))
-_MCOUNT_TARGETS = ("mcount", "_mcount")
-STRIPPED = (
-    "has no __mcount_loc, no relocations and no function symbols, so only live calls can be found and "
-    "nop'd sites cannot; `call` needs the unstripped file (or one built with -mrecord-mcount)"
+OPAQUE = (
+    "is a stripped static program: no symbol is left to say where mcount, _mcount or __fentry__ is, so ftpatch "
+    "cannot tell its profiling calls from other calls; use the unstripped program, or one built with -mrecord-mcount"
+)
+RELINKED = (
+    "holds {count} nops where profiling calls were, but nothing in it calls mcount, _mcount or __fentry__ any more "
+    "(no PLT entry, GOT slot or definition): it was linked from objects whose sites were nop'd, so there is no "
+    "call to restore here; run `ftpatch call` on the objects and link again"
+)
+STRIPPED_STATIC = (
+    "is a stripped static program: only the calls still live at the sites __mcount_loc lists say where mcount "
+    "or __fentry__ is, and a nop'd site says nothing; `call` needs the unstripped program"
+)
+SWEPT = (
+    "has no __mcount_loc, no --emit-relocs relocations, no symbols and no unwind tables, so a nop'd site at a "
+    "function's entry cannot be found; `call` needs the unstripped file (or one built with -mrecord-mcount, "
+    "-Wl,--emit-relocs, or recorded by `ftpatch record`)"
 )
 
 
 @dataclass(frozen=True)
-class Target:
-    """Where calls to one target symbol go in this file."""
+class Found:
+    """A site found in a linked file, by address."""
 
-    name: str
-    got_slots: frozenset[int]  # GOT slots a GLOB_DAT fills with the target: ff 15 / ff 93
-    plt: frozenset[int]  # PLT entries that jump through a slot of the target: e8
-    address: int | None  # the target itself, defined here (-static): e8 / 67 e8
-    entry: bool  # called as the function's first instruction (-mfentry), not after the prologue
+    va: int
+    form: Form
+    target: str | None
+    state: State
+    code: bytes
+    call: bytes | None
+    ambiguity: str = ""  # a nop'd site that more than one call could have made: what they are
 
 
-class _Linked:
-    def __init__(self, elf: ElfFile, names: Iterable[str]) -> None:
-        from elftools.elf.elffile import ELFFile
+@dataclass(frozen=True)
+class LiveCalls:
+    """Every live call to a target in some bytes of this file's layout, found by its encoding alone:
+    file offset of the call's end (its return address) -> what it is.
 
-        self.elf = elf
-        self.path = elf.path
-        self.x86_64 = elf.x86_64
-        self.names = frozenset(names)
-        self.ef = ELFFile(io.BytesIO(elf.data))
-        self.exec_sections = [
-            s for s in elf.sections if s.sh_flags & SHF_EXECINSTR and s.sh_flags & SHF_ALLOC and s.sh_type != SHT_NOBITS
-        ]
-        self.blind = ""
-        self._got_base: int | None = None
-        self.entry_of: Callable[[int], bool | None] | None = None
+    This is the check that no profiling call is left: it looks at every byte of
+    the code, where the scanner decodes function by function.
+    """
 
-    # -- addresses ---------------------------------------------------------------------
+    targets: Targets
+    code: tuple[tuple[int, int, int], ...]  # (sh_addr, sh_offset, sh_size) of each code section
 
-    def section_at(self, va: int) -> Section | None:
-        for s in self.exec_sections:
-            if s.sh_addr <= va < s.sh_addr + s.sh_size:
-                return s
-        return None
-
-    def read(self, va: int, length: int) -> bytes:
-        sec = self.section_at(va)
-        if sec is None:
-            return b""
-        off = va - sec.sh_addr
-        return bytes(self.elf.data[sec.sh_offset + off : sec.sh_offset + min(off + length, sec.sh_size)])
-
-    # -- targets -----------------------------------------------------------------------
-
-    def _symbol_tables(self) -> list[Any]:
-        from elftools.elf.sections import SymbolTableSection
-
-        tables = [s for s in self.ef.iter_sections() if isinstance(s, SymbolTableSection)]
-        return sorted(tables, key=lambda t: t.name != ".symtab")
-
-    def _dynamic_slots(self) -> dict[str, dict[int, set[int]]]:
-        """name -> relocation type (GLOB_DAT, JUMP_SLOT) -> GOT slot addresses."""
-        from elftools.elf.relocation import RelocationSection
-
-        slots: dict[str, dict[int, set[int]]] = {}
-        for rel in self.ef.iter_sections():
-            if not isinstance(rel, RelocationSection) or not rel["sh_flags"] & SHF_ALLOC:
-                continue
-            if not 0 < rel["sh_link"] < self.ef.num_sections():
-                continue
-            symtab = self.ef.get_section(rel["sh_link"])
-            if symtab["sh_type"] != "SHT_DYNSYM":
-                continue
-            for r in rel.iter_relocations():
-                if r["r_info_type"] in (R_GLOB_DAT, R_JUMP_SLOT) and r["r_info_sym"]:
-                    name = symtab.get_symbol(r["r_info_sym"]).name.split("@")[0]
-                    if name in self.names:
-                        slots.setdefault(name, {}).setdefault(r["r_info_type"], set()).add(r["r_offset"])
-        return slots
-
-    def got_base(self) -> int | None:
-        for table in self._symbol_tables():
-            for sym in table.get_symbol_by_name("_GLOBAL_OFFSET_TABLE_") or ():
-                return int(sym["st_value"])
-        for name in (".got.plt", ".got"):
-            sec = self.ef.get_section_by_name(name)
-            if sec is not None:
-                return int(sec["sh_addr"])
-        return None
-
-    def _plt_entries(self, slots: set[int], got_base: int | None) -> set[int]:
-        """Entries of .plt, .plt.sec and .plt.got whose indirect jmp goes through one of `slots`."""
-        import capstone
-        from capstone import x86 as cx
-
-        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if self.x86_64 else capstone.CS_MODE_32)
-        md.detail = True
-        md.skipdata = True
-        entries = set()
-        for sec in self.exec_sections:
-            if not sec.name.startswith(".plt"):
-                continue
-            code = self.elf.data[sec.sh_offset : sec.sh_offset + sec.sh_size]
-            previous = None
-            for ins in md.disasm(code, sec.sh_addr):
-                if ins.id == cx.X86_INS_JMP and len(ins.operands) == 1 and ins.operands[0].type == cx.X86_OP_MEM:
-                    mem = ins.operands[0].mem
-                    if mem.base == cx.X86_REG_RIP:
-                        slot = ins.address + ins.size + mem.disp
-                    elif mem.base == cx.X86_REG_EBX and got_base is not None:
-                        slot = got_base + mem.disp
-                    elif mem.base == 0 and mem.index == 0:
-                        slot = mem.disp & 0xFFFFFFFF
-                    else:
-                        slot = None
-                    if slot in slots:
-                        endbr = previous is not None and previous.id in (cx.X86_INS_ENDBR64, cx.X86_INS_ENDBR32)
-                        entries.add(previous.address if endbr and previous else ins.address)
-                previous = ins
-        return entries
-
-    def targets(self) -> list[Target]:
-        slots = self._dynamic_slots()
-        defined: dict[str, int] = {}
-        for table in self._symbol_tables():
-            for name in self.names:
-                for sym in table.get_symbol_by_name(name) or ():
-                    if sym["st_shndx"] != "SHN_UNDEF" and sym["st_value"]:
-                        defined.setdefault(name, int(sym["st_value"]))
-        got_base = self.got_base() if not self.x86_64 else None
-        out = []
-        for name in sorted(self.names):
-            by_type = slots.get(name, {})
-            glob_dat = by_type.get(R_GLOB_DAT, set())
-            all_slots = glob_dat | by_type.get(R_JUMP_SLOT, set())
-            plt = self._plt_entries(all_slots, got_base) if all_slots else set()
-            if glob_dat and not self.x86_64 and got_base is None:
-                raise InputError(self.path, f"{name} has a GOT slot but the file has no GOT base, .got.plt")
-            if glob_dat or plt or name in defined:
-                entry = name not in _MCOUNT_TARGETS
-                out.append(Target(name, frozenset(glob_dat), frozenset(plt), defined.get(name), entry))
-        self._got_base = got_base
-        return out
-
-    def calls(self, target: Target, va: int) -> list[tuple[Form, bytes]]:
-        """Every call to `target` a site at `va` could hold: its form and exact bytes."""
-        wanted: list[tuple[Form, int]] = [(Form.REL32, plt - (va + 5)) for plt in sorted(target.plt)]
-        if target.address is not None:
-            wanted.append((Form.REL32, target.address - (va + 5)))
-            wanted.append((Form.ADDR32_REL32, target.address - (va + 6)))
-        for slot in sorted(target.got_slots):
-            if self.x86_64:
-                wanted.append((Form.GOTPCREL, slot - (va + 6)))
-            elif self._got_base is not None:
-                wanted.append((Form.GOT_EBX, slot - self._got_base))
-        return [(form, call_bytes(form, disp)) for form, disp in wanted if -(2**31) <= disp < 2**31]
-
-    # -- one site ----------------------------------------------------------------------
-
-    def site_at(
-        self, va: int, targets: list[Target], function: str | None, strict: bool, lengths: tuple[int, ...] = (5, 6)
-    ) -> Site | None:
-        """The site at `va`: a call to a target, or a known nop of a call's length.
-
-        With `strict` (the address came from __mcount_loc or a relocation) a
-        site that holds neither is reported as State.OTHER; otherwise it is no site.
-        """
-        from .scan import Site, State
-
-        sec = self.section_at(va)
-        if sec is None:
-            if strict:
-                raise VerifyError(self.path, f"site {va:#x} is not in an executable section")
-            return None
-        code6 = self.read(va, 6)
-        options = [(t, f, c) for t in targets for f, c in self.calls(t, va) if SITE_LENGTH[f] in lengths]
-        state, chosen = State.OTHER, None
-        for t, f, c in options:
-            if code6.startswith(c):
-                state, chosen = State.CALL, (t, f, c)
-                break
-        else:
-            for length in (5, 6):
-                if known_nop(code6[:length], self.x86_64):
-                    fits = [o for o in options if SITE_LENGTH[o[1]] == length]
-                    if len({o[2] for o in fits}) > 1 and self.entry_of is not None:
-                        # -static defines both mcount and __fentry__: the position tells them apart.
-                        entry = self.entry_of(va)
-                        fits = [o for o in fits if entry is None or o[0].entry == entry]
-                    if len({o[2] for o in fits}) > 1:
-                        calls = ", ".join(sorted(f"{o[1].value} to {o[0].name}" for o in fits))
-                        raise VerifyError(
-                            self.path, f"the nop at {sec.where(va - sec.sh_addr)} could have been any of: {calls}"
+    def __call__(self, data: bytes) -> dict[int, str]:
+        found: dict[int, str] = {}
+        arch, targets = self.targets.arch, self.targets
+        slot, rel32 = targets.slot, targets.rel32
+        for sh_addr, sh_offset, sh_size in self.code:
+            code = data[sh_offset : sh_offset + sh_size]
+            for m in _CALL_OPCODES[arch.name].finditer(code):
+                at = m.start()
+                va, op = sh_addr + at, code[at : at + 3]
+                if op[0] == 0xE8:
+                    length, dest = 5, va + 5 + int.from_bytes(code[at + 1 : at + 5], "little", signed=True)
+                    target = rel32.get(dest) if at + 5 <= len(code) else None
+                elif op[:3] == b"\xff\x14\x25":  # call *abs32, x86-64
+                    length, target = 7, slot.get(int.from_bytes(code[at + 3 : at + 7], "little"))
+                else:
+                    length, disp = 6, int.from_bytes(code[at + 2 : at + 6], "little", signed=True)
+                    if op[1] == 0x93:
+                        target = (
+                            slot.get((targets.got_base + disp) & 0xFFFFFFFF) if targets.got_base is not None else None
                         )
-                    if fits:
-                        state, chosen = State.NOP, fits[0]
-                        break
-        if chosen is None:
-            if not strict or not options:
-                return None
-            chosen = next((o for o in options if code6.startswith(o[2][:-4])), options[0])
-        t, form, call = chosen
-        offset = va - sec.sh_addr
-        code = code6[: SITE_LENGTH[form]]
-        if state is State.OTHER and known_nop(code, self.x86_64):
-            # A nop where a site must be, whose call no target's position allows: a site's
-            # state is what its bytes are (scan.site_state), so this cannot pass as OTHER.
-            raise VerifyError(
-                self.path, f"the nop at {sec.where(offset)} is where no call of a target can be, by its position"
-            )
-        return Site(function, sec.name, offset, sec.sh_offset + offset, form, t.name, state, code, call, None)
-
-    # -- locating ----------------------------------------------------------------------
-
-    def _mcount_loc(self) -> list[int] | None:
-        sec = self.ef.get_section_by_name("__mcount_loc")
-        if sec is None or sec["sh_type"] == "SHT_NOBITS":
-            return None
-        size = 8 if self.x86_64 else 4
-        fmt = "<Q" if self.x86_64 else "<I"
-        data = sec.data()
-        if len(data) % size:
-            raise InputError(self.path, f"__mcount_loc is {len(data):#x} bytes, not a multiple of {size}")
-        words = {sec["sh_addr"] + i * size: v for i, (v,) in enumerate(struct.iter_unpack(fmt, data))}
-        if self.elf.e_type == ET_DYN:
-            from elftools.elf.relocation import RelocationSection
-
-            for rel in self.ef.iter_sections():
-                if isinstance(rel, RelocationSection) and rel["sh_flags"] & SHF_ALLOC and rel.is_RELA():
-                    for r in rel.iter_relocations():
-                        if r["r_info_type"] == R_RELATIVE and r["r_offset"] in words:
-                            words[r["r_offset"]] = r["r_addend"]
-        return sorted(v for v in words.values() if v)
-
-    def _emitted_relocs(self) -> list[tuple[int, str]] | None:
-        """(address of the displacement, symbol) of every call relocation against a target."""
-        from elftools.elf.relocation import RelocationSection
-
-        found = None
-        for rel in self.ef.iter_sections():
-            if not isinstance(rel, RelocationSection) or rel["sh_flags"] & SHF_ALLOC:
-                continue
-            if not 0 < rel["sh_info"] < len(self.elf.sections) or not self.elf.sections[rel["sh_info"]].is_exec:
-                continue
-            symtab = self.ef.get_section(rel["sh_link"])
-            found = found if found is not None else []
-            for r in rel.iter_relocations():
-                if r["r_info_type"] in _CALL_TYPES[self.x86_64] and r["r_info_sym"]:
-                    name = symtab.get_symbol(r["r_info_sym"]).name.split("@")[0]
-                    if name in self.names:
-                        found.append((r["r_offset"], name))
+                    elif arch.x86_64:
+                        target = slot.get(va + 6 + disp)
+                    else:  # i386 ff 15 abs32
+                        target = slot.get(disp & 0xFFFFFFFF)
+                if target is not None and at + length <= len(code):
+                    found[sh_offset + at + length] = f"{hexbytes(code[at : at + length])} at {va:#x}, to {target.name}"
         return found
 
-    def functions(self) -> dict[int, tuple[str, int]]:
-        """Function start -> (name, size), from .symtab, else .dynsym."""
-        for table in self._symbol_tables():
-            funcs: dict[int, tuple[str, int]] = {}
-            ranks: dict[int, bool] = {}
-            for sym in table.iter_symbols():
-                if sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF" and sym["st_value"]:
-                    start = int(sym["st_value"])
-                    if self.section_at(start) is not None:
-                        # Aliases share an address: keep a global name over a local one (lib_fib.localalias).
-                        rank = sym["st_info"]["bind"] == "STB_LOCAL"
-                        if start not in funcs or rank < ranks[start]:
-                            funcs[start] = (sym.name, int(sym["st_size"]))
-                            ranks[start] = rank
-            if funcs:
-                return funcs
-        return {}
 
-    def _function_site(
-        self, start: int, name: str, targets: list[Target], suspect: frozenset[Form] = frozenset()
-    ) -> Site | None:
-        """The site in the prologue of the function at `start`, if it has one.
+_CALL_OPCODES = {
+    "x86_64": re.compile(rb"(?=\xe8|\xff\x15|\xff\x14\x25)"),
+    "i386": re.compile(rb"(?=\xe8|\xff\x15|\xff\x93)"),
+}
 
-        Calls and nops are accepted at the same places, so that a site `nop`
-        changes is found again by `call`: a __fentry__ site only while nothing
-        but endbr came before it, an mcount site only after the frame setup
-        and while nothing but prologue instructions came before it.
-        """
-        from .scan import State
-        from .x86 import decode
 
-        code = self.read(start, _PROLOGUE_BYTES)
-        at_entry, framed = True, False
-        for count, ins in enumerate(decode(code, self.x86_64, start)):
-            if count == _WINDOW:
-                break
-            allowed = [t for t in targets if (t.entry and at_entry) or (not t.entry and framed)]
-            if allowed:
-                site = self.site_at(ins.offset, allowed, name, strict=False)
-                if site is not None and site.state is not State.OTHER:
-                    return site
-                raw = code[ins.offset - start : ins.offset - start + ins.size]
-                if any(ins.size == SITE_LENGTH[f] and raw.startswith(OPCODES[f]) for f in suspect):
-                    return self.site_at(ins.offset, allowed, name, strict=True)
-            kind = _prologue_kind(ins.text, self.x86_64)
-            if kind == "endbr":
+class _Functions:
+    """Where the functions of a linked file start, and their names where a symbol gives one."""
+
+    def __init__(self, elf: ElfFile) -> None:
+        names: dict[int, str] = {}
+        local: dict[int, bool] = {}
+        sizes: dict[int, int] = {}
+        for table in (elf.symbols if elf.has_symtab else None, elf.dynamic_symbols):
+            if table is None:
                 continue
-            at_entry = False
-            if kind == "frame":
-                framed = True
-            elif kind == "call":
-                rel = code[ins.offset - start + 1 : ins.offset - start + 5]
-                if ins.size != 5 or code[ins.offset - start] != 0xE8 or len(rel) != 4:
-                    return None
-                if not self._is_pc_thunk(ins.offset + 5 + int.from_bytes(rel, "little", signed=True)):
-                    return None
-            elif kind is None:
+            for _, row in table.function_rows():
+                start = row.st_value
+                if not start or not _in_code(elf, start):
+                    continue
+                sizes[start] = max(sizes.get(start, 0), row.st_size)
+                # Aliases share an address: a global name over a local one (lib_fib.localalias),
+                # and .symtab's over .dynsym's.
+                is_local = row.st_bind == STB_LOCAL
+                if start not in names or (local[start] and not is_local):
+                    names[start], local[start] = table.name_at(row.st_name), is_local
+        unwind = [start for start in elf.unwind_starts if _in_code(elf, start)]
+        self.starts = sorted(set(names) | set(unwind))
+        self.names = names
+        self.sizes = sizes
+
+    def __bool__(self) -> bool:
+        return bool(self.starts)
+
+    def end(self, i: int) -> int:
+        """How far the walk from the i-th start may go: to the next start, its symbol's size, _SPAN bytes."""
+        start = self.starts[i]
+        bounds = [start + _SPAN]
+        if i + 1 < len(self.starts):
+            bounds.append(self.starts[i + 1])
+        if self.sizes.get(start):
+            bounds.append(start + self.sizes[start])
+        return min(bounds)
+
+    def name(self, va: int) -> str | None:
+        around = self.containing(va)
+        return around[1] if around else None
+
+    def containing(self, va: int) -> tuple[int, str | None] | None:
+        """(start, name) of the function whose start is the last at or before `va`."""
+        i = bisect.bisect_right(self.starts, va) - 1
+        return (self.starts[i], self.names.get(self.starts[i])) if i >= 0 else None
+
+    def entry(self, elf: ElfFile, va: int) -> bool | None:
+        """Whether `va` is where a function's __fentry__ call sits; None where no function is known."""
+        around = self.containing(va)
+        if around is None:
+            return None
+        start = around[0]
+        return va == start or (va == start + 4 and elf.read(start, 4) in _ENDBR)
+
+
+class _Locator:
+    def __init__(self, elf: ElfFile, targets: Targets, functions: _Functions) -> None:
+        self.elf = elf
+        self.arch: Arch = elf.arch
+        self.targets = targets
+        self.functions = functions
+
+    def classify(self, va: int, window: bytes, entry: bool | None, exact: bool) -> Found | None:
+        """What the bytes at `va` are as a site: a live call to a target, or a nop that replaced one.
+
+        `entry`: at a function's entry (True), inside one (False), or unknown (None).
+        `exact`: the address is known to be a site's, so bytes that are neither make it OTHER.
+        """
+        call = self.targets.call_at(window, va)
+        if call is not None:
+            return Found(va, call.form, call.target.name, State.CALL, call.code, call.code)
+        for length in (6, 5):
+            code = window[:length]
+            if len(code) < length:
+                continue
+            for kind in self._kinds(code, entry, exact):
+                options = self.targets.calls(va, length, kind, inner_form(code))
+                if not options:
+                    continue
+                ambiguity = ""
+                if len(options) > 1:
+                    calls = ", ".join(
+                        sorted(f"{hexbytes(c)} ({o.form.value} to {o.target.name})" for c, o in options.items())
+                    )
+                    ambiguity = f"{self.where(va)}: the nop {hexbytes(code)} could have been any of {calls}"
+                first = next(iter(options.values()))
+                return Found(va, first.form, first.target.name, State.NOP, code, first.code, ambiguity)
+        if not exact:
+            return None
+        options = {**self.targets.calls(va, 6, entry), **self.targets.calls(va, 5, entry)}
+        if not options:
+            # Nothing here calls a target: gcc -mnop-mcount left its nop, with nothing to restore.
+            code = window[:5]
+            return Found(va, Form.RECORDED, None, State.NOP if code in nops(5, self.arch) else State.OTHER, code, None)
+        # Neither a call nor a nop where a site must be: the call it should be is the one it resembles.
+        best = next((c for c in options.values() if window.startswith(c.code[:-4])), next(iter(options.values())))
+        return Found(va, best.form, best.target.name, State.OTHER, window[: len(best.code)], best.code)
+
+    def readback(self, exact: bool, va: int, new: bytes) -> bytes | None:
+        """The call `call` would find to restore, were `new` written over the site at `va`; None if none, or not one."""
+        window = new + self.elf.read(va + len(new), 6 - len(new))
+        entry = self.functions.entry(self.elf, va) if self.functions else False
+        found = self.classify(va, window, entry, exact)
+        return found.call if found is not None and found.state is State.NOP and not found.ambiguity else None
+
+    def _kinds(self, code: bytes, entry: bool | None, exact: bool) -> tuple[bool | None, ...]:
+        """Which targets a nop here may have called, most likely first: entry (True), inside (False) or any (None).
+
+        A nop'd entry site holds any known nop; a nop'd site inside a function holds one that
+        only ftpatch writes, since gas pads loop heads with the plain ones. At an exact
+        address the bytes need not say: the address does.
+        """
+        if code not in nops(len(code), self.arch):
+            return ()
+        if written_inside(code):
+            return (False,)
+        distinctive = code in marked_nops(len(code), self.arch)
+        if entry is None:
+            return (None,) if exact or distinctive else ()
+        if entry:
+            return (True, False) if distinctive or exact else (True,)
+        return (False,) if distinctive or exact else ()
+
+    def where(self, va: int) -> str:
+        sec = self.elf.section_at(va)
+        around = self.functions.containing(va)
+        place = sec.where(va - sec.sh_addr) if sec else f"{va:#x}"
+        return f"{around[1]} ({place})" if around and around[1] else place
+
+    def walk(self, i: int) -> Found | None:
+        """The site of the i-th function: the first call to a target, or nop in a site's place, from its entry."""
+        start = self.functions.starts[i]
+        code = self.elf.read(start, self.functions.end(i) - start)
+        entry = start
+        for n, (va, size, mnemonic, _ops) in enumerate(decode_lite(code, self.arch, start)):
+            at = va - start
+            if n == _WINDOW:
+                return None
+            if va == entry and code[at : at + 4] in _ENDBR:
+                entry = va + size
+                continue
+            found = self.classify(va, code[at : at + 6], va == entry, exact=False)
+            if found is not None:
+                return found
+            if mnemonic.endswith(("jmp", "ret")) or mnemonic in ("ud2", "hlt", "int3", "iretd", "iretq"):
+                return None
+            if mnemonic.endswith("call") and not self._sets_up_got(code, at, va, size):
                 return None
         return None
 
-    def _is_pc_thunk(self, va: int) -> bool:
-        """i386 __x86.get_pc_thunk.*: mov (%esp),%reg; ret."""
-        code = self.read(va, 4)
-        return len(code) == 4 and code[0] == 0x8B and code[2] == 0x24 and code[3] == 0xC3
+    def _sets_up_got(self, code: bytes, at: int, va: int, size: int) -> bool:
+        """An i386 PIC prologue's call: `call .+5` (clang) or `call __x86.get_pc_thunk.*` (gcc)."""
+        if self.arch.x86_64 or size != 5 or code[at] != 0xE8:
+            return False
+        dest = va + 5 + int.from_bytes(code[at + 1 : at + 5], "little", signed=True)
+        thunk = self.elf.read(dest, 4)  # mov (%esp),%reg; ret
+        return dest == va + 5 or (len(thunk) == 4 and thunk[0] == 0x8B and thunk[2] == 0x24 and thunk[3] == 0xC3)
 
-    def _sweep(self) -> Iterator[int]:
-        """Every call instruction a linear decode of the executable sections meets."""
-        from .x86 import decode
-
-        for sec in self.exec_sections:
-            code = bytes(self.elf.data[sec.sh_offset : sec.sh_offset + sec.sh_size])
+    def sweep(self) -> Iterator[Found]:
+        """Every call to a target, and nop ftpatch wrote inside a function, in a linear decode of the code."""
+        for sec in self.elf.code_sections:
+            code = bytes(self.elf.section_data(sec))
             pos = 0
             while pos < len(code):
                 end = pos
-                for ins in decode(code[pos:], self.x86_64, sec.sh_addr + pos):
-                    if "call" in ins.text:
-                        yield ins.offset
-                    end = ins.offset - sec.sh_addr + ins.size
+                for va, size, _mnemonic, _ops in decode_lite(code[pos:], self.arch, sec.sh_addr + pos):
+                    at = va - sec.sh_addr
+                    found = self.classify(va, code[at : at + 6], False, exact=False)
+                    if found is not None:
+                        yield found
+                    end = at + size
                 pos = end + 1  # past the byte capstone could not decode
 
-    def run(self) -> tuple[Site, ...]:
-        import bisect
+    def exact(self, addresses: Iterable[int]) -> Iterator[Found]:
+        for va in addresses:
+            if not _in_code(self.elf, va):
+                raise self.elf.fail(f"site {va:#x}, listed in __mcount_loc, is not in the file's executable code")
+            found = self.classify(va, self.elf.read(va, 6), self.functions.entry(self.elf, va), exact=True)
+            assert found is not None  # an exact address always classifies
+            yield found
 
-        from .scan import State
-
-        targets = self.targets()
-        if not targets:
-            return ()
-        funcs = self.functions()
-        names = sorted(funcs)
-
-        def function_of(va: int) -> str | None:
-            i = bisect.bisect_right(names, va) - 1
-            if i >= 0:
-                name, size = funcs[names[i]]
-                if va < names[i] + max(size, 1):
-                    return name
-            return None
-
-        def entry_of(va: int) -> bool | None:
-            """Whether `va` is where a __fentry__ call sits: a function's first instruction, or after endbr."""
-            name = function_of(va)
-            if name is None:
-                return None
-            i = bisect.bisect_right(names, va) - 1
-            return va == names[i] or (va == names[i] + 4 and self.read(names[i], 4) in _ENDBR)
-
-        self.entry_of = entry_of
-        sites: list[Site] = []
-        recorded = self._mcount_loc()
-        emitted = self._emitted_relocs() if recorded is None else None
-        if recorded is not None:
-            for va in recorded:
-                site = self.site_at(va, targets, function_of(va), strict=True)
-                if site is not None:
-                    sites.append(site)
-        elif emitted is not None:
-            by_name = {t.name: t for t in targets}
-            for disp, name in emitted:
-                # ld may relax a GOTPCRELX call to 67 e8 and retype the relocation, so the
-                # opcode is 2 bytes before the displacement, or 1 byte for a plain e8.
-                named = by_name.get(name)
-                if named is None:
-                    continue
-                same = [t for t in targets if t is named or (t.address is not None and t.address == named.address)]
-                site = self.site_at(disp - 2, same, function_of(disp - 2), strict=False, lengths=(6,))
-                if site is None or site.state is State.OTHER:
-                    site = self.site_at(disp - 1, same, function_of(disp - 1), strict=True, lengths=(5,))
-                if site is not None:
-                    sites.append(site)
-        elif funcs:
-            found = {start: self._function_site(start, funcs[start][0], targets) for start in names}
-            sites = [site for site in found.values() if site is not None]
-            # A call of the sites' own form to somewhere else, where a site sits in a function
-            # that has none, is a site something overwrote: report it, so verification fails.
-            suspect = frozenset(s.form for s in sites)
-            live = [t for t in targets if t.name in {s.target for s in sites}]
-            for start, site in found.items():
-                if site is None and suspect:
-                    other = self._function_site(start, funcs[start][0], live, suspect)
-                    if other is not None:
-                        sites.append(other)
-        else:
-            self.blind = STRIPPED
-            for va in self._sweep():
-                site = self.site_at(va, targets, None, strict=False)
-                if site is not None and site.state is State.CALL:
-                    sites.append(site)
-        unique = {s.file_offset: s for s in sites}
-        return tuple(sorted(unique.values(), key=lambda s: s.file_offset))
+    def emitted(self, relocated: Iterable[int]) -> Iterator[Found]:
+        """The sites whose displacement these kept relocations relocate: 2 bytes into a 6-byte site, or 1
+        into an `e8` (bfd retypes a GOT call it relaxed to `67 e8`, so the type does not say which)."""
+        for disp in relocated:
+            for va, length in ((disp - 2, 6), (disp - 1, 5)):
+                found = self.classify(va, self.elf.read(va, 6), self.functions.entry(self.elf, va), exact=False)
+                if found is not None and len(found.code) == length:
+                    yield found
+                    break
+            else:
+                # Neither a call nor a nop: garbage where a site must be, as long as its opcode says.
+                six = self.elf.read(disp - 2, 2) in (b"\x67\xe8", b"\xff\x15", b"\xff\x93")
+                va = disp - 2 if six else disp - 1
+                found = self.classify(va, self.elf.read(va, 6), self.functions.entry(self.elf, va), exact=True)
+                assert found is not None  # an exact address always classifies
+                yield found
 
 
-def _prologue_kind(text: str, x86_64: bool) -> str | None:
-    """What an instruction (capstone's Intel text) is in a -pg prologue, or None if it ends one."""
-    mnemonic, _, ops = text.partition(" ")
-    sp, bp = ("rsp", "rbp") if x86_64 else ("esp", "ebp")
-    if mnemonic in ("endbr64", "endbr32"):
-        return "endbr"
-    if mnemonic == "mov" and ops == f"{bp}, {sp}":
-        return "frame"
-    if mnemonic == "push":
-        return "push"
-    if mnemonic in ("sub", "and") and ops.startswith(f"{sp}, "):
-        return "stack"
-    if mnemonic == "lea" and f"[{sp} + " in ops:  # stack realignment in main: lea ecx, [esp + 4]
-        return "stack"
-    if mnemonic == "or" and ops.startswith(f"qword ptr [{sp}]" if x86_64 else f"dword ptr [{sp}]"):
-        return "stack"  # -fstack-clash-protection probe
-    if not x86_64 and mnemonic == "add" and ops.startswith("ebx, "):
-        return "got"  # i386 PIC: add $_GLOBAL_OFFSET_TABLE_, %ebx
-    if mnemonic == "call":
-        return "call"
-    return None
+def _in_code(elf: ElfFile, va: int) -> bool:
+    sec = elf.section_at(va)
+    return sec is not None and sec.is_code
 
 
-def scan_linked(
-    elf: ElfFile, names: Iterable[str]
-) -> tuple[tuple[SiteGroup, ...], Callable[[Section, int], str | None], str]:
-    """The sites of a linked file as groups, the name of the function at a place, and why
-    nop'd sites cannot be found ("" when they can)."""
-    from elftools.common.exceptions import ELFError
-    from elftools.construct import ConstructError
+def _mcount_loc(elf: ElfFile) -> list[int]:
+    """The addresses __mcount_loc lists, if the file has one; in a PIE, from its R_*_RELATIVE addends."""
+    sec = elf.section_named("__mcount_loc")
+    if sec is None or sec.sh_type == SHT_NOBITS:
+        return []
+    raw = elf.section_data(sec)
+    word = elf.arch.word
+    if len(raw) % word:
+        raise elf.fail(f"__mcount_loc is {len(raw):#x} bytes, not a multiple of {word}")
+    listed = dict(zip(range(sec.sh_addr, sec.sh_addr + len(raw), word), words(raw, word), strict=True))
+    relocations = dynamic_relocations(elf)
+    if relocations is not None and elf.arch.rela and R_RELATIVE in relocations.values:
+        for i in relocations.holding(R_RELATIVE):
+            if relocations.r_offset[i] in listed:
+                listed[relocations.r_offset[i]] = relocations.r_addend[i]
+    # The entry of a function the link discarded (--gc-sections) is 0.
+    return sorted({va for va in listed.values() if va})
 
-    try:
-        linked = _Linked(elf, names)
-        sites = linked.run()
-    except (ELFError, ConstructError, struct.error, ValueError, KeyError, IndexError) as e:
-        raise InputError(
-            elf.path, f"malformed linked file ({type(e).__name__}: {e}), reading it with pyelftools"
-        ) from None
-    functions = {site.file_offset: site.function for site in sites}
-    return _groups(elf, sites), partial(_function_at, functions), linked.blind
+
+def _emitted(elf: ElfFile, names: Iterable[str]) -> list[int]:
+    """The displacement addresses of call relocations against a target that `ld --emit-relocs` kept."""
+    if not elf.has_symtab:
+        return []
+    tables: list[tuple[Section, Section | None]] = [
+        (s, sec)
+        for s in elf.sections
+        if s.sh_type in (SHT_REL, SHT_RELA)
+        and not s.sh_flags & SHF_ALLOC
+        and s.sh_link == elf.symtab.index
+        and (sec := elf.applied_to(s)).is_code
+    ]
+    if not tables:
+        return []
+    arch, wanted = elf.arch, elf.symbols.named(names)
+    entries = elf.relocations(tables, len(elf.symbols))
+    # bfd retypes a relaxed GOT call's relocation (R_X86_64_PC32, R_386_PC32): every call type is kept.
+    calls = set(arch.call_forms)
+    return sorted(
+        entries.r_offset[i]
+        for r_info in entries.values
+        if arch.r_sym(r_info) in wanted and arch.r_type(r_info) in calls
+        for i in entries.holding(r_info)
+    )
 
 
-def _groups(elf: ElfFile, sites: Iterable[Site]) -> tuple[SiteGroup, ...]:
+def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
+    names = tuple(names)
+    functions = _Functions(elf)
+    recorded = _mcount_loc(elf)
+    targets = resolve(elf, names, {va: functions.entry(elf, va) for va in recorded})
+    locator = _Locator(elf, targets, functions)
+    blind = ""
+    emitted = _emitted(elf, names) if not recorded and targets else []
+    opaque = ""
+    if recorded:
+        found = list(locator.exact(recorded))
+        if not elf.has_symtab and elf.is_static:
+            blind = STRIPPED_STATIC
+    elif not targets:
+        found = []
+        if not elf.has_symtab and elf.is_static:
+            opaque = OPAQUE
+        elif count := _nopped_without_targets(elf, functions):
+            blind = RELINKED.format(count=count)
+    elif emitted:
+        found = list(locator.emitted(emitted))
+    elif functions:
+        found = [site for i in range(len(functions.starts)) if (site := locator.walk(i)) is not None]
+    else:
+        found = list(locator.sweep())
+        if any(t.entry for t in targets.targets):
+            blind = SWEPT
+    sites = {f.va: f for f in found}
+    strays = [f.ambiguity for f in sites.values() if f.ambiguity]
+    live_calls = None
+    unclassified: tuple[str, ...] = ()
+    if targets:
+        live_calls = LiveCalls(targets, tuple((s.sh_addr, s.sh_offset, s.sh_size) for s in elf.code_sections))
+        ends = {_file_offset(elf, f.va) + len(f.code) for f in sites.values() if f.state is State.CALL}
+        unclassified = tuple(
+            f"{text}: a call to a profiling target that is not at a site ftpatch knows"
+            for end, text in sorted(live_calls(elf.data).items())
+            if end not in ends
+        )
+        strays += _stray_nops(elf, locator, sites)
+    names_of = {_file_offset(elf, f.va): functions.name(f.va) for f in sites.values()}
+    return ScanResult(
+        elf.path,
+        elf.type_name,
+        elf.arch,
+        elf.data,
+        _groups(elf, sites.values()),
+        strays=tuple(strays),
+        unclassified=unclassified,
+        blind=blind,
+        opaque=opaque,
+        function_at=partial(_function_at, names_of),
+        live_calls=live_calls,
+        readback=partial(locator.readback, bool(recorded or emitted)) if targets else None,
+    )
+
+
+def _nopped_without_targets(elf: ElfFile, functions: _Functions) -> int:
+    """How many nops that only ftpatch writes, or that nop a site at a function's entry, the code holds."""
+    count = sum(_find_all(elf, nop) for length in (5, 6) for nop in marked_nops(length, elf.arch) if nop[0] != 0xEB)
+    entry_nops = {bytes.fromhex("0f1f440000"), bytes.fromhex("0f1f44000090"), bytes.fromhex("660f1f440000")}
+    return count + sum(
+        1 for start in functions.starts if elf.read(start, 6) in entry_nops or elf.read(start, 5) in entry_nops
+    )
+
+
+def _find_all(elf: ElfFile, needle: bytes) -> int:
+    return sum(bytes(elf.section_data(sec)).count(needle) for sec in elf.code_sections)
+
+
+def _stray_nops(elf: ElfFile, locator: _Locator, sites: dict[int, Found]) -> list[str]:
+    """Nops only ftpatch writes, found by their bytes where no site was found: `call` would leave them nops.
+
+    (Not the jmp nops: a tail jump over lld's int3 padding to the next function looks the same.)
+    """
+    covered = {va + k for va, f in sites.items() for k in range(len(f.code))}
+    strays = []
+    for length in (5, 6):
+        for nop in sorted(marked_nops(length, elf.arch)):
+            if nop.startswith(b"\xeb"):
+                continue
+            for sec in elf.code_sections:
+                code = bytes(elf.section_data(sec))
+                at = code.find(nop)
+                while at >= 0:
+                    va = sec.sh_addr + at
+                    if va not in covered:
+                        strays.append(
+                            f"{locator.where(va)}: holds {hexbytes(nop)}, a nop ftpatch writes at a site, where no site is"
+                        )
+                    at = code.find(nop, at + 1)
+    return strays
+
+
+def _file_offset(elf: ElfFile, va: int) -> int:
+    sec = elf.section_at(va)
+    assert sec is not None
+    return sec.sh_offset + va - sec.sh_addr
+
+
+def _groups(elf: ElfFile, found: Iterable[Found]) -> tuple[SiteGroup, ...]:
     """Sites as groups, one per form and target; each site keeps its section and its own call."""
-    from .scan import SiteGroup
-
-    # A site names its section by name; with its file offset that names one section.
-    sections = {(s.name, s.sh_offset): s for s in elf.sections}
-    grouped: dict[tuple[Form, str | None], list[Site]] = {}
-    for site in sites:
-        grouped.setdefault((site.form, site.target), []).append(site)
+    grouped: dict[tuple[Form, str | None], list[tuple[Section, Found]]] = {}
+    for f in sorted(found, key=lambda f: f.va):
+        sec = elf.section_at(f.va)
+        assert sec is not None
+        grouped.setdefault((f.form, f.target), []).append((sec, f))
     return tuple(
         SiteGroup(
             form,
             target,
-            tuple(sections[s.section, s.file_offset - s.offset] for s in group),
-            tuple(s.offset for s in group),
-            tuple(s.code for s in group),
-            tuple(s.call for s in group),
+            tuple(sec for sec, _ in group),
+            tuple(f.va - sec.sh_addr for sec, f in group),
+            tuple(f.code for _, f in group),
+            tuple(f.call for _, f in group),
         )
         for (form, target), group in grouped.items()
     )
 
 
-def _function_at(functions: dict[int, str | None], section: Section, offset: int) -> str | None:
-    return functions.get(section.sh_offset + offset)
-
-
-__all__ = ["Target", "scan_linked"]
+def _function_at(names: dict[int, str | None], section: Section, offset: int) -> str | None:
+    return names.get(section.sh_offset + offset)

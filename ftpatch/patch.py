@@ -9,7 +9,7 @@ it only ever touches the bytes a plan names.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from itertools import chain, pairwise, repeat
@@ -17,9 +17,10 @@ from operator import add, attrgetter, lt
 
 from .elf import read_input
 from .errors import InputError, VerifyError
-from .scan import DEFAULT_TARGETS, ScanResult, Site, SiteGroup, State, chosen, scan_data, site_state
+from .scan import scan_data
+from .sites import DEFAULT_TARGETS, LiveCalls, ScanResult, Site, SiteGroup, State, chosen, site_state
 from .write import locked_input, sweep_stale, write_atomic
-from .x86 import DEFAULT_STYLE, NOP_STYLES, Form, NopStyle, describe, hexbytes
+from .x86 import NOP_STYLES, Arch, Form, NopStyle, describe, hexbytes
 
 
 class Action(StrEnum):
@@ -57,6 +58,11 @@ class Plan:
     patched: int  # sites that change
     already: int  # sites already in the requested state
     filtered: int  # sites left alone by --only / --except
+    # A linked file's independent check of the new bytes, and the file offsets where it may
+    # still find a live call's end: the sites --only / --except kept as calls.
+    live_calls: LiveCalls | None = None
+    kept_live: frozenset[int] = frozenset()
+    warnings: tuple[str, ...] = ()  # what the user must know although the plan is sound
 
     @property
     def changes(self) -> bool:
@@ -70,9 +76,9 @@ class Plan:
         return tuple(patches)
 
 
-def nop_style(name: str | None, x86_64: bool, path: str) -> NopStyle:
-    style = NOP_STYLES[name or DEFAULT_STYLE[x86_64]]
-    if x86_64 and not style.x86_64:
+def nop_style(name: str | None, arch: Arch, path: str) -> NopStyle:
+    style = NOP_STYLES[name or arch.default_nop]
+    if arch.x86_64 and not style.x86_64:
         raise InputError(
             path,
             f"nop style {style.name} is not a nop on x86-64, choose one of "
@@ -83,10 +89,17 @@ def nop_style(name: str | None, x86_64: bool, path: str) -> NopStyle:
 
 def _problem(result: ScanResult, site: Site, action: Action, style: NopStyle) -> str:
     """Why a site cannot be put in the requested state, in ftrace_bug's terms."""
-    if action is Action.CALL and site.form is Form.RECORDED:
-        return f"{site.where}: gcc -mnop-mcount left no relocation to restore a call with, rebuild without -mnop-mcount"
     want = hexbytes(site.call) if site.call else hexbytes(style.for_length(site.length))
-    return f"{site.where}: expected {want}, actual {hexbytes(site.code)} ({describe(site.code, result.x86_64)})"
+    return f"{site.where}: expected {want}, actual {hexbytes(site.code)} ({describe(site.code, result.arch)})"
+
+
+# Why a site listed in __mcount_loc, with no call to a target anywhere, cannot become a call.
+_NO_CALL = {
+    True: "gcc -mnop-mcount left a nop here and no relocation to restore a call with, rebuild without -mnop-mcount",
+    False: "listed in __mcount_loc, but nothing in the file calls mcount, _mcount or __fentry__ (no PLT entry, GOT "
+    "slot or definition) for this nop to become: rebuild without -mnop-mcount, or restore the objects with "
+    "`ftpatch call` and link again",
+}
 
 
 def _pairs(group: SiteGroup) -> dict[tuple[bytes, bytes | None], Sequence[int]]:
@@ -106,11 +119,14 @@ def _group_edits(
     base: int,
     action: Action,
     style: NopStyle,
-    x86_64: bool,
+    arch: Arch,
     edits: dict[tuple[bytes, bytes], list[int]],
-) -> tuple[int, list[int]]:
+    readback: Callable[[int, bytes], bytes | None] | None = None,
+) -> tuple[int, list[int], list[int]]:
     """Add to `edits` (old bytes, new bytes) -> file offsets what puts a group's sites in the
-    requested state; return how many sites change, and which (by position) cannot be put in it.
+    requested state; return how many sites change, which (by position) cannot be put in it,
+    and which a nop would make unrestorable: in a linked file, where `readback` tells what
+    `call` would restore, every nop is read back before it is planned.
 
     nop and call are mirror images, as ftrace_make_nop and ftrace_make_call are:
     the site's bytes go to the other state, and its r_info to 0 or back to the call's.
@@ -118,17 +134,20 @@ def _group_edits(
     object's sites are usually all one pair.
     """
     nop = action is Action.NOP
-    if not nop and group.form is Form.RECORDED:
-        return 0, list(range(len(group)))
     offsets = group.file_offsets(base)
-    bad, changed = [], 0
+    bad, unreadable, changed = [], [], 0
     for (code, call), positions in _pairs(group).items():
-        state = site_state(code, call, x86_64)
+        state = site_state(code, call, arch)
         if state is State.OTHER:
             bad += positions
         elif state is not (State.NOP if nop else State.CALL):
-            new = style.for_length(len(code)) if nop else call
+            new = style.nop(group.form, group.entry) if nop else call
             assert new is not None  # only a RECORDED site has no call, and it never gets here as a call
+            if nop and readback is not None:
+                lost = [i for i in positions if readback(group.sections[i].sh_addr + group.starts[i], new) != call]
+                if lost:
+                    unreadable += lost
+                    continue
             at = offsets if len(positions) == len(offsets) else [offsets[i] for i in positions]
             edits.setdefault((code, new), []).extend(at)
             changed += len(positions)
@@ -139,19 +158,26 @@ def _group_edits(
             group.info_offsets(base)
         )
         changed = len(group)
-    return changed, bad
+    return changed, bad, unreadable
 
 
 def plan(
     result: ScanResult, action: Action, *, nop: str | None = None, only: Sequence[str] = (), exclude: Sequence[str] = ()
 ) -> Plan:
     """Verify every chosen site and plan the patches; raise VerifyError if any site is wrong."""
-    style = nop_style(nop, result.x86_64, result.path)
+    style = nop_style(nop, result.arch, result.path)
     problems: list[str] = []
+    if result.opaque:
+        raise InputError(result.path, result.opaque)
     if action is Action.CALL:
         if result.blind:
             raise InputError(result.path, result.blind)
         problems += result.strays
+    elif result.unclassified:
+        more = f" (and {len(result.unclassified) - 1} more)" if len(result.unclassified) > 1 else ""
+        raise InputError(result.path, f"{result.unclassified[0]}{more}; nothing was written")
+    kept_live: list[int] = []
+    unrestorable: list[Site] = []
     edits: dict[tuple[bytes, bytes], list[int]] = {}
     bad: list[Site] = []
     patched = chosen_sites = filtered = 0
@@ -160,23 +186,49 @@ def plan(
             places = zip(group.sections, group.starts, strict=True)
             keep = [chosen(result.function_at(section, start), only, exclude) for section, start in places]
             filtered += len(group) - sum(keep)
+            if result.live_calls is not None and not all(keep):
+                starts = group.file_offsets(result.base)
+                kept_live += [
+                    start + len(code)
+                    for start, code, call, k in zip(starts, group.codes, group.calls, keep, strict=True)
+                    if not k and code == call
+                ]
             if not any(keep):
                 continue
             if not all(keep):
                 group = group.subset(keep)
-        changed, refused = _group_edits(group, result.base, action, style, result.x86_64, edits)
+        if action is Action.CALL and group.form is Form.RECORDED:
+            site = group.site(0, result.function_at(group.sections[0], group.starts[0]), result.arch)
+            more = f" (and {len(group) - 1} more sites)" if len(group) > 1 else ""
+            raise InputError(result.path, f"{site.where}: {_NO_CALL[result.type == 'ET_REL']}{more}")
+        changed, refused, lost = _group_edits(group, result.base, action, style, result.arch, edits, result.readback)
         patched += changed
         chosen_sites += len(group)
-        bad += [group.site(i, result.function_at(group.sections[i], group.starts[i]), result.x86_64) for i in refused]
+        bad += [group.site(i, result.function_at(group.sections[i], group.starts[i]), result.arch) for i in refused]
+        unrestorable += [
+            group.site(i, result.function_at(group.sections[i], group.starts[i]), result.arch) for i in lost
+        ]
     if bad:
         bad.sort(key=attrgetter("file_offset"))
         problems.append(_problem(result, bad[0], action, style))
     if problems:
         more = len(problems) - 1 + len(bad) - bool(bad)
         raise VerifyError(result.path, problems[0] + (f" (and {more} more sites)" if more else ""))
+    if unrestorable:
+        site = min(unrestorable, key=attrgetter("file_offset"))
+        more = f" (and {len(unrestorable) - 1} more sites)" if len(unrestorable) > 1 else ""
+        raise InputError(
+            result.path,
+            f"{site.where}: the {style.name} nop would not read back as {hexbytes(site.call or b'')}, so `call` could "
+            f"not restore it{more}; nothing was written, choose another --nop (p6 marks the call it replaces)",
+        )
     # Offsets in file order: a rewrite whose offsets ascend is quick to check for overlaps.
     rewrites = tuple(Rewrite(old, new, tuple(sorted(offsets))) for (old, new), offsets in edits.items())
-    return Plan(result.path, action, rewrites, patched, chosen_sites - patched, filtered)
+    check = result.live_calls if action is Action.NOP else None
+    warnings = (f"`ftpatch call` will refuse this file: it {result.blind}",) if result.blind and patched else ()
+    return Plan(
+        result.path, action, rewrites, patched, chosen_sites - patched, filtered, check, frozenset(kept_live), warnings
+    )
 
 
 def _first_overlap(rewrites: Sequence[Rewrite]) -> int | None:
@@ -225,6 +277,12 @@ def _patched(data: bytes, plan: Plan) -> bytearray:
         for offset in r.file_offsets:
             view[offset : offset + n] = new
     view.release()
+    if plan.live_calls is not None:
+        # The independent check: no call to a target is left live but those the filters kept.
+        left = [text for end, text in plan.live_calls(out).items() if end not in plan.kept_live]
+        if left:
+            more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
+            raise InputError(plan.path, f"{left[0]} would stay live after the nop{more}; nothing was written")
     return out
 
 
@@ -246,6 +304,7 @@ def plan_all(
         sum(p.patched for p in plans),
         sum(p.already for p in plans),
         sum(p.filtered for p in plans),
+        warnings=tuple(f"{pl.path}: {w}" if pl.path != path else w for pl in plans for w in pl.warnings),
     )
 
 

@@ -46,7 +46,7 @@ def test_files_from_stdin_parallel_json(tmp: Path) -> None:
     assert statuses["x86_64-nopg.o"] == statuses["x86_64-nop-mcount.o"] == "unchanged"
     assert statuses["x86_64-pie.o"] == "patched"
     first = doc["files"][0]
-    assert set(first) == {"path", "output", "status", "patched", "already", "filtered"}
+    assert set(first) == {"path", "output", "status", "patched", "already", "filtered", "warnings"}
 
 
 def test_parallel_and_serial_give_the_same_bytes(tmp: Path) -> None:

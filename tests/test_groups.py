@@ -15,20 +15,26 @@ from conftest import FIXTURES, OBJECTS
 
 import ftpatch as lib
 from ftpatch.scan import scan_data
+from ftpatch.sites import at_entry
 from ftpatch.x86 import styles_for
 
 
-def reference(result: lib.ScanResult, action: lib.Action, style: lib.NopStyle) -> tuple[list[lib.Patch], int] | None:
-    """The patches and the count of sites that change, or None where the plan must refuse."""
+def reference(
+    result: lib.ScanResult, action: lib.Action, style: lib.NopStyle
+) -> tuple[list[lib.Patch], int] | type[lib.FtpatchError]:
+    """The patches and the count of sites that change, or the error the plan must refuse with."""
     patches = []
     patched = 0
+    if action is lib.Action.CALL and any(site.form is lib.Form.RECORDED for site in result.sites):
+        return lib.InputError  # nothing says what call a -mnop-mcount nop was
     for site in result.sites:
         nop = action is lib.Action.NOP
-        if site.state is lib.State.OTHER or (not nop and site.form is lib.Form.RECORDED):
-            return None
+        if site.state is lib.State.OTHER:
+            return lib.VerifyError
         before = len(patches)
         if nop and site.state is lib.State.CALL:
-            patches.append(lib.Patch(result.base + site.file_offset, site.code, style.for_length(site.length)))
+            new = style.nop(site.form, at_entry(site.target))
+            patches.append(lib.Patch(result.base + site.file_offset, site.code, new))
         if not nop and site.state is lib.State.NOP:
             assert site.call is not None
             patches.append(lib.Patch(result.base + site.file_offset, site.code, site.call))
@@ -53,10 +59,10 @@ def check_against_reference(path: str, data: bytes) -> int:
     (result,) = scan_data(path, data)
     made = 0
     for action in lib.Action:
-        for style in styles_for(result.x86_64):
+        for style in styles_for(result.arch):
             want = reference(result, action, style)
-            if want is None:
-                with pytest.raises(lib.VerifyError):
+            if not isinstance(want, tuple):
+                with pytest.raises(want):
                     lib.plan(result, action, nop=style.name)
                 continue
             plan = lib.plan(result, action, nop=style.name)

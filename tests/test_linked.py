@@ -129,10 +129,11 @@ def test_uftrace_sees_nothing_after_nop_and_everything_after_call(built: dict[st
 
 
 # What `uftrace record -P .` (uftrace 0.13's dynamic patcher) traces in a nop'd -mfentry program: it patches
-# 0f 1f 44 00 00 at a function's first byte, so not the 6-byte nop of an ff 15 site (PIE), and not a
-# nop behind endbr64 (-fcf-protection: only the static functions, which have no endbr64).
+# 0f 1f 44 00 00 at a function's first byte, never a 6-byte nop, so ftpatch writes a 6-byte entry site (PIE,
+# ff 15) as that nop and a one-byte one; and not a nop behind endbr64 (-fcf-protection: only the static
+# functions, which have no endbr64).
 @pytest.mark.parametrize(
-    ("name", "traced"), [("fentry-nopie", FUNCTIONS), ("fentry-cet", STATIC_FUNCTIONS), ("fentry-pie", set())]
+    ("name", "traced"), [("fentry-nopie", FUNCTIONS), ("fentry-cet", STATIC_FUNCTIONS), ("fentry-pie", FUNCTIONS)]
 )
 def test_uftrace_patches_nopped_fentry_sites(built: dict[str, Path], name: str, traced: set[str], tmp: Path) -> None:
     nopped = tmp / "nopped"
@@ -166,22 +167,20 @@ def test_shared_library_round_trip(tmp: Path) -> None:
     assert lib.read_bytes() == original
 
 
-def test_stripped_program_nops_but_cannot_be_restored(built: dict[str, Path], tmp: Path) -> None:
+def test_stripped_program_round_trips(built: dict[str, Path], tmp: Path) -> None:
+    """strip keeps the unwind tables, and they say where every function starts."""
     stripped = built["stripped"]
     sites = scan_json(stripped)
     assert len(sites) == 8 and {s["function"] for s in sites} == {None}
-    nopped = tmp / "nopped"
+    addresses = section_addresses(stripped)
+    assert {addresses[s["section"]] + s["offset"] for s in sites} == objdump_sites(built["nopie"])
+    nopped, back = tmp / "nopped", tmp / "back"
     assert ftpatch("nop", stripped, "-o", nopped).returncode == 0
     assert execute(nopped, tmp) == PROGRAM_OUTPUT
-    assert scan_json(nopped) == []
-    proc = ftpatch("call", nopped, "-o", tmp / "back")
-    assert proc.returncode == 1
-    assert proc.stderr == (
-        f"ftpatch: error: {nopped}: has no __mcount_loc, no relocations and no function symbols, so only live "
-        "calls can be found and nop'd sites cannot; `call` needs the unstripped file (or one built with "
-        "-mrecord-mcount)\n"
-    )
-    assert not (tmp / "back").exists()
+    assert [s["state"] for s in scan_json(nopped)] == ["nop"] * 8
+    proc = ftpatch("call", nopped, "-o", back)
+    assert proc.returncode == 0, proc.stderr
+    assert back.read_bytes() == stripped.read_bytes()
 
 
 def refuses_overwritten_site(exe: Path, site: dict, garbage: str, decoded: str, tmp: Path) -> None:
@@ -201,9 +200,10 @@ def refuses_overwritten_site(exe: Path, site: dict, garbage: str, decoded: str, 
 
 
 def test_site_calling_elsewhere_fails_verification(built: dict[str, Path], tmp: Path) -> None:
-    exe = built["pie"]
+    """Where a relocation kept by --emit-relocs says a site is, a call to somewhere else is no site but garbage."""
+    exe = built["static-emit-relocs"]
     main = next(s for s in scan_json(exe) if s["function"] == "main")
-    refuses_overwritten_site(exe, main, "ff1500000000", "call qword ptr [rip]", tmp)
+    refuses_overwritten_site(exe, main, "67e800000000", "call 6", tmp)
 
 
 def test_recorded_site_overwritten_with_garbage_fails_verification(tmp: Path) -> None:

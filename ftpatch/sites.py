@@ -1,0 +1,225 @@
+"""The site model both scanners build: sites kept as columns in SiteGroups, one ScanResult a file.
+
+A site is where a profiling call is or was: its bytes, the exact call they
+must be, and in an object the relocation entry that makes them that call.
+objects.py builds these from relocations, linked.py from call targets; patch.py
+plans over them without knowing which scanner made them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
+from itertools import compress
+from operator import attrgetter
+
+from .elf import SHT_RELA, Section
+from .x86 import Arch, Form, nops
+
+DEFAULT_TARGETS = ("mcount", "_mcount", "__fentry__")
+# Called after the prologue, not as a function's first instruction.
+MCOUNT_TARGETS = frozenset({"mcount", "_mcount"})
+
+
+def at_entry(target: str | None) -> bool:
+    """Whether calls to `target` are a function's first instruction (__fentry__, a --symbol), not after its prologue."""
+    return target is not None and target not in MCOUNT_TARGETS
+
+
+class State(StrEnum):
+    CALL = "call"
+    NOP = "nop"
+    OTHER = "other"  # neither the expected call nor a known nop: verification fails on it
+
+
+def site_state(code: bytes, call: bytes | None, arch: Arch) -> State:
+    """The one rule for what a site holds: its call, a known nop, or neither."""
+    return State.CALL if code == call else State.NOP if code in nops(len(code), arch) else State.OTHER
+
+
+@dataclass(frozen=True)
+class Reloc:
+    """The relocation entry of a site: where its r_info lives and the two values it takes."""
+
+    section: str
+    index: int
+    info_offset: int  # file offset of r_info
+    info_size: int
+    r_info: int  # as found
+    call_info: int  # the value that makes the site a live call
+
+
+@dataclass(frozen=True)
+class Site:
+    function: str | None
+    section: str
+    offset: int
+    file_offset: int
+    form: Form
+    target: str | None  # None for a RECORDED site, which never called anything
+    state: State
+    code: bytes  # the bytes found at the site
+    call: bytes | None  # the exact call these bytes must be; None for a RECORDED site
+    reloc: Reloc | None
+
+    @property
+    def length(self) -> int:
+        return len(self.code)
+
+    @property
+    def where(self) -> str:
+        place = f"{self.section}+{self.offset:#x}"
+        return f"{self.function} ({place})" if self.function else place
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "function": self.function,
+            "section": self.section,
+            "offset": self.offset,
+            "file_offset": self.file_offset,
+            "length": self.length,
+            "form": self.form.value,
+            "target": self.target,
+            "state": self.state.value,
+        }
+
+
+@dataclass(frozen=True)
+class SiteGroup:
+    """Sites that share their form, their target and, in an object, the r_info their
+    relocation entries hold (so their symbol and type) and the r_info of a call.
+
+    Everything else is a column, one value a site: its section, its offset there,
+    the bytes found, the call it must hold, its relocation entry. An object's
+    20,000 sites are one or two groups, however many sections and relocation
+    tables hold them, so verifying and patching them are passes over columns;
+    a Site object for each is made only when one is asked for (ScanResult.sites).
+    """
+
+    form: Form
+    target: str | None  # None for RECORDED sites
+    sections: tuple[Section, ...]  # each site's section
+    starts: tuple[int, ...]  # each site's offset in its section
+    codes: tuple[bytes, ...]  # the bytes found at each site
+    calls: tuple[bytes | None, ...]  # the exact call each site must hold; None for RECORDED sites
+    rels: tuple[Section, ...] = ()  # each site's SHT_REL or SHT_RELA section; none in a linked file
+    indices: tuple[int, ...] = ()  # each site's entry in its relocation section
+    r_info: int = 0  # what every entry holds now: call_info, or 0 once ftpatch made the site a nop
+    call_info: int = 0  # what an entry holds for a live call
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def entry(self) -> bool:
+        return at_entry(self.target)
+
+    @property
+    def info_size(self) -> int:
+        """Bytes in r_info: a word of the file's class; REL and RELA entries are 2 and 3 words."""
+        rel = self.rels[0]
+        return rel.sh_entsize // (3 if rel.sh_type == SHT_RELA else 2)
+
+    def file_offsets(self, base: int = 0) -> list[int]:
+        """The file offset of each site; `base` is added."""
+        sections, starts = self.sections, self.starts
+        if sections and sections.count(sections[0]) == len(sections):  # one section: the usual case
+            first = base + sections[0].sh_offset
+            return [first + start for start in starts]
+        return [base + section.sh_offset + start for section, start in zip(sections, starts, strict=True)]
+
+    def info_offsets(self, base: int = 0) -> list[int]:
+        """The file offset of each site's r_info, its entry's second word; `base` is added."""
+        rels, indices, word = self.rels, self.indices, base + self.info_size
+        if rels.count(rels[0]) == len(rels):  # one relocation table: the usual case
+            first, entsize = word + rels[0].sh_offset, rels[0].sh_entsize
+            return [first + index * entsize for index in indices]
+        return [word + rel.sh_offset + index * rel.sh_entsize for rel, index in zip(rels, indices, strict=True)]
+
+    def subset(self, keep: Sequence[bool]) -> SiteGroup:
+        """The sites for which `keep` is true."""
+        columns = (self.sections, self.starts, self.codes, self.calls, self.rels, self.indices)
+        sections, starts, codes, calls, rels, indices = (tuple(compress(c, keep)) for c in columns)
+        return SiteGroup(
+            self.form, self.target, sections, starts, codes, calls, rels, indices, self.r_info, self.call_info
+        )
+
+    def site(self, i: int, function: str | None, arch: Arch) -> Site:
+        section, start, code, call = self.sections[i], self.starts[i], self.codes[i], self.calls[i]
+        reloc = None
+        if self.rels:
+            rel, index, size = self.rels[i], self.indices[i], self.info_size
+            info_offset = rel.sh_offset + index * rel.sh_entsize + size
+            reloc = Reloc(rel.name, index, info_offset, size, self.r_info, self.call_info)
+        return Site(
+            function,
+            section.name,
+            start,
+            section.sh_offset + start,
+            self.form,
+            self.target,
+            site_state(code, call, arch),
+            code,
+            call,
+            reloc,
+        )
+
+
+def _no_function(section: Section, offset: int) -> str | None:
+    return None
+
+
+# The live profiling calls left in some bytes, by address, each described. A linked file's scanner
+# finds its sites one way (function by function); this finds calls another (every call encoding
+# in the code, by its bytes), so that `nop` can prove no call was left behind.
+LiveCalls = Callable[[bytes], dict[int, str]]
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    path: str
+    type: str
+    arch: Arch
+    data: bytes
+    groups: tuple[SiteGroup, ...]
+    base: int = 0  # where this ELF file starts in the file read: an archive member's offset
+    # What makes `call` refuse the file: nop'd sites it cannot restore exactly, each said once.
+    strays: tuple[str, ...] = ()
+    # Profiling calls found in the code but not at a site: `nop` refuses to leave them live.
+    unclassified: tuple[str, ...] = ()
+    # Why nop'd sites of this (linked) file cannot be found; `call` refuses it. "" when they can.
+    blind: str = ""
+    # Why ftpatch cannot tell this file's profiling calls from other calls; every action refuses it.
+    opaque: str = ""
+    # The name of the function holding a place (section, offset), if the file tells.
+    function_at: Callable[[Section, int], str | None] = field(default=_no_function, repr=False, compare=False)
+    # The live profiling calls left in patched bytes, by address, where the file needs this check.
+    live_calls: LiveCalls | None = field(default=None, repr=False, compare=False)
+    # A linked file's reading of a nop: the call `call` restores at an address holding new bytes.
+    readback: Callable[[int, bytes], bytes | None] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def machine(self) -> str:
+        return self.arch.name
+
+    @cached_property
+    def sites(self) -> tuple[Site, ...]:
+        """Every site, in file order."""
+        sites = [
+            group.site(i, self.function_at(section, start), self.arch)
+            for group in self.groups
+            for i, (section, start) in enumerate(zip(group.sections, group.starts, strict=True))
+        ]
+        sites.sort(key=attrgetter("file_offset"))
+        return tuple(sites)
+
+
+def chosen(function: str | None, only: Sequence[str] = (), exclude: Sequence[str] = ()) -> bool:
+    """Whether --only / --except globs keep a site of `function`."""
+    name = function or ""
+    return (not only or any(fnmatch.fnmatchcase(name, g) for g in only)) and not any(
+        fnmatch.fnmatchcase(name, g) for g in exclude
+    )
