@@ -1,0 +1,131 @@
+"""Killed runs: what a SIGKILLed run leaves behind, the next run removes at once.
+
+A SIGKILLed worker stays a zombie until its parent, or init, reaps it; in a
+container whose PID 1 never reaps, it stays one for ever.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, ftpatch, temporaries
+
+from ftpatch import Action, patch_file, write
+
+PIE = FIXTURES / "x86_64-pie.o"
+
+# A process whose first thread returns while a second one runs on: /proc shows it as a zombie.
+FIRST_THREAD_RETURNS = """
+import ctypes, threading, time
+threading.Thread(target=time.sleep, args=(60,)).start()
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat from field 3, the state, on (comm ends at the last ')'); None once the process is reaped."""
+    try:
+        line = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return line.rpartition(b")")[2].decode().split()
+
+
+def start_time(pid: int) -> int:
+    fields = stat_fields(pid)
+    assert fields is not None, f"process {pid} is gone"
+    return int(fields[19])
+
+
+def wait_until(done: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.005)
+
+
+def zombie() -> subprocess.Popen[bytes]:
+    """A child that has exited, which nothing reaps until the caller waits for it."""
+    child = subprocess.Popen(["true"])
+    wait_until(lambda: (stat_fields(child.pid) or ["?"])[0] == "Z", "a zombie")
+    return child
+
+
+def temp_name(target: str, pid: int, start: int | None = None, token: str = "deadbeef") -> str:
+    """A temporary's name as ftpatch writes it; without `start`, as versions before the start time wrote it."""
+    writer = f"{pid}" if start is None else f"{pid}-{start}"
+    return f".{target}.ftpatch-{writer}-{token}"
+
+
+def writer_ids(name: str) -> list[int]:
+    """The PID, and the start time if the name holds one, of a temporary's writer."""
+    return [int(i) for i in name.rpartition(".ftpatch-")[2].split("-")[:-1]]
+
+
+def test_zombies_and_reused_pids_are_gone_live_writers_stay(tmp: Path) -> None:
+    target = tmp / "t.o"
+    shutil.copy(PIE, target)
+    dead = zombie()
+    # A comm that misleads a parser splitting /proc/PID/stat at the first ')': it is asleep, not a zombie.
+    odd = tmp / "a) Z 1 2 (b"
+    odd.symlink_to(shutil.which("sleep") or "/bin/sleep")
+    live = [subprocess.Popen(["sleep", "60"]), subprocess.Popen([odd, "60"])]
+    threads_left = subprocess.Popen([sys.executable, "-c", FIRST_THREAD_RETURNS])
+    try:
+        wait_until(lambda: (stat_fields(threads_left.pid) or ["?"])[0] == "Z", "the first thread to return")
+        wait_until(lambda: all((stat_fields(p.pid) or ["?"])[0] == "S" for p in live), "sleep to sleep")
+        assert Path(f"/proc/{live[1].pid}/comm").read_text() == f"{odd.name}\n"
+        gone = [
+            temp_name("t.o", dead.pid),
+            temp_name("t.o", dead.pid, start_time(dead.pid)),
+            temp_name("t.o", live[0].pid, start_time(live[0].pid) + 1),  # its PID, another process
+        ]
+        stay = [
+            *(temp_name("t.o", p.pid) for p in live),
+            *(temp_name("t.o", p.pid, start_time(p.pid), "cafebabe") for p in live),
+            temp_name("t.o", threads_left.pid, start_time(threads_left.pid)),
+            temp_name("t.o", os.getpid(), start_time(os.getpid())),
+            ".t.o.ftpatch-12x-deadbeef",  # not a name ftpatch writes
+        ]
+        for name in gone + stay:
+            (tmp / name).write_bytes(b"half")
+        result = ftpatch("nop", "--in-place", target)
+        assert result.returncode == 0, result.stderr
+        assert temporaries(tmp) == sorted(stay)
+    finally:
+        for proc in [dead, *live, threads_left]:
+            proc.kill()
+            proc.wait()
+
+
+def test_without_proc_a_pid_that_exists_is_alive(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As when /proc is missing or shows another pid namespace: only the PID is written and judged.
+    monkeypatch.setattr(write, "_own_start", lambda pid: None)
+    target = tmp / "t.o"
+    shutil.copy(PIE, target)
+    dead, gone = zombie(), subprocess.Popen(["true"])
+    gone.wait()
+    try:
+        stay = temp_name("t.o", dead.pid)
+        for name in (stay, temp_name("t.o", gone.pid)):
+            (tmp / name).write_bytes(b"half")
+        written = []
+        replace = os.replace
+
+        def recording(src: str, dst: str) -> None:
+            written.append(Path(src).name)
+            replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", recording)
+        patch_file(str(target), Action.NOP)
+        assert temporaries(tmp) == [stay]
+        assert [len(writer_ids(name)) for name in written] == [1], written
+    finally:
+        dead.wait()
