@@ -6,8 +6,9 @@ os.replace, so a reader sees the old file or the new one and never a mix.
 os.replace renames over a symbolic link itself and never writes through it.
 Every error and every interruption that Python sees (the command line turns
 SIGTERM and SIGINT into exceptions) removes the temporary. Only SIGKILL or a
-crash can leave one behind: the next write to the same target removes the
-target's stale temporaries.
+crash can leave one behind. The next write to the same target removes the
+target's stale temporaries, and so does the next in-place run on it, whether
+it then writes, finds nothing to change or refuses the file.
 
 A temporary is stale when its writer can no longer write: its PID names no
 process, or a zombie (SIGKILLed workers stay zombies until init reaps them,
@@ -34,12 +35,18 @@ import os
 import secrets
 import stat
 from collections.abc import Iterator
+from time import monotonic
 from typing import NamedTuple
 
 from .elf import open_input, read_fd
 from .errors import InputError, OutputError
 
 _MARK = ".ftpatch-"
+
+# How long a directory's list of stale temporaries is trusted. A batch writes thousands of files
+# into one directory and lists it once, not once a file; a process that writes there for hours
+# still finds, a minute later at most, what the runs killed meanwhile left.
+LISTING_TTL = 60.0
 
 
 def _temp_prefix(target: str) -> str:
@@ -125,9 +132,8 @@ def _temp_name(target: str) -> str:
     return f"{_temp_prefix(target)}{writer}-{secrets.token_hex(4)}"
 
 
-# Per directory, the stale temporaries found there, by the prefix naming their target. A batch
-# writes thousands of files into one directory: it is listed once per process, not once a file.
-_stale: dict[str, dict[str, list[str]]] = {}
+# Per directory, when it was listed and the stale temporaries found there, by the prefix naming their target.
+_stale: dict[str, tuple[float, dict[str, list[str]]]] = {}
 
 
 def _dead_temporaries(directory: str) -> dict[str, list[str]]:
@@ -149,10 +155,12 @@ def _dead_temporaries(directory: str) -> dict[str, list[str]]:
 def sweep_stale(target: str) -> list[str]:
     """Remove the temporaries of `target` left by ftpatch processes that can no longer write."""
     directory = os.path.dirname(os.path.abspath(target))
-    if directory not in _stale:
-        _stale[directory] = _dead_temporaries(directory)
+    now = monotonic()
+    listed = _stale.get(directory)
+    if listed is None or now - listed[0] > LISTING_TTL:
+        listed = _stale[directory] = (now, _dead_temporaries(directory))
     removed = []
-    for name in _stale[directory].pop(_temp_prefix(target), []):
+    for name in listed[1].pop(_temp_prefix(target), []):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(directory, name))
             removed.append(name)
@@ -236,6 +244,10 @@ def locked_input(path: str) -> Iterator[tuple[bytes, int]]:
                 raise InputError(path, "is a symbolic link, give --in-place the file it points to")
             if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
                 continue  # replaced while we waited: lock what the path names now
+            # Whatever then becomes of the file (written, unchanged, refused), what killed runs left beside
+            # it goes. Under the lock no in-place run on it is midway through a write, not even one in
+            # another pid namespace, whose PID means nothing here.
+            sweep_stale(path)
             yield read_fd(path, fd), st.st_mode & 0o7777
             return
         finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, ftpatch, temporaries
 
-from ftpatch import Action, patch_file, write
+from ftpatch import Action, patch_file, scan, write
 
 PIE = FIXTURES / "x86_64-pie.o"
 
@@ -129,3 +129,64 @@ def test_without_proc_a_pid_that_exists_is_alive(tmp: Path, monkeypatch: pytest.
         assert [len(writer_ids(name)) for name in written] == [1], written
     finally:
         dead.wait()
+
+
+@pytest.mark.parametrize("action", ["nop", "call"])
+def test_every_file_given_is_swept_whatever_becomes_of_it(tmp: Path, action: str) -> None:
+    nopped = tmp / "nopped.o"
+    patch_file(str(PIE), Action.NOP, output=str(nopped))
+    before, after = (PIE, nopped) if action == "nop" else (nopped, PIE)
+    build = tmp / "build"
+    build.mkdir()
+    fib = next(site for site in scan(str(before)).sites if site.function == "fib")
+    refused = bytearray(before.read_bytes())
+    refused[fib.file_offset + 2] = 0xCC  # fib's site holds neither its call nor a nop: verification fails
+    files = {
+        "written.o": before.read_bytes(),
+        "already.o": after.read_bytes(),
+        "refused.o": bytes(refused),
+        "not-elf.o": b"not an object\n",
+    }
+    for name, data in files.items():
+        (build / name).write_bytes(data)
+    out = tmp / "out"
+    out.mkdir()
+    dead = zombie()
+    try:
+        for directory, name in [*((build, name) for name in files), (out, "o.o")]:
+            (directory / temp_name(name, dead.pid)).write_bytes(b"half")
+            (directory / temp_name(name, dead.pid, start_time(dead.pid))).write_bytes(b"half")
+        result = ftpatch(action, "--in-place", "-j", "2", *(build / name for name in files))
+        assert result.returncode == 3, result.stderr
+        assert temporaries(build) == []
+        assert (build / "refused.o").read_bytes() == files["refused.o"]
+        assert (build / "written.o").read_bytes() == after.read_bytes()
+        result = ftpatch(action, before, "-o", out / "o.o")
+        assert result.returncode == 0, result.stderr
+        assert temporaries(out) == []
+    finally:
+        dead.wait()
+
+
+def test_long_lived_process_sweeps_again(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(write, "monotonic", lambda: clock[0])
+    target = tmp / "t.o"
+    shutil.copy(PIE, target)
+    dead = []
+    try:
+        for hour in range(3):
+            clock[0] = hour * 3600.0
+            patch_file(str(target), Action.NOP)  # lists the directory
+            dead.append(zombie())
+            stale = tmp / temp_name("t.o", dead[-1].pid, start_time(dead[-1].pid))
+            stale.write_bytes(b"half")  # left after the listing
+            clock[0] += write.LISTING_TTL / 2
+            patch_file(str(target), Action.CALL)
+            assert stale.exists(), "the listing was not kept: this test no longer controls when it is made"
+            clock[0] += write.LISTING_TTL
+            patch_file(str(target), Action.NOP)
+            assert temporaries(tmp) == [], f"hour {hour}"
+    finally:
+        for proc in dead:
+            proc.wait()
