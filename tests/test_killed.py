@@ -1,25 +1,32 @@
 """Killed runs: what a SIGKILLed run leaves behind, the next run removes at once.
 
 A SIGKILLed worker stays a zombie until its parent, or init, reaps it; in a
-container whose PID 1 never reaps, it stays one for ever.
+container whose PID 1 never reaps, it stays one for ever. The kill test makes
+this process a child subreaper that reaps nothing until the test ends, so the
+killed runs' workers are zombies under it when the next run starts, as under
+such an init. See README, "What ftpatch guarantees".
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, ftpatch, temporaries
+from conftest import FIXTURES, RELOCATED, ftpatch, temporaries
 
 from ftpatch import Action, patch_file, scan, write
 
 PIE = FIXTURES / "x86_64-pie.o"
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 # A process whose first thread returns while a second one runs on: /proc shows it as a zombie.
 FIRST_THREAD_RETURNS = """
@@ -42,6 +49,20 @@ def start_time(pid: int) -> int:
     fields = stat_fields(pid)
     assert fields is not None, f"process {pid} is gone"
     return int(fields[19])
+
+
+def processes(where: Callable[[list[str]], bool]) -> dict[int, str]:
+    """The state of every process whose /proc/PID/stat fields (from field 3 on) satisfy `where`."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := stat_fields(int(entry))) is not None and where(fields):
+            found[int(entry)] = fields[0]
+    return found
+
+
+def our_zombies() -> set[int]:
+    """The children of this process that have exited and that nothing has reaped."""
+    return {pid for pid, state in processes(lambda f: int(f[1]) == os.getpid()).items() if state == "Z"}
 
 
 def wait_until(done: Callable[[], object], what: str, timeout: float = 10.0) -> None:
@@ -67,6 +88,87 @@ def temp_name(target: str, pid: int, start: int | None = None, token: str = "dea
 def writer_ids(name: str) -> list[int]:
     """The PID, and the start time if the name holds one, of a temporary's writer."""
     return [int(i) for i in name.rpartition(".ftpatch-")[2].split("-")[:-1]]
+
+
+@pytest.fixture
+def subreaper() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """This process as the reaper of its orphaned descendants, reaping none of them until the test ends.
+
+    The test puts the runs it kills in the list: held there, their Popen
+    objects do not reap them behind the test's back.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0, os.strerror(ctypes.get_errno())
+    killed: list[subprocess.Popen[bytes]] = []
+    try:
+        yield killed
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        groups = {proc.pid for proc in killed}
+        for proc in killed:
+            proc.kill()
+            proc.wait()
+        # The killed runs' workers, which were reparented here.
+        for pid in processes(lambda f: int(f[1]) == os.getpid() and int(f[2]) in groups):
+            os.waitpid(pid, 0)
+
+
+def group_states(pgid: int) -> dict[int, str]:
+    return processes(lambda f: int(f[2]) == pgid)
+
+
+def kill_mid_batch(argv: list[str], build: Path, rng: random.Random, killed: list[subprocess.Popen[bytes]]) -> int:
+    """Start `ftpatch argv` as a process group of its own, SIGKILL the group at a random moment once it writes
+    in `build`, and wait until every process in it has died; return the group's id."""
+    before = set(temporaries(build))
+    proc = subprocess.Popen([sys.executable, "-m", "ftpatch", *argv], stderr=subprocess.DEVNULL, start_new_session=True)
+    killed.append(proc)
+    wait_until(lambda: set(temporaries(build)) - before, "the batch to write")
+    time.sleep(rng.uniform(0, 0.25))
+    os.killpg(proc.pid, signal.SIGKILL)
+    wait_until(lambda: set(group_states(proc.pid).values()) == {"Z"}, "the killed group to die")
+    return proc.pid
+
+
+def test_killed_batches_leave_nothing_to_the_next_run(tmp: Path, subreaper: list[subprocess.Popen[bytes]]) -> None:
+    old = {name: (FIXTURES / name).read_bytes() for name in RELOCATED}
+    new = {}
+    for name in RELOCATED:
+        patch_file(str(FIXTURES / name), Action.NOP, output=str(tmp / name))
+        new[name] = (tmp / name).read_bytes()
+    build = tmp / "build"
+    build.mkdir()
+    kinds = {}
+    for i in range(100):
+        for name in RELOCATED:
+            kinds[build / f"m{i:03}-{name}"] = name
+            shutil.copy(FIXTURES / name, build / f"m{i:03}-{name}")
+    files = list(kinds)
+    rng = random.Random()
+    history: list[str] = []  # what each kill left behind, for the failure messages
+    deadline = time.monotonic() + 30
+    while True:
+        # nop and call in turn, so that every run finds files to write.
+        action = ("nop", "call")[len(subreaper) % 2]
+        group = kill_mid_batch([action, "-q", "--in-place", "-j", "2", *files], build, rng, subreaper)
+        assert all(f.read_bytes() in (old[kinds[f]], new[kinds[f]]) for f in files), "a file is a mix"
+        zombies = our_zombies()
+        left = temporaries(build)
+        of_zombies = [name for name in left if writer_ids(name)[0] in zombies]
+        history.append(f"{action} killed: {len(zombies)} zombies, {len(of_zombies)} of {len(left)} temporaries theirs")
+        if (len(subreaper) >= 8 and of_zombies) or time.monotonic() > deadline:
+            break
+    assert zombies >= group_states(group).keys(), "a killed process was reaped before the next run"
+    assert of_zombies, f"no kill left the next run a zombie's temporary: {history}"
+    for name in of_zombies:
+        pid, start = writer_ids(name)
+        assert start == start_time(pid), f"{name} does not name its writer's start time"
+    # The next run, while the killed workers are still zombies.
+    final = ftpatch("nop", "-q", "--in-place", "-j", "2", *files)
+    assert final.returncode == 0, final.stderr
+    assert temporaries(build) == [], history
+    assert all(f.read_bytes() == new[kinds[f]] for f in files)
+    assert our_zombies() >= zombies, "the zombies were reaped: the run did not face them"
 
 
 def test_zombies_and_reused_pids_are_gone_live_writers_stay(tmp: Path) -> None:
