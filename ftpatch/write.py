@@ -1,13 +1,24 @@
 """Writing: put new bytes at a path atomically, or not at all.
 
-The bytes go to a hidden temporary file, `.NAME.ftpatch-PID-XXXXXXXX`, in the
-target's directory, which is fsynced and then renamed over the target with
+The bytes go to a hidden temporary file, `.NAME.ftpatch-PID-START-XXXXXXXX`, in
+the target's directory, which is fsynced and then renamed over the target with
 os.replace, so a reader sees the old file or the new one and never a mix.
 os.replace renames over a symbolic link itself and never writes through it.
 Every error and every interruption that Python sees (the command line turns
 SIGTERM and SIGINT into exceptions) removes the temporary. Only SIGKILL or a
-crash can leave one behind: the next write to the same target removes the
-temporaries of that target whose process is gone.
+crash can leave one behind. The next write to the same target removes the
+target's stale temporaries, and so does the next in-place run on it, whether
+it then writes, finds nothing to change or refuses the file.
+
+A temporary is stale when its writer can no longer write: its PID names no
+process, or a zombie (SIGKILLed workers stay zombies until init reaps them,
+and an init that never reaps keeps them forever), or a process that started
+at another time than START, the writer's start time in clock ticks since
+boot from /proc/self/stat (the PID was reused). Names without START,
+`.NAME.ftpatch-PID-XXXXXXXX`, come from earlier versions, which ignore the
+newer names; they are judged by PID alone. Where /proc is missing or shows
+another pid namespace, START is left out and a PID that exists counts as
+alive, zombie or not.
 
 In-place patching holds an exclusive flock(2) on the input while it reads,
 verifies and replaces it (`locked_input`), so two ftpatch processes on the
@@ -19,22 +30,68 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import secrets
 import stat
 from collections.abc import Iterator
+from time import monotonic
+from typing import NamedTuple
 
 from .elf import open_input, read_fd
 from .errors import InputError, OutputError
 
 _MARK = ".ftpatch-"
 
+# How long a directory's list of stale temporaries is trusted. A batch writes thousands of files
+# into one directory and lists it once, not once a file; a process that writes there for hours
+# still finds, a minute later at most, what the runs killed meanwhile left.
+LISTING_TTL = 60.0
+
 
 def _temp_prefix(target: str) -> str:
     return f".{os.path.basename(target)}{_MARK}"
 
 
-def _pid_alive(pid: int) -> bool:
+class _ProcStat(NamedTuple):
+    """The fields of /proc/PID/stat that tell whether a process may still write (proc(5) numbers them)."""
+
+    pid: int  # 1
+    state: str  # 3
+    num_threads: int  # 20
+    starttime: int  # 22, clock ticks since boot
+
+
+def _parse_stat(line: bytes) -> _ProcStat | None:
+    """A /proc/PID/stat line's fields, or None if it is not one."""
+    # comm, field 2, is in parentheses and may itself hold spaces and ')': only the last ')' ends it.
+    head, _, tail = line.rpartition(b")")
+    pid = head.partition(b" (")[0]
+    fields = tail.split()
+    if not pid.isdigit() or len(fields) < 20 or not fields[17].isdigit() or not fields[19].isdigit():
+        return None
+    return _ProcStat(int(pid), fields[0].decode("ascii", "replace"), int(fields[17]), int(fields[19]))
+
+
+def _read_stat(pid: int | str) -> _ProcStat | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return _parse_stat(f.read())
+    except OSError:  # no such process, no /proc, or a process /proc hides from us (hidepid)
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _own_start(pid: int) -> int | None:
+    """The start time of this process, `pid`, or None if /proc does not show this process's pid namespace.
+
+    Called with os.getpid(), so that a forked worker reads its own.
+    """
+    me = _read_stat("self")
+    return me.starttime if me is not None and me.pid == pid else None
+
+
+def _pid_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -44,9 +101,39 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-# Per directory, the stale temporaries found there, by the target they were for. A batch
-# writes thousands of files into one directory: it is listed once per process, not once a file.
-_stale: dict[str, dict[str, list[str]]] = {}
+def _writer_alive(pid: int, start: int | None) -> bool:
+    """Whether the writer a temporary names, by `pid` and `start` (None in older names), may still write to it.
+
+    A zombie never writes again. One with threads left is not a zombie: its
+    first thread returned, and /proc shows that thread's state.
+    """
+    if _own_start(os.getpid()) is not None:
+        stat = _read_stat(pid)
+        if stat is not None:
+            gone = stat.state == "X" or (stat.state == "Z" and stat.num_threads <= 1)
+            return not gone and start in (None, stat.starttime)
+    # /proc cannot tell: a PID that exists counts as alive, zombie or reused.
+    return _pid_exists(pid)
+
+
+def _writer_of(name: str) -> tuple[str, int, int | None] | None:
+    """The prefix naming the target, and the PID and start time, in a temporary's name; None if it is not one."""
+    prefix, mark, rest = name.rpartition(_MARK)
+    *ids, token = rest.split("-")
+    if not (mark and name.startswith(".") and len(token) == 8 and len(ids) in (1, 2) and all(map(str.isdigit, ids))):
+        return None
+    return prefix + _MARK, int(ids[0]), int(ids[1]) if len(ids) == 2 else None
+
+
+def _temp_name(target: str) -> str:
+    pid = os.getpid()
+    start = _own_start(pid)
+    writer = f"{pid}-{start}" if start is not None else f"{pid}"
+    return f"{_temp_prefix(target)}{writer}-{secrets.token_hex(4)}"
+
+
+# Per directory, when it was listed and the stale temporaries found there, by the prefix naming their target.
+_stale: dict[str, tuple[float, dict[str, list[str]]]] = {}
 
 
 def _dead_temporaries(directory: str) -> dict[str, list[str]]:
@@ -56,22 +143,24 @@ def _dead_temporaries(directory: str) -> dict[str, list[str]]:
     except OSError:
         return found
     for name in names:
-        prefix, _, rest = name.rpartition(_MARK)
-        pid, _, token = rest.partition("-")
-        if not (name.startswith(".") and pid.isdigit() and len(token) == 8):
+        writer = _writer_of(name)
+        if writer is None:
             continue
-        if int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            found.setdefault(prefix + _MARK, []).append(name)
+        prefix, pid, start = writer
+        if not _writer_alive(pid, start):
+            found.setdefault(prefix, []).append(name)
     return found
 
 
 def sweep_stale(target: str) -> list[str]:
-    """Remove the temporaries of `target` left by ftpatch processes that no longer exist."""
+    """Remove the temporaries of `target` left by ftpatch processes that can no longer write."""
     directory = os.path.dirname(os.path.abspath(target))
-    if directory not in _stale:
-        _stale[directory] = _dead_temporaries(directory)
+    now = monotonic()
+    listed = _stale.get(directory)
+    if listed is None or now - listed[0] > LISTING_TTL:
+        listed = _stale[directory] = (now, _dead_temporaries(directory))
     removed = []
-    for name in _stale[directory].pop(_temp_prefix(target), []):
+    for name in listed[1].pop(_temp_prefix(target), []):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(directory, name))
             removed.append(name)
@@ -103,7 +192,7 @@ def write_atomic(target: str, data: bytes | bytearray, mode: int, *, sync_dir: b
     temp = ""
     try:
         while True:
-            temp = os.path.join(directory, f"{_temp_prefix(target)}{os.getpid()}-{secrets.token_hex(4)}")
+            temp = os.path.join(directory, _temp_name(target))
             try:
                 fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
                 break
@@ -155,6 +244,10 @@ def locked_input(path: str) -> Iterator[tuple[bytes, int]]:
                 raise InputError(path, "is a symbolic link, give --in-place the file it points to")
             if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
                 continue  # replaced while we waited: lock what the path names now
+            # Whatever then becomes of the file (written, unchanged, refused), what killed runs left beside
+            # it goes. Under the lock no in-place run on it is midway through a write, not even one in
+            # another pid namespace, whose PID means nothing here.
+            sweep_stale(path)
             yield read_fd(path, fd), st.st_mode & 0o7777
             return
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -34,6 +35,11 @@ TARGETS = ("mcount", "_mcount", "__fentry__")
 def ftpatch(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The CLI in a process of its own, exactly as a user runs it."""
     return subprocess.run([sys.executable, "-m", "ftpatch", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def temporaries(directory: Path) -> list[str]:
+    """The names of ftpatch's temporary files in `directory`, sorted."""
+    return sorted(name for name in os.listdir(directory) if ".ftpatch-" in name)
 
 
 def run(*cmd: str | Path, cwd: Path | None = None) -> str:

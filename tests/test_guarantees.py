@@ -16,16 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, PG_OBJECTS, ROOT
+from conftest import FIXTURES, PG_OBJECTS, ROOT, temporaries
 from fuzz.mutate import run_cli
 
 import ftpatch
 
 PIE = FIXTURES / "x86_64-pie.o"
-
-
-def temporaries(directory: Path) -> list[str]:
-    return sorted(name for name in os.listdir(directory) if ".ftpatch-" in name)
 
 
 def nopped_bytes(tmp: Path) -> bytes:
