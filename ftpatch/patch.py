@@ -19,7 +19,7 @@ from .elf import read_input
 from .errors import InputError, VerifyError
 from .scan import scan_data
 from .sites import DEFAULT_TARGETS, LiveCalls, ScanResult, Site, SiteGroup, State, chosen, site_state
-from .write import locked_input, sweep_stale, write_atomic
+from .write import locked_input, write_atomic
 from .x86 import NOP_STYLES, Arch, Form, NopStyle, describe, hexbytes
 
 
@@ -332,11 +332,10 @@ def patch_file(
         the_plan = plan_all(path, scan_data(path, data, targets), action, nop=nop, only=only, exclude=exclude)
         write_atomic(output, _patched(data, the_plan), os.stat(path).st_mode & 0o7777, sync_dir=sync_dir, fsync=fsync)
         return the_plan
-    # In place: the file stays locked from reading to renaming, so concurrent runs take turns.
+    # In place: the file stays locked from reading to renaming, so concurrent runs take turns
+    # (and locked_input sweeps what killed runs left beside it, whatever becomes of it).
     with locked_input(path) as (data, mode):
         the_plan = plan_all(path, scan_data(path, data, targets), action, nop=nop, only=only, exclude=exclude)
         if the_plan.changes:
             write_atomic(path, _patched(data, the_plan), mode, sync_dir=sync_dir, fsync=fsync)
-        else:
-            sweep_stale(path)  # what a killed run left, even when this one has nothing to write
     return the_plan
