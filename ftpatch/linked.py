@@ -39,6 +39,7 @@ from functools import partial
 from .elf import SHF_ALLOC, SHT_NOBITS, SHT_REL, SHT_RELA, STB_LOCAL, ElfFile, Section, words
 from .sites import ScanResult, SiteGroup, State
 from .targets import R_RELATIVE, Targets, dynamic_relocations, resolve
+from .unwind import unwind_starts
 from .x86 import Arch, Form, decode_lite, hexbytes, inner_form, marked_nops, nops, written_inside
 
 _WINDOW = 64  # instructions decoded from a function's entry, at most
@@ -144,7 +145,7 @@ class _Functions:
                 is_local = row.st_bind == STB_LOCAL
                 if start not in names or (local[start] and not is_local):
                     names[start], local[start] = table.name_at(row.st_name), is_local
-        unwind = [start for start in elf.unwind_starts if _in_code(elf, start)]
+        unwind = [start for start in unwind_starts(elf) if _in_code(elf, start)]
         self.starts = sorted(set(names) | set(unwind))
         self.names = names
         self.sizes = sizes
@@ -431,41 +432,44 @@ def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
     )
 
 
+def _ftpatch_nops(elf: ElfFile) -> list[tuple[int, bytes]]:
+    """(address, bytes) of every nop in the code that only ftpatch writes, by a search of its bytes.
+
+    (Not the jmp nops: a tail jump over lld's int3 padding to the next function looks the same.)
+    A 6-byte nop that holds a 5-byte one (o16, lea) counts once.
+    """
+    found: dict[int, bytes] = {}
+    data = elf.data
+    for length in (6, 5):
+        for nop in marked_nops(length, elf.arch):
+            if nop[0] == 0xEB:
+                continue
+            for sec in elf.code_sections:
+                at, end = data.find(nop, sec.sh_offset, sec.sh_offset + sec.sh_size), sec.sh_offset + sec.sh_size
+                while at >= 0:
+                    va = sec.sh_addr + at - sec.sh_offset
+                    if va - 1 not in found or len(found[va - 1]) != 6:
+                        found[va] = nop
+                    at = data.find(nop, at + 1, end)
+    return sorted(found.items())
+
+
 def _nopped_without_targets(elf: ElfFile, functions: _Functions) -> int:
-    """How many nops that only ftpatch writes, or that nop a site at a function's entry, the code holds."""
-    count = sum(_find_all(elf, nop) for length in (5, 6) for nop in marked_nops(length, elf.arch) if nop[0] != 0xEB)
+    """How many nops the code holds that only ftpatch writes, or that nop a site at a function's entry."""
     entry_nops = {bytes.fromhex("0f1f440000"), bytes.fromhex("0f1f44000090"), bytes.fromhex("660f1f440000")}
-    return count + sum(
+    at_entries = sum(
         1 for start in functions.starts if elf.read(start, 6) in entry_nops or elf.read(start, 5) in entry_nops
     )
-
-
-def _find_all(elf: ElfFile, needle: bytes) -> int:
-    return sum(bytes(elf.section_data(sec)).count(needle) for sec in elf.code_sections)
+    return len(_ftpatch_nops(elf)) + at_entries
 
 
 def _stray_nops(elf: ElfFile, locator: _Locator, sites: dict[int, Found]) -> list[str]:
-    """Nops only ftpatch writes, found by their bytes where no site was found: `call` would leave them nops.
-
-    (Not the jmp nops: a tail jump over lld's int3 padding to the next function looks the same.)
-    """
-    covered = {va + k for va, f in sites.items() for k in range(len(f.code))}
-    strays = []
-    for length in (5, 6):
-        for nop in sorted(marked_nops(length, elf.arch)):
-            if nop.startswith(b"\xeb"):
-                continue
-            for sec in elf.code_sections:
-                code = bytes(elf.section_data(sec))
-                at = code.find(nop)
-                while at >= 0:
-                    va = sec.sh_addr + at
-                    if va not in covered:
-                        strays.append(
-                            f"{locator.where(va)}: holds {hexbytes(nop)}, a nop ftpatch writes at a site, where no site is"
-                        )
-                    at = code.find(nop, at + 1)
-    return strays
+    """Nops only ftpatch writes where no site was found: `call` would leave them nops."""
+    return [
+        f"{locator.where(va)}: holds {hexbytes(nop)}, a nop ftpatch writes at a site, where no site is"
+        for va, nop in _ftpatch_nops(elf)
+        if va not in sites
+    ]
 
 
 def _file_offset(elf: ElfFile, va: int) -> int:
