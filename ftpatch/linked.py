@@ -13,7 +13,10 @@ the whole file). Sites are then located by the first of these the file has:
    that calls a target or is a nop ftpatch put there. Any prologue may come
    first (pushes, moves and spills, stack adjustments, stack-clash probe loops,
    the i386 GOT setup); the walk ends at the function's first jmp or ret, or a
-   call that is not the i386 GOT setup;
+   call that is not the i386 GOT setup. A call to a target, or a nop only
+   ftpatch writes, that the byte search below finds deeper in a function is a
+   site too once decoding the function from its start lands on it: clang's LTO
+   inlines a function with its mcount call;
 4. none of these (stripped, and built without unwind tables): a linear sweep
    of the code.
 
@@ -153,15 +156,20 @@ class _Functions:
     def __bool__(self) -> bool:
         return bool(self.starts)
 
-    def end(self, i: int) -> int:
-        """How far the walk from the i-th start may go: to the next start, its symbol's size, _SPAN bytes."""
+    def end(self, i: int, span: int | None = _SPAN) -> int | None:
+        """Where the i-th function ends, as far as the next start and its symbol's size tell, and at most
+        `span` bytes from its start (None: no bound but those)."""
         start = self.starts[i]
-        bounds = [start + _SPAN]
+        bounds = [start + span] if span is not None else []
         if i + 1 < len(self.starts):
             bounds.append(self.starts[i + 1])
         if self.sizes.get(start):
             bounds.append(start + self.sizes[start])
-        return min(bounds)
+        return min(bounds) if bounds else None
+
+    def index(self, va: int) -> int:
+        """The index of the function whose start is the last at or before `va`; -1 if none."""
+        return bisect.bisect_right(self.starts, va) - 1
 
     def name(self, va: int) -> str | None:
         around = self.containing(va)
@@ -258,7 +266,7 @@ class _Locator:
     def walk(self, i: int) -> Found | None:
         """The site of the i-th function: the first call to a target, or nop in a site's place, from its entry."""
         start = self.functions.starts[i]
-        code = self.elf.read(start, self.functions.end(i) - start)
+        code = self.elf.read(start, (self.functions.end(i) or start) - start)
         entry = start
         for n, (va, size, mnemonic, _ops) in enumerate(decode_lite(code, self.arch, start)):
             at = va - start
@@ -275,6 +283,33 @@ class _Locator:
             if mnemonic.endswith("call") and not self._sets_up_got(code, at, va, size):
                 return None
         return None
+
+    def inside(self, candidates: Iterable[int]) -> Iterator[Found]:
+        """The sites among `candidates` (addresses where the bytes hold a call to a target, or a nop only
+        ftpatch writes) that lie on an instruction of their function, decoded from its start.
+
+        The walk from a function's entry finds its one site; clang's LTO inlines a function with
+        its mcount call, so a site can also sit deep inside another function.
+        """
+        by_function: dict[int, set[int]] = {}
+        for va in candidates:
+            by_function.setdefault(self.functions.index(va), set()).add(va)
+        for i, wanted in sorted(by_function.items()):
+            if i < 0:
+                continue
+            start = self.functions.starts[i]
+            end = self.functions.end(i, span=None)
+            sec = self.elf.section_at(start)
+            if sec is None:
+                continue
+            end = min(end, sec.sh_addr + sec.sh_size) if end is not None else sec.sh_addr + sec.sh_size
+            code = self.elf.read(start, end - start)
+            for va, _size, _mnemonic, _ops in decode_lite(code, self.arch, start):
+                if va in wanted:
+                    at = va - start
+                    found = self.classify(va, code[at : at + 6], self.functions.entry(self.elf, va), exact=False)
+                    if found is not None:
+                        yield found
 
     def _sets_up_got(self, code: bytes, at: int, va: int, size: int) -> bool:
         """An i386 PIC prologue's call: `call .+5` (clang) or `call __x86.get_pc_thunk.*` (gcc)."""
@@ -384,6 +419,7 @@ def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
     blind = ""
     emitted = _emitted(elf, names) if not recorded and targets else []
     opaque = ""
+    walked = False
     if recorded:
         found = list(locator.exact(recorded))
         if not elf.has_symtab and elf.is_static:
@@ -398,23 +434,37 @@ def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
         found = list(locator.emitted(emitted))
     elif functions:
         found = [site for i in range(len(functions.starts)) if (site := locator.walk(i)) is not None]
+        walked = True
     else:
         found = list(locator.sweep())
         if any(t.entry for t in targets.targets):
             blind = SWEPT
     sites = {f.va: f for f in found}
-    strays = [f.ambiguity for f in sites.values() if f.ambiguity]
     live_calls = None
     unclassified: tuple[str, ...] = ()
+    strays: list[str] = []
     if targets:
         live_calls = LiveCalls(targets, tuple((s.sh_addr, s.sh_offset, s.sh_size) for s in elf.code_sections))
-        ends = {_file_offset(elf, f.va) + len(f.code) for f in sites.values() if f.state is State.CALL}
+        calls = live_calls(elf.data)
+        nopped = _ftpatch_nops(elf)
+        if walked:
+            # What the byte search finds beyond the walks' sites: sites deep in a function, once decoding confirms them.
+            ends = _live_ends(elf, sites)
+            candidates = [va for end in calls if end not in ends for va in (_va(elf, end) - 5, _va(elf, end) - 6)]
+            candidates += [va for va, _ in nopped if va not in sites]
+            sites.update((f.va, f) for f in locator.inside(candidates))
+        ends = _live_ends(elf, sites)
         unclassified = tuple(
             f"{text}: a call to a profiling target that is not at a site ftpatch knows"
-            for end, text in sorted(live_calls(elf.data).items())
+            for end, text in sorted(calls.items())
             if end not in ends
         )
-        strays += _stray_nops(elf, locator, sites)
+        strays += [
+            f"{locator.where(va)}: holds {hexbytes(nop)}, a nop ftpatch writes at a site, where no site is"
+            for va, nop in nopped
+            if va not in sites
+        ]
+    strays[:0] = [f.ambiguity for f in sites.values() if f.ambiguity]
     names_of = {_file_offset(elf, f.va): functions.name(f.va) for f in sites.values()}
     return ScanResult(
         elf.path,
@@ -463,13 +513,15 @@ def _nopped_without_targets(elf: ElfFile, functions: _Functions) -> int:
     return len(_ftpatch_nops(elf)) + at_entries
 
 
-def _stray_nops(elf: ElfFile, locator: _Locator, sites: dict[int, Found]) -> list[str]:
-    """Nops only ftpatch writes where no site was found: `call` would leave them nops."""
-    return [
-        f"{locator.where(va)}: holds {hexbytes(nop)}, a nop ftpatch writes at a site, where no site is"
-        for va, nop in _ftpatch_nops(elf)
-        if va not in sites
-    ]
+def _live_ends(elf: ElfFile, sites: dict[int, Found]) -> set[int]:
+    """The file offset where each live site's call ends, as LiveCalls keys the calls it finds."""
+    return {_file_offset(elf, f.va) + len(f.code) for f in sites.values() if f.state is State.CALL}
+
+
+def _va(elf: ElfFile, offset: int) -> int:
+    """The address of a file offset inside a code section."""
+    sec = next(s for s in elf.code_sections if s.sh_offset <= offset <= s.sh_offset + s.sh_size)
+    return sec.sh_addr + offset - sec.sh_offset
 
 
 def _file_offset(elf: ElfFile, va: int) -> int:
