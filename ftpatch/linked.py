@@ -87,45 +87,58 @@ class LiveCalls:
     file offset of the call's end (its return address) -> what it is.
 
     This is the check that no profiling call is left: it looks at every byte of
-    the code, where the scanner decodes function by function.
+    the code, where the scanner decodes function by function. A relative call's
+    displacement depends on where it sits, but over 64 KiB of code its top two
+    bytes take at most two values, so each window is searched for them in C and
+    only the few matches are computed here: testing every e8 byte in Python cost
+    as much as the whole walk (sqlite3 -O0: 0.14 s).
     """
 
     targets: Targets
     code: tuple[tuple[int, int, int], ...]  # (sh_addr, sh_offset, sh_size) of each code section
 
-    def __call__(self, data: bytes) -> dict[int, str]:
+    def __call__(self, data: bytes | bytearray) -> dict[int, str]:
         found: dict[int, str] = {}
-        arch, targets = self.targets.arch, self.targets
-        slot, rel32 = targets.slot, targets.rel32
         for sh_addr, sh_offset, sh_size in self.code:
-            code = data[sh_offset : sh_offset + sh_size]
-            for m in _CALL_OPCODES[arch.name].finditer(code):
-                at = m.start()
-                va, op = sh_addr + at, code[at : at + 3]
-                if op[0] == 0xE8:
-                    length, dest = 5, va + 5 + int.from_bytes(code[at + 1 : at + 5], "little", signed=True)
-                    target = rel32.get(dest) if at + 5 <= len(code) else None
-                elif op[:3] == b"\xff\x14\x25":  # call *abs32, x86-64
-                    length, target = 7, slot.get(int.from_bytes(code[at + 3 : at + 7], "little"))
-                else:
-                    length, disp = 6, int.from_bytes(code[at + 2 : at + 6], "little", signed=True)
-                    if op[1] == 0x93:
-                        target = (
-                            slot.get((targets.got_base + disp) & 0xFFFFFFFF) if targets.got_base is not None else None
-                        )
-                    elif arch.x86_64:
-                        target = slot.get(va + 6 + disp)
-                    else:  # i386 ff 15 abs32
-                        target = slot.get(disp & 0xFFFFFFFF)
-                if target is not None and at + length <= len(code):
-                    found[sh_offset + at + length] = f"{hexbytes(code[at : at + length])} at {va:#x}, to {target.name}"
+            code = bytes(data[sh_offset : sh_offset + sh_size])
+            for at, length, target in self._calls(code, sh_addr):
+                found[sh_offset + at + length] = f"{hexbytes(code[at : at + length])} at {sh_addr + at:#x}, to {target}"
         return found
 
+    def _calls(self, code: bytes, sh_addr: int) -> Iterator[tuple[int, int, str]]:
+        """(offset, length, target) of each call to a target in `code`, which is loaded at `sh_addr`."""
+        targets, x86_64 = self.targets, self.targets.arch.x86_64
+        # Relative: e8 to a PLT entry or a definition (67 e8 holds one), x86-64 ff 15 to a GOT slot.
+        relative = [(b"\xe8", 5, dest, t.name) for dest, t in targets.rel32.items()]
+        if x86_64:
+            relative += [(b"\xff\x15", 6, slot, t.name) for slot, t in targets.slot.items()]
+        for opcode, length, dest, name in relative:
+            for window in range(0, len(code), _WINDOW_BYTES):
+                # disp = dest - (sh_addr + at + length) for `at` in this window: its top two bytes.
+                high = {((dest - sh_addr - at - length) >> 16) & 0xFFFF for at in (window, window + _WINDOW_BYTES - 1)}
+                tops = b"|".join(re.escape(h.to_bytes(2, "little")) for h in sorted(high))
+                pattern = re.compile(re.escape(opcode) + b"..(?:" + tops + b")", re.DOTALL)
+                end = min(window + _WINDOW_BYTES, len(code))
+                at = window
+                while (m := pattern.search(code, at, end + length - 1)) is not None and m.start() < end:
+                    at = m.start()
+                    disp = int.from_bytes(code[at + length - 4 : at + length], "little", signed=True)
+                    if sh_addr + at + length + disp == dest:
+                        yield at, length, name
+                    at += 1
+        # Absolute: i386 ff 93 disp(%ebx) and ff 15 abs32, x86-64 ff 14 25 abs32: the same bytes wherever they are.
+        absolute = [(b"\xff\x14\x25" if x86_64 else b"\xff\x15", slot, t.name) for slot, t in targets.slot.items()]
+        if not x86_64 and targets.got_base is not None:
+            absolute += [(b"\xff\x93", slot - targets.got_base, t.name) for slot, t in targets.slot.items()]
+        for opcode, value, name in absolute:
+            needle = opcode + (value & 0xFFFFFFFF).to_bytes(4, "little")
+            at = code.find(needle)
+            while at >= 0:
+                yield at, len(needle), name
+                at = code.find(needle, at + 1)
 
-_CALL_OPCODES = {
-    "x86_64": re.compile(rb"(?=\xe8|\xff\x15|\xff\x14\x25)"),
-    "i386": re.compile(rb"(?=\xe8|\xff\x15|\xff\x93)"),
-}
+
+_WINDOW_BYTES = 1 << 16
 
 
 class _Functions:
