@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -36,7 +37,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -518,6 +519,7 @@ class Step:
     setup: Callable[[Path], None] | None = None  # prepares the step's working directory
 
 
+@functools.cache
 def zlib_data() -> bytes:
     """A deterministic input of about 1 MB: zlib's own sources, then bytes of a simple generator."""
     src = source_dir("zlib")
@@ -766,6 +768,7 @@ class FileResult:
     call_rc: int | None = None
     call_error: str = ""
     identical: bool | None = None
+    resolvable: bool = True  # the file has a definition, PLT stub or GOT slot of a target
     first_difference: str = ""
 
 
@@ -782,11 +785,11 @@ class CheckResult:
     gprof_original: list[str] = field(default_factory=list)
     gprof_nopped: list[str] = field(default_factory=list)  # per step: "graph: ..." or "none: ..."
     gprof_back: list[str] = field(default_factory=list)
-    probe_original: int | None = None
     probe_nopped: int | None = None
     probe_back: int | None = None
     problems: list[str] = field(default_factory=list)  # every failed check, one precise line each
     refusals: list[str] = field(default_factory=list)  # allowed exit-1 refusals (stripped files)
+    notes: list[str] = field(default_factory=list)  # what the ground truth saw that is worth knowing
 
     @property
     def status(self) -> str:
@@ -834,7 +837,7 @@ def check_file(
     info = groundtruth.ElfInfo.read(ref or path)
     data = path.read_bytes()
     gt = groundtruth.ground_truth(path, ref)
-    r.gt_calls, r.gt_warnings = len(gt.sites), gt.warnings
+    r.gt_calls, r.gt_warnings, r.resolvable = len(gt.sites), gt.warnings, gt.resolvable()
     r.gt_recorded = None if gt.recorded is None else len(gt.recorded)
     truth = set(gt.addresses) | set(gt.recorded or [])
     r.gt_sites = sorted(truth)
@@ -934,6 +937,7 @@ def _check(cell: Cell, b: Build, work: Path, result: CheckResult) -> None:
     for role, path in b.files.items():
         r, n, bk = check_file(role, path, b, work, expected)
         result.files.append(r)
+        result.notes += [f"{role}: {w}" for w in r.gt_warnings]
         nopped[role] = n if r.nop_rc == 0 and n.exists() else path
         back[role] = bk if r.call_rc == 0 and bk.exists() else nopped[role]
         judge_file(cell, r, result)
@@ -976,7 +980,6 @@ def _check(cell: Cell, b: Build, work: Path, result: CheckResult) -> None:
     # A counting mcount, where the link is dynamic: nothing may call it once nop'd (programs and libraries alike).
     if not cell.v.static:
         probe = probe_library(b.bits)
-        result.probe_original = run_workload(b, b.files, work / "probe-orig", probe).probe_hits
         result.probe_nopped = run_workload(b, nopped, work / "probe-nop", probe).probe_hits
         if restored:
             result.probe_back = run_workload(b, back, work / "probe-back", probe).probe_hits
@@ -1014,9 +1017,14 @@ def judge_file(cell: Cell, r: FileResult, result: CheckResult) -> None:
         )
     if r.changed_outside:
         result.problems.append(f"{name}: nop changed bytes outside every site: {', '.join(r.changed_outside[:4])}")
-    if r.call_rc == 1 and (r.stripped or (cell.variant == "nop-mcount")):
+    if r.call_rc == 1 and (r.stripped or cell.variant == "nop-mcount"):
         # nop-mcount: nothing in the file refers to __fentry__, so a refusal that says so is right.
         result.refusals.append(f"{name}: call refused: {r.call_error}")
+    elif r.call_rc == 0 and cell.variant == "nop-mcount" and not r.resolvable and r.gt_sites:
+        result.problems.append(
+            f"{name}: call exit 0, yet its {len(r.gt_sites)} sites are nops with no __fentry__ in the file "
+            "(no definition, PLT entry or GOT slot) to call: expected a refusal (exit 1) that says so"
+        )
     elif r.call_rc:
         result.problems.append(f"{name}: call exit {r.call_rc}: {r.call_error}")
     elif r.identical is False and cell.variant != "nop-mcount":
@@ -1040,7 +1048,13 @@ def row(r: CheckResult) -> list[str]:
     call = ",".join(sorted({str(f.call_rc) for f in r.files}))
     ident = "yes" if all(f.identical for f in r.files) else "no" if any(f.identical is False for f in r.files) else "-"
     gn = "none" if r.gprof_nopped and not any(g.startswith("graph") for g in r.gprof_nopped) else "GRAPH"
-    gb = "-" if not r.gprof_back else "graph" if all(g.startswith("graph") for g in r.gprof_back) else "NONE"
+    gb = (
+        "-"
+        if not r.gprof_back or cell.variant == "nop-mcount"
+        else "graph"
+        if all(g.startswith("graph") for g in r.gprof_back)
+        else "NONE"
+    )
     pn = "-" if r.probe_nopped is None else str(r.probe_nopped)
     same = "-" if r.same_output is None else "yes" if r.same_output else "NO"
     return [name, str(gt), str(found), nop, str(live), same, gn, pn, call, ident, gb, r.status]
@@ -1059,6 +1073,8 @@ def table(results: list[CheckResult]) -> str:
             details.append(f"{r.cell.key}: {p}")
         for p in r.refusals:
             details.append(f"{r.cell.key}: (allowed) {p}")
+        for p in r.notes[:3]:
+            details.append(f"{r.cell.key}: (note) {p}")
     counts = {s: sum(1 for r in results if r.status == s) for s in ("PASS", "REFUSED", "FAIL", "ERROR")}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
     return "\n".join([*lines, "", f"{len(results)} builds: {summary}", "", *details])
@@ -1111,9 +1127,16 @@ def cached(cell: Cell) -> bool:
     return stamp.exists() and json.loads(stamp.read_text()).get("recipe") == recipe(cell)
 
 
-def check_all(selected: list[Cell], jobs: int) -> list[CheckResult]:
+def check_all(selected: list[Cell], jobs: int, log: Callable[[str], None] = print) -> list[CheckResult]:
+    """Check the cells in `jobs` processes, one line on stderr as each ends; results in the order given."""
+    done: dict[Cell, CheckResult] = {}
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(check, selected))
+        futures = {pool.submit(check, c): c for c in selected}
+        for n, future in enumerate(as_completed(futures), 1):
+            r = future.result()
+            done[r.cell] = r
+            log(f"check {n}/{len(selected)}: {r.cell.key} {r.status} ({r.check_seconds:.0f} s)")
+    return [done[c] for c in selected]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1142,19 +1165,19 @@ def main(argv: list[str] | None = None) -> int:
     selected = [c for c, _ in cells(**split)]
     timings = {}
     t = time.monotonic()
-    fetch(split["packages"])
+    fetch(split["packages"], log=lambda m: print(m, file=sys.stderr, flush=True))
     timings["fetch"] = time.monotonic() - t
     if args.step == "fetch":
         return 0
     if args.step in ("all", "build"):
         t = time.monotonic()
-        build_all(selected, args.jobs)
+        build_all(selected, args.jobs, log=lambda m: print(m, file=sys.stderr, flush=True))
         timings["build"] = time.monotonic() - t
         if args.step == "build":
             print(f"fetch {timings['fetch']:.0f} s, build {timings['build']:.0f} s")
             return 0
     t = time.monotonic()
-    results = check_all(selected, args.jobs)
+    results = check_all(selected, args.jobs, log=lambda m: print(m, file=sys.stderr, flush=True))
     timings["check"] = time.monotonic() - t
     print(table(results))
     print()
