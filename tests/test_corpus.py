@@ -168,4 +168,15 @@ def test_restored_run_has_a_call_graph_again(prebuilt: None, cell: corpus.Cell) 
         pytest.skip("nothing was restored: no call graph to expect")
     bad = [f"{cell.key}: {p}" for p in r.problems if p.startswith(("gprof: the restored", "probe: the restored"))]
     assert not bad, report(bad)
-    assert r.gprof_back and all(g.startswith("graph") for g in r.gprof_back), r.gprof_back
+    # Where the original run had a call graph, the restored one has it too. With a -pg shared library glibc's arc
+    # table overflows and no gmon.out is written, original or restored: there the LD_PRELOAD probe judges.
+    assert r.gprof_back, f"{cell.key}: the restored build was not run"
+    lost = [
+        (a, b)
+        for a, b in zip(r.gprof_original, r.gprof_back, strict=True)
+        if a.startswith("graph") and not b.startswith("graph")
+    ]
+    assert not lost, f"{cell.key}: gprof before nop and after call: {lost}"
+    assert any(g.startswith("graph") for g in r.gprof_back) or r.probe_back, (
+        f"{cell.key}: nothing shows profiling again"
+    )
