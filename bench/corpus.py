@@ -1044,6 +1044,7 @@ def judge_file(cell: Cell, r: FileResult, result: CheckResult) -> None:
 
 # ------------------------------------------------------------------------------------------------------ table
 
+DETAIL_LINES = 4  # per build under the table; the JSON results hold every one
 COLUMNS = ("cell", "GT", "found", "nop", "live", "same", "gprof-n", "probe-n", "call", "ident", "gprof-b", "result")
 
 
@@ -1083,8 +1084,10 @@ def table(results: list[CheckResult]) -> str:
     for r in results:
         if r.build_error:
             details.append(f"{r.cell.key}: build: {r.build_error}")
-        for p in r.problems:
+        for p in r.problems[:DETAIL_LINES]:
             details.append(f"{r.cell.key}: {p}")
+        if len(r.problems) > DETAIL_LINES:
+            details.append(f"{r.cell.key}: ... {len(r.problems) - DETAIL_LINES} more in the JSON results")
         for p in r.refusals:
             details.append(f"{r.cell.key}: (allowed) {p}")
         for p in r.notes[:3]:
