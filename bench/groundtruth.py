@@ -347,10 +347,15 @@ def mcount_loc(info: ElfInfo, data: bytes) -> list[int] | None:
 
 
 def function_at(functions: list[Symbol], address: int) -> str | None:
+    f = symbol_at(functions, address)
+    return f.name if f else None
+
+
+def symbol_at(functions: list[Symbol], address: int) -> Symbol | None:
     best = None
     for f in functions:
         if f.value <= address < f.value + f.size:
-            best = f.name
+            best = f
         elif f.value > address:
             break
     return best
@@ -390,11 +395,15 @@ def ground_truth(path: Path, reference: Path | None = None) -> GroundTruth:
         "stubs": sorted(hex(a) for a, k in resolver.stubs.items() if k),
     }
     gt = GroundTruth(str(path), info.bits, sites, mcount_loc(ref, ref_data), targets, resolver.got_base)
-    # Two sites in one function means a call that is not a -pg site, or a desynchronised sweep.
-    per_function = Counter(s.function for s in sites if s.function and functions)
-    for name, n in per_function.items():
+    # Two sites in one function means a call that is not a -pg site, or a desynchronised sweep (or clang's LTO,
+    # which keeps the mcount call of each function it inlines). Static functions may share a name: key by address.
+    per_function: Counter[tuple[str, int]] = Counter()
+    for site in sites:
+        if f := symbol_at(functions, site.address):
+            per_function[(f.name, f.value)] += 1
+    for (name, value), n in per_function.items():
         if n > 1:
-            gt.warnings.append(f"{name} holds {n} sites")
+            gt.warnings.append(f"{name} ({value:#x}) holds {n} sites")
     return gt
 
 
