@@ -765,6 +765,7 @@ class FileResult:
     found_states: dict[str, int] = field(default_factory=dict)
     missed: list[str] = field(default_factory=list)  # the first few, "0xADDR function (bytes)"
     missed_count: int = 0
+    missed_context: str = ""  # the instructions from the first missed site's function start to the site
     extra: list[str] = field(default_factory=list)
     extra_count: int = 0
     nop_rc: int | None = None
@@ -863,6 +864,8 @@ def check_file(
     for state in found.values():
         r.found_states[state] = r.found_states.get(state, 0) + 1
     r.missed = describe(sorted(truth - set(found)), gt, data, info, 8)
+    if truth - set(found):
+        r.missed_context = prologue(path, min(truth - set(found)), info)
     r.missed_count = len(truth - set(found))
     r.extra = describe(sorted(set(found) - truth), gt, data, info, 8)
     r.extra_count = len(set(found) - truth)
@@ -889,6 +892,22 @@ def check_file(
                 diff = changed_addresses(data, b, info)
                 r.first_difference = ", ".join(describe(diff[:4], gt, data, info, 4)) or "size or headers differ"
     return r, nopped, back
+
+
+def prologue(path: Path, site: int, info: groundtruth.ElfInfo) -> str:
+    """What precedes a site in its function (at most 12 instructions), as objdump prints it: what a scanner must
+    step over to find it."""
+    f = groundtruth.symbol_at(info.functions(), site)
+    if f is None:
+        return ""
+    text = groundtruth.run(
+        "objdump", "-d", "-w", "--no-show-raw-insn", f"--start-address={f.value:#x}", f"--stop-address={site:#x}", path
+    )
+    insns = [
+        line.split("\t", 1)[1].split("#")[0].strip() for line in text.splitlines() if re.match(r"\s+[0-9a-f]+:\t", line)
+    ]
+    insns = [re.sub(r"\s+", " ", i) for i in insns]
+    return "; ".join(insns[-12:]) if len(insns) <= 12 else "...; " + "; ".join(insns[-12:])
 
 
 def changed_addresses(old: bytes, new: bytes, info: groundtruth.ElfInfo) -> list[int]:
@@ -1012,7 +1031,10 @@ def judge_file(cell: Cell, r: FileResult, result: CheckResult) -> None:
     if r.scan_rc:
         result.problems.append(f"{name}: scan exit {r.scan_rc}: {r.scan_error}")
     elif r.missed:
-        result.problems.append(f"{name}: scan missed {r.missed_count} of {truth}: {', '.join(r.missed[:4])}")
+        result.problems.append(
+            f"{name}: scan missed {r.missed_count} of {truth}: {', '.join(r.missed[:4])}; "
+            f"the first comes after: {r.missed_context or '(no function symbol)'}"
+        )
     if r.extra:
         result.problems.append(
             f"{name}: scan reports {r.extra_count} sites that are no call to a target: {', '.join(r.extra[:4])}"
