@@ -43,7 +43,7 @@ from .elf import SHF_ALLOC, SHT_NOBITS, SHT_REL, SHT_RELA, STB_LOCAL, ElfFile, S
 from .sites import ScanResult, SiteGroup, State
 from .targets import R_RELATIVE, Targets, dynamic_relocations, resolve
 from .unwind import unwind_starts
-from .x86 import Arch, Form, decode_lite, hexbytes, inner_form, marked_nops, nops, written_inside
+from .x86 import Arch, Form, decode_lite, hexbytes, inner_form, marked_nops, nops, written_by_ftpatch, written_inside
 
 _WINDOW = 64  # instructions decoded from a function's entry, at most
 _SPAN = 512  # bytes decoded from a function's entry, at most
@@ -223,7 +223,7 @@ class _Locator:
             if len(code) < length:
                 continue
             for kind in self._kinds(code, entry, exact):
-                options = self.targets.calls(va, length, kind, inner_form(code))
+                options = self.targets.calls(va, length, kind, inner_form(code, self.arch))
                 if not options:
                     continue
                 ambiguity = ""
@@ -245,12 +245,13 @@ class _Locator:
         best = next((c for c in options.values() if window.startswith(c.code[:-4])), next(iter(options.values())))
         return Found(va, best.form, best.target.name, State.OTHER, window[: len(best.code)], best.code)
 
-    def readback(self, exact: bool, va: int, new: bytes) -> bytes | None:
-        """The call `call` would find to restore, were `new` written over the site at `va`; None if none, or not one."""
+    def readback(self, exact: bool, group: SiteGroup, i: int, new: bytes) -> bool:
+        """Whether `call` would find the group's i-th site again, and its exact call, were `new` written over it."""
+        va = group.sections[i].sh_addr + group.starts[i]
         window = new + self.elf.read(va + len(new), 6 - len(new))
         entry = self.functions.entry(self.elf, va) if self.functions else False
         found = self.classify(va, window, entry, exact)
-        return found.call if found is not None and found.state is State.NOP and not found.ambiguity else None
+        return found is not None and found.state is State.NOP and not found.ambiguity and found.call == group.calls[i]
 
     def _kinds(self, code: bytes, entry: bool | None, exact: bool) -> tuple[bool | None, ...]:
         """Which targets a nop here may have called, most likely first: entry (True), inside (False) or any (None).
@@ -261,7 +262,7 @@ class _Locator:
         """
         if code not in nops(len(code), self.arch):
             return ()
-        if written_inside(code):
+        if written_inside(code, self.arch):
             return (False,)
         distinctive = code in marked_nops(len(code), self.arch)
         if entry is None:
@@ -485,7 +486,7 @@ def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
         elf.arch,
         elf.data,
         _groups(elf, sites.values()),
-        strays=tuple(strays),
+        find_strays=partial(tuple, strays),
         unclassified=unclassified,
         blind=blind,
         opaque=opaque,
@@ -519,11 +520,10 @@ def _ftpatch_nops(elf: ElfFile) -> list[tuple[int, bytes]]:
 
 def _nopped_without_targets(elf: ElfFile, functions: _Functions) -> int:
     """How many nops the code holds that only ftpatch writes, or that nop a site at a function's entry."""
-    entry_nops = {bytes.fromhex("0f1f440000"), bytes.fromhex("0f1f44000090"), bytes.fromhex("660f1f440000")}
-    at_entries = sum(
-        1 for start in functions.starts if elf.read(start, 6) in entry_nops or elf.read(start, 5) in entry_nops
-    )
-    return len(_ftpatch_nops(elf)) + at_entries
+    at_entries = {
+        start for start in functions.starts if any(written_by_ftpatch(elf.read(start, n), elf.arch) for n in (5, 6))
+    }
+    return len(at_entries | {va for va, _ in _ftpatch_nops(elf)})
 
 
 def _live_ends(elf: ElfFile, sites: dict[int, Found]) -> set[int]:

@@ -1,44 +1,79 @@
 """Objects: find the profiling call sites of a relocatable object through its relocations.
 
 A site is live when a relocation against a target symbol (mcount, _mcount,
-__fentry__ or a --symbol) still applies to it. ftpatch's own nop leaves the
-relocation in place with its whole r_info zeroed, the only relocation GNU ld
-links everywhere (FACTS.md). Such a dormant site is found again by the rule
-written out in README.md, "How `call` finds a nop'd site again":
+__fentry__ or a --symbol) applies to it. A nop'd site keeps its entry, made
+harmless: type NONE and symbol 0, the only relocation against a profiling call
+that GNU ld links everywhere (FACTS.md). What `call` needs to restore the entry
+and the bytes exactly, the nop'd object alone carries:
 
-1. the entry's r_info is 0 and it applies to an executable section;
-2. the site's bytes are a known nop ending where the 32-bit displacement ends;
-   on RELA the r_addend is still -4, the addend every x86-64 call form has;
-3. a 5-byte and a 6-byte nop can both fit (66 0f 1f 44 00 00 holds
-   0f 1f 44 00 00): capstone decodes the function from its symbol and the
-   site begins on the instruction boundary;
-4. the symbol is the file's one target symbol, or the one the live sites call;
-5. the type is the one the live sites of the same form use, else what gcc 12
-   and gas 2.40 emit: R_X86_64_PLT32, R_X86_64_GOTPCRELX, R_386_PC32, R_386_GOT32X.
+- x86-64 (RELA): the entry's r_addend, which bfd, gold and lld ignore in a NONE
+  entry, holds a record: "FT" in its top 16 bits, the relocation type, and the
+  CRC-32 of the target's name (a name, not an index, since `ld -r` renumbers the
+  symbols and keeps the addend). The type gives the form, so the site's length.
+- i386 (REL): an entry has no addend, so the nop's own bytes say which of the
+  form's two relocation types the site had (x86.NopStyle's tag), and the length;
+  the symbol is the object's one target symbol of the site's kind (an object that
+  names two is refused by `nop`, which reads every nop back before writing it).
+
+Entries nop'd before records existed (r_info 0, r_addend -4 on RELA, an
+untagged nop on REL) are found again by the rule they were written with
+(README, "Objects nop'd before 0.2"): the nop that ends where the displacement
+ends, the function's decoding where a 5- and a 6-byte nop both fit, the file's
+one target symbol or the live sites', and the live sites' type or gcc's.
 
 Speed: the relocation tables are decoded together, as columns of one array,
 and sites are kept as SiteGroups, columns again; a Site object costs more to
-make (a microsecond) than finding its site does. pyelftools' per-entry
-iteration costs 8 microseconds an entry. On an object of 20,000 sites the scan
-takes about 15 ms.
+make (a microsecond) than finding its site does. On an object of 20,000 sites
+the scan takes about 15 ms.
 """
 
 from __future__ import annotations
 
+import re
+import zlib
 from collections.abc import Iterable, Sequence
-from functools import partial
+from functools import cache, partial
 from operator import itemgetter
 
 from .elf import SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Relocations, Section
 from .errors import FtpatchError, InputError, VerifyError
-from .sites import ScanResult, SiteGroup
-from .x86 import I386, SITE_LENGTH, X86_64, Form, call_bytes, disp_offset, is_boundary, nops
+from .sites import ScanResult, SiteGroup, at_entry
+from .x86 import (
+    I386,
+    SITE_LENGTH,
+    TAGS,
+    X86_64,
+    Arch,
+    Form,
+    call_bytes,
+    disp_offset,
+    is_boundary,
+    known_nops,
+    marked_nops,
+    nops,
+    written_by_ftpatch,
+)
 
-# The type gcc 12 / gas 2.40 emit for a form.
+RECORD = 0x4654  # "FT": the top 16 bits of the r_addend of an entry ftpatch nop'd
+# Per form, the relocation types a tag names (tag 1, tag 2) in an i386 object: gcc's first, clang's or
+# `as -mrelax-relocations=no`'s second.
+TAG_TYPES = {Form.REL32: (2, 4), Form.GOT_EBX: (43, 3)}  # R_386_PC32, R_386_PLT32; R_386_GOT32X, R_386_GOT32
+# What gcc 12 / gas 2.40 emit for a form: the type restored for a site nop'd before records existed,
+# when no live site of the same form says otherwise.
 _DEFAULT_TYPE = {
     X86_64.name: {Form.REL32: 4, Form.GOTPCREL: 41},
     I386.name: {Form.REL32: 2, Form.GOT_EBX: 43},
 }
+_ENDBR = (bytes.fromhex("f30f1efa"), bytes.fromhex("f30f1efb"))
+
+
+def name_hash(name: str) -> int:
+    return zlib.crc32(name.encode())
+
+
+def record(r_type: int, name: str) -> int:
+    """The r_addend of a nop'd entry: what restores it, the -4 of every call relocation aside."""
+    return RECORD << 48 | r_type << 32 | name_hash(name)
 
 
 def scan_object(elf: ElfFile, targets: Iterable[str], base: int = 0) -> ScanResult:
@@ -51,8 +86,9 @@ def scan_object(elf: ElfFile, targets: Iterable[str], base: int = 0) -> ScanResu
         elf.data,
         groups,
         base,
-        tuple(scanner.strays),
+        find_strays=partial(scanner.strays, groups),
         function_at=partial(_function_at, elf),
+        readback=scanner.readback,
     )
 
 
@@ -66,8 +102,9 @@ class _Scanner:
         self.elf = elf
         self.arch = elf.arch
         self.target_names = frozenset(targets)
+        self.targets: dict[int, str] = {}  # symbol index -> name, of every target symbol
         self.groups: list[SiteGroup] = []
-        self.strays: list[str] = []
+        self.found_strays: list[str] = []  # what the scan itself met that `call` cannot restore
 
     def run(self) -> tuple[SiteGroup, ...]:
         elf = self.elf
@@ -75,11 +112,10 @@ class _Scanner:
         applied: list[tuple[Section, Section | None]] = [
             (rel, sec) for rel in relocs if (sec := elf.applied_to(rel)).is_exec
         ]
-        targets = {}
         if applied:
-            targets = elf.symbols.named(self.target_names)
-        if targets:
-            self._add_relocated(self._read(applied), targets)
+            self.targets = elf.symbols.named(self.target_names)
+        if self.targets:
+            self._add_relocated(self._read(applied))
         self._add_recorded()
         return tuple(self.groups)
 
@@ -91,35 +127,54 @@ class _Scanner:
                 )
         return self.elf.relocations(tables, len(self.elf.symbols))
 
-    def _add_relocated(self, entries: Relocations, targets: dict[int, str]) -> None:
-        live = self._live_groups(entries, targets)
+    def _add_relocated(self, entries: Relocations) -> None:
+        live = self._live_groups(entries)
         self.groups += live
-        live_symbols = {self.arch.r_sym(group.r_info) for group in live}
-        live_types: dict[Form, set[int]] = {}
-        for group in live:
-            live_types.setdefault(group.form, set()).add(self.arch.r_type(group.r_info))
-        self.groups += self._dormant_groups(entries, targets, live_symbols, live_types)
+        if 0 not in entries.values:
+            return
+        zeroed = entries.holding(0)
+        if self.arch.rela:
+            recorded = [i for i in zeroed if entries.r_addend[i] >> 48 == RECORD]
+            self.groups += self._recorded_rela(entries, recorded)
+            older = [i for i in zeroed if entries.r_addend[i] == self.arch.call_addend(Form.REL32)]
+        else:
+            tagged, older = self._tagged_rel(entries, zeroed)
+            self.groups += tagged
+        self.groups += self._older_groups(entries, older, live)
 
-    # -- sites -------------------------------------------------------------------------
+    # -- entries and sites -------------------------------------------------------------
+
+    def _entry(self, symbol: int, r_type: int) -> tuple[bytes, bytes]:
+        """What a site's entry holds after r_offset, for a live call and once nop'd."""
+        arch, word = self.arch, self.arch.word
+        r_info = (symbol << arch.r_sym_shift | r_type).to_bytes(word, "little")
+        if not arch.rela:
+            return r_info, bytes(word)
+        addend = arch.call_addend(Form.REL32).to_bytes(word, "little", signed=True)
+        return r_info + addend, bytes(word) + record(r_type, self.targets[symbol]).to_bytes(word, "little")
+
+    def _tag(self, form: Form, r_type: int) -> int:
+        return 1 + TAG_TYPES[form].index(r_type) if not self.arch.rela else 0
 
     def _group(
-        self, entries: Relocations, positions: Sequence[int], form: Form, target: str, r_info: int, call_info: int
+        self, entries: Relocations, positions: Sequence[int], form: Form, symbol: int, r_type: int, held: bytes
     ) -> SiteGroup | None:
         """The sites of these entries; None if one does not fit in its section's bytes (see _misfit)."""
         data, disp, length, n = self.elf.data, disp_offset(form), SITE_LENGTH[form], len(positions)
         tables = [entries.table[i] for i in positions]
         starts = [entries.r_offset[i] - disp for i in positions]
+        call = call_bytes(form, 0 if self.arch.rela else self.arch.call_addend(form))
         if tables.count(tables[0]) == n:  # the usual case: one table, so one section, and columns of one value
             rel, sec = entries.tables[tables[0]]
+            assert sec is not None
             sections: Sequence[Section] = (sec,) * n
             rels: Sequence[Section] = (rel,) * n
             fits = sec.sh_type != SHT_NOBITS and min(starts) >= 0 and max(starts) + length <= sec.sh_size
             first = entries.first[tables[0]]
             indices = [i - first for i in positions]
             codes = [data[at : at + length] for at in [sec.sh_offset + start for start in starts]]
-            calls: Sequence[bytes] = (self._expected_call(entries.rela(positions[0]), form),) * n
         else:
-            sections = [entries.tables[t][1] for t in tables]
+            sections = [entries.section(i) for i in positions]
             rels = [entries.tables[t][0] for t in tables]
             fits = all(
                 sec.sh_type != SHT_NOBITS and 0 <= start and start + length <= sec.sh_size
@@ -130,20 +185,22 @@ class _Scanner:
                 data[sec.sh_offset + start : sec.sh_offset + start + length]
                 for sec, start in zip(sections, starts, strict=True)
             ]
-            calls = [self._expected_call(entries.rela(i), form) for i in positions]
         if not fits:
             return None
+        call_entry, nop_entry = self._entry(symbol, r_type)
         return SiteGroup(
             form,
-            target,
+            self.targets[symbol],
             tuple(sections),
             tuple(starts),
             tuple(codes),
-            tuple(calls),
+            (call,) * n,
             tuple(rels),
             tuple(indices),
-            r_info,
-            call_info,
+            held,
+            call_entry,
+            nop_entry,
+            self._tag(form, r_type),
         )
 
     def _misfit(self, entries: Relocations, positions: Sequence[int], form: Form) -> tuple[int, InputError]:
@@ -161,37 +218,54 @@ class _Scanner:
                 )
         raise AssertionError("_misfit called for entries that fit")
 
-    def _expected_call(self, rela: bool, form: Form) -> bytes:
-        # RELA keeps the addend in the entry, and gas leaves the displacement 0;
-        # REL keeps it in the displacement itself.
-        return call_bytes(form, 0 if rela else self.arch.call_addend(form))
+    def _where(self, entries: Relocations, i: int) -> str:
+        return entries.section(i).where(entries.r_offset[i])
 
-    def _live_groups(self, entries: Relocations, targets: dict[int, str]) -> list[SiteGroup]:
+    def _live_groups(self, entries: Relocations) -> list[SiteGroup]:
         """One group per r_info value against a target: one symbol and one type, so one form.
 
         Every value is checked before any group is made, so that the error
         reported is the one of the first bad entry in table order.
         """
+        arch, targets = self.arch, self.targets
         groups: list[SiteGroup] = []
         problems: list[tuple[int, FtpatchError]] = []
+        call_addend = arch.call_addend(Form.REL32)
         for r_info in entries.values:
-            symbol, r_type = self.arch.r_sym(r_info), self.arch.r_type(r_info)
+            symbol, r_type = arch.r_sym(r_info), arch.r_type(r_info)
             if r_info == 0 or symbol not in targets:
                 continue
             positions = entries.holding(r_info)
-            form = self.arch.call_forms.get(r_type)
+            form = arch.call_forms.get(r_type)
+            i = positions[0]
             if form is None:
-                i = positions[0]
+                # -mcmodel=large: gcc's R_X86_64_PLTOFF64, clang's R_X86_64_GOT64, no single call instruction.
                 problems.append(
                     (
                         i,
-                        VerifyError(
+                        InputError(
                             self.elf.path,
-                            f"{self.arch.reloc_name(r_type)} against {targets[symbol]} at {entries.section(i).where(entries.r_offset[i])} is not a call ftpatch knows, relocation {entries.name(i)}",
+                            f"{arch.reloc_name(r_type)} against {targets[symbol]} at {self._where(entries, i)} is not a call ftpatch patches (-mcmodel=large, or a reference that is no call), relocation {entries.name(i)}",
                         ),
                     )
                 )
-            elif (group := self._group(entries, positions, form, targets[symbol], r_info, r_info)) is not None:
+                continue
+            if (
+                arch.rela
+                and (odd := next((j for j in positions if entries.r_addend[j] != call_addend), None)) is not None
+            ):
+                problems.append(
+                    (
+                        odd,
+                        InputError(
+                            self.elf.path,
+                            f"{arch.reloc_name(r_type)} against {targets[symbol]} at {self._where(entries, odd)} has addend {entries.r_addend[odd]}, where a call's is {call_addend}: not a call ftpatch patches, relocation {entries.name(odd)}",
+                        ),
+                    )
+                )
+                continue
+            held = self._entry(symbol, r_type)[0]
+            if (group := self._group(entries, positions, form, symbol, r_type, held)) is not None:
                 groups.append(group)
             else:
                 problems.append(self._misfit(entries, positions, form))
@@ -199,58 +273,129 @@ class _Scanner:
             raise min(problems, key=itemgetter(0))[1]
         return groups
 
-    def _dormant_groups(
-        self,
-        entries: Relocations,
-        targets: dict[int, str],
-        live_symbols: set[int],
-        live_types: dict[Form, set[int]],
-    ) -> list[SiteGroup]:
-        """The sites ftpatch made nops: entries with r_info 0 (and, on RELA, addend -4)
-        whose displacement ends where a known nop ends. One group per form."""
-        if 0 not in entries.values:
-            return []
-        by_form: dict[Form, list[int]] = {}
-        for i in entries.holding(0):
-            addend = entries.addend(i)
-            if addend is not None and addend != self.arch.call_addend(Form.REL32):
+    def _recorded_rela(self, entries: Relocations, recorded: list[int]) -> list[SiteGroup]:
+        """The sites whose NONE entry holds ftpatch's record, one group per record."""
+        arch, groups = self.arch, []
+        by_record: dict[int, list[int]] = {}
+        for i in recorded:
+            by_record.setdefault(entries.r_addend[i], []).append(i)
+        hashes: dict[int, list[int]] = {}
+        for symbol, name in self.targets.items():
+            hashes.setdefault(name_hash(name), []).append(symbol)
+        for value, positions in by_record.items():
+            r_type, wanted, i = value >> 32 & 0xFFFF, value & 0xFFFFFFFF, positions[0]
+            form = arch.call_forms.get(r_type)
+            symbols = hashes.get(wanted, [])
+            if form is None or len(symbols) != 1:
+                why = (
+                    f"its record names {arch.reloc_name(r_type)}, which is no call"
+                    if form is None
+                    else "its record names a symbol that is not one of the targets (was it nop'd with a --symbol?)"
+                    if not symbols
+                    else "its record names a symbol that more than one target symbol could be"
+                )
+                self.found_strays.append(
+                    f"{self._where(entries, i)}: relocation {entries.name(i)} was nop'd, but {why}"
+                )
                 continue
-            form = self._dormant_form(entries, i)
+            group = self._group(
+                entries, positions, form, symbols[0], r_type, bytes(arch.word) + value.to_bytes(8, "little")
+            )
+            if group is None:
+                raise self._misfit(entries, positions, form)[1]
+            groups.append(group)
+        return groups
+
+    def _tagged_rel(self, entries: Relocations, zeroed: list[int]) -> tuple[list[SiteGroup], list[int]]:
+        """The sites of zeroed REL entries whose nop carries a tag, one group per form, type and symbol;
+        and the zeroed entries whose nop carries none."""
+        arch, data, known = self.arch, self.elf.data, known_nops(self.arch)
+        by_call: dict[tuple[Form, int, int], list[int]] = {}
+        untagged = []
+        for i in zeroed:
+            sec, r_offset = entries.section(i), entries.r_offset[i]
+            end = sec.sh_offset + r_offset + 4
+            tagged = [
+                (form, nop)
+                for form in (Form.REL32, arch.pic_form)
+                if sec.sh_type != SHT_NOBITS
+                and disp_offset(form) <= r_offset
+                and r_offset + 4 <= sec.sh_size
+                and (nop := known.get(data[end - SITE_LENGTH[form] : end])) is not None
+                and nop.tag in TAGS
+            ]
+            if not tagged:
+                untagged.append(i)
+                continue
+            (form, nop), *more = tagged
+            symbols = [s for s, name in self.targets.items() if nop.entry is None or at_entry(name) == nop.entry]
+            if more or len(symbols) != 1:
+                why = (
+                    "a 5-byte and a 6-byte tagged nop end there"
+                    if more
+                    else f"it could have called {len(symbols)} target symbols"
+                )
+                self.found_strays.append(
+                    f"{self._where(entries, i)}: relocation {entries.name(i)} was nop'd, but {why}"
+                )
+                continue
+            by_call.setdefault((form, TAG_TYPES[form][nop.tag - 1], symbols[0]), []).append(i)
+        groups = []
+        for (form, r_type, symbol), positions in by_call.items():
+            group = self._group(entries, positions, form, symbol, r_type, bytes(arch.word))
+            assert group is not None  # each nop was found inside its section
+            groups.append(group)
+        return groups, untagged
+
+    # -- entries nop'd before records existed -------------------------------------------
+
+    def _older_groups(self, entries: Relocations, zeroed: list[int], live: list[SiteGroup]) -> list[SiteGroup]:
+        """The sites nop'd before records existed: a zeroed entry (and, on RELA, addend -4) whose
+        displacement ends where a known nop ends. One group per form."""
+        arch = self.arch
+        live_symbols = {arch.r_sym(int.from_bytes(g.held[: arch.word], "little")) for g in live}
+        live_types: dict[Form, set[int]] = {}
+        for group in live:
+            live_types.setdefault(group.form, set()).add(arch.r_type(int.from_bytes(group.held[: arch.word], "little")))
+        by_form: dict[Form, list[int]] = {}
+        for i in zeroed:
+            form = self._older_form(entries, i)
             if form is not None:
                 by_form.setdefault(form, []).append(i)
-            elif addend is not None and entries.section(i).sh_type != SHT_NOBITS:
-                self.strays.append(
-                    f"{entries.section(i).where(entries.r_offset[i])}: relocation {entries.name(i)} has r_info 0 and addend -4, but no known nop ends at its displacement"
+            elif arch.rela and entries.section(i).sh_type != SHT_NOBITS:
+                self.found_strays.append(
+                    f"{self._where(entries, i)}: relocation {entries.name(i)} has r_info 0 and addend -4, but no known nop ends at its displacement"
                 )
+        held = bytes(arch.word) + (
+            arch.call_addend(Form.REL32).to_bytes(arch.word, "little", signed=True) if arch.rela else b""
+        )
         groups = []
         for form, positions in by_form.items():
             i = positions[0]
             where, entry = entries.section(i).where, f"relocation {entries.name(i)}"
-            symbol = self._restore_symbol(targets, live_symbols, where(entries.r_offset[i]), entry)
+            symbol = self._older_symbol(live_symbols, where(entries.r_offset[i]), entry)
             types = live_types.get(form, set())
             if len(types) > 1:
-                names = ", ".join(sorted(self.arch.reloc_name(t) for t in types))
+                names = ", ".join(sorted(arch.reloc_name(t) for t in types))
                 raise VerifyError(
                     self.elf.path,
                     f"site {where(entries.r_offset[i] - disp_offset(form))} could be restored as any of {names}, {entry}",
                 )
-            r_type = next(iter(types)) if types else _DEFAULT_TYPE[self.arch.name][form]
-            call_info = (symbol << self.arch.r_sym_shift) | r_type
-            group = self._group(entries, positions, form, targets[symbol], 0, call_info)
-            assert group is not None  # _dormant_form found each nop inside its section
+            r_type = next(iter(types)) if types else _DEFAULT_TYPE[arch.name][form]
+            group = self._group(entries, positions, form, symbol, r_type, held)
+            assert group is not None  # _older_form found each nop inside its section
             groups.append(group)
         return groups
 
-    def _dormant_form(self, entries: Relocations, i: int) -> Form | None:
+    def _older_form(self, entries: Relocations, i: int) -> Form | None:
         """The call form whose nop ends where this entry's displacement ends, if any."""
         sec, r_offset = entries.section(i), entries.r_offset[i]
         if sec.sh_type == SHT_NOBITS or r_offset < 1 or r_offset + 4 > sec.sh_size:
             return None
         data, end = self.elf.data, sec.sh_offset + r_offset + 4
-        six = self.arch.pic_form
         fits = [
             form
-            for form in (Form.REL32, six)
+            for form in (Form.REL32, self.arch.pic_form)
             if r_offset >= disp_offset(form)
             and data[end - SITE_LENGTH[form] : end] in nops(SITE_LENGTH[form], self.arch)
         ]
@@ -267,12 +412,56 @@ class _Scanner:
             )
         return fits[0]
 
-    def _restore_symbol(self, targets: dict[int, str], live_symbols: set[int], at: str, entry: str) -> int:
-        candidates = set(targets) if len(targets) == 1 else live_symbols & set(targets)
+    def _older_symbol(self, live_symbols: set[int], at: str, entry: str) -> int:
+        candidates = set(self.targets) if len(self.targets) == 1 else live_symbols & set(self.targets)
         if len(candidates) != 1:
-            names = ", ".join(sorted(targets.values()))
+            names = ", ".join(sorted(self.targets.values()))
             raise VerifyError(self.elf.path, f"the nop at {at} could have called any of {names}, {entry}")
         return next(iter(candidates))
+
+    # -- what `call` must know before it writes ----------------------------------------------
+
+    def readback(self, group: SiteGroup, i: int, new: bytes) -> bool:
+        """Whether `call` would restore the group's i-th site exactly, were `new` written over it: on RELA
+        the record says all; on REL the nop must name the type, and the symbol be the one of its kind."""
+        if self.arch.rela or group.target is None:
+            return True
+        nop = known_nops(self.arch).get(new)
+        if nop is None or nop.tag not in TAGS:
+            return False
+        kind = [name for name in self.targets.values() if nop.entry is None or at_entry(name) == nop.entry]
+        return kind == [group.target]
+
+    def strays(self, groups: tuple[SiteGroup, ...]) -> tuple[str, ...]:
+        """What `call` cannot restore: what the scan met, and nops only ftpatch writes, or nops at a
+        function's entry, where no relocation entry says a site is (`ld -r` by gold drops NONE entries)."""
+        elf, sites = self.elf, {(s.index, start) for g in groups for s, start in zip(g.sections, g.starts, strict=True)}
+        found = list(self.found_strays)
+        pattern = _marked_pattern(self.arch)
+        for sec in (s for s in elf.sections if s.is_exec and s.sh_type != SHT_NOBITS):
+            code = elf.section_data(sec)
+            found += [
+                f"{sec.where(m.start())}: holds {m.group().hex(':')}, a nop ftpatch writes, with no relocation entry to restore"
+                for m in pattern.finditer(code)
+                if (sec.index, m.start()) not in sites
+            ]
+        # clang's -fpatchable-function-entry writes ftpatch's entry nop too, and lists where.
+        if elf.has_symtab and elf.section_named("__patchable_function_entries") is None:
+            for _, row in elf.symbols.function_rows():
+                if (
+                    not 0 < row.st_shndx < len(elf.sections)
+                    or (sec := elf.sections[row.st_shndx]).sh_type == SHT_NOBITS
+                ):
+                    continue
+                text = elf.section_data(sec)
+                at = row.st_value + 4 if text[row.st_value : row.st_value + 4] in _ENDBR else row.st_value
+                code = bytes(text[at : at + 6])
+                nop = next((c for c in (code, code[:5]) if written_by_ftpatch(c, self.arch)), None)
+                if nop is not None and (sec.index, at) not in sites:
+                    found.append(
+                        f"{sec.where(at)}: holds {nop.hex(':')} at a function's entry, a nop ftpatch writes, with no relocation entry to restore"
+                    )
+        return tuple(dict.fromkeys(found))
 
     def _add_recorded(self) -> None:
         """Sites gcc -mnop-mcount left as nops, known only from __mcount_loc's relocations."""
@@ -324,3 +513,13 @@ class _Scanner:
             self.groups.append(
                 SiteGroup(Form.RECORDED, None, tuple(sections), tuple(starts), codes, (None,) * len(codes))
             )
+
+
+@cache
+def _marked_pattern(arch: Arch) -> re.Pattern[bytes]:
+    """Every nop only ftpatch writes, longest first, as one pattern the search runs in C.
+
+    (Not the jmp nops: a tail jump over int3 padding to the next function looks the same.)
+    """
+    marked = sorted((n for length in (6, 5) for n in marked_nops(length, arch) if n[0] != 0xEB), key=len, reverse=True)
+    return re.compile(b"|".join(re.escape(n) for n in marked))

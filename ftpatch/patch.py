@@ -89,7 +89,7 @@ def nop_style(name: str | None, arch: Arch, path: str) -> NopStyle:
 
 def _problem(result: ScanResult, site: Site, action: Action, style: NopStyle) -> str:
     """Why a site cannot be put in the requested state, in ftrace_bug's terms."""
-    want = hexbytes(site.call) if site.call else hexbytes(style.for_length(site.length))
+    want = hexbytes(site.call) if site.call else "a nop"
     return f"{site.where}: expected {want}, actual {hexbytes(site.code)} ({describe(site.code, result.arch)})"
 
 
@@ -121,12 +121,12 @@ def _group_edits(
     style: NopStyle,
     arch: Arch,
     edits: dict[tuple[bytes, bytes], list[int]],
-    readback: Callable[[int, bytes], bytes | None] | None = None,
+    readback: Callable[[SiteGroup, int, bytes], bool] | None = None,
 ) -> tuple[int, list[int], list[int]]:
     """Add to `edits` (old bytes, new bytes) -> file offsets what puts a group's sites in the
     requested state; return how many sites change, which (by position) cannot be put in it,
-    and which a nop would make unrestorable: in a linked file, where `readback` tells what
-    `call` would restore, every nop is read back before it is planned.
+    and which a nop would make unrestorable: every nop is read back, as `call` would read it,
+    before it is planned.
 
     nop and call are mirror images, as ftrace_make_nop and ftrace_make_call are:
     the site's bytes go to the other state, and its r_info to 0 or back to the call's.
@@ -141,10 +141,10 @@ def _group_edits(
         if state is State.OTHER:
             bad += positions
         elif state is not (State.NOP if nop else State.CALL):
-            new = style.nop(group.form, group.entry) if nop else call
+            new = style.nop(group.form, group.entry, group.tag) if nop else call
             assert new is not None  # only a RECORDED site has no call, and it never gets here as a call
             if nop and readback is not None:
-                lost = [i for i in positions if readback(group.sections[i].sh_addr + group.starts[i], new) != call]
+                lost = [i for i in positions if not readback(group, i, new)]
                 if lost:
                     unreadable += lost
                     continue
@@ -152,11 +152,8 @@ def _group_edits(
             edits.setdefault((code, new), []).extend(at)
             changed += len(positions)
     # A linked file's site has no relocation: its bytes are all there is.
-    if group.rels and group.r_info != (want := 0 if nop else group.call_info):
-        size = group.info_size
-        edits.setdefault((group.r_info.to_bytes(size, "little"), want.to_bytes(size, "little")), []).extend(
-            group.info_offsets(base)
-        )
+    if group.rels and group.held != (want := group.nop_entry if nop else group.call_entry):
+        edits.setdefault((group.held, want), []).extend(group.info_offsets(base))
         changed = len(group)
     return changed, bad, unreadable
 

@@ -42,14 +42,19 @@ def site_state(code: bytes, call: bytes | None, arch: Arch) -> State:
 
 @dataclass(frozen=True)
 class Reloc:
-    """The relocation entry of a site: where its r_info lives and the two values it takes."""
+    """The relocation entry of a site: where its r_info (and r_addend) lie, and the values they take."""
 
     section: str
     index: int
-    info_offset: int  # file offset of r_info
-    info_size: int
-    r_info: int  # as found
-    call_info: int  # the value that makes the site a live call
+    info_offset: int  # file offset of r_info; on RELA r_addend follows it
+    held: bytes  # r_info (and r_addend) as found
+    call: bytes  # what makes the site a live call
+    nop: bytes  # what ftpatch's nop leaves there
+    tag: int  # what an i386 object's nop says of the relocation type
+
+    @property
+    def info_size(self) -> int:
+        return len(self.held)
 
 
 @dataclass(frozen=True)
@@ -89,8 +94,8 @@ class Site:
 
 @dataclass(frozen=True)
 class SiteGroup:
-    """Sites that share their form, their target and, in an object, the r_info their
-    relocation entries hold (so their symbol and type) and the r_info of a call.
+    """Sites that share their form, their target and, in an object, what their relocation
+    entries hold (so their symbol and type) and hold for a call and for a nop.
 
     Everything else is a column, one value a site: its section, its offset there,
     the bytes found, the call it must hold, its relocation entry. An object's
@@ -107,8 +112,12 @@ class SiteGroup:
     calls: tuple[bytes | None, ...]  # the exact call each site must hold; None for RECORDED sites
     rels: tuple[Section, ...] = ()  # each site's SHT_REL or SHT_RELA section; none in a linked file
     indices: tuple[int, ...] = ()  # each site's entry in its relocation section
-    r_info: int = 0  # what every entry holds now: call_info, or 0 once ftpatch made the site a nop
-    call_info: int = 0  # what an entry holds for a live call
+    # The entry after r_offset, r_info and on RELA r_addend: what every entry holds now, what it holds for
+    # a live call, and what ftpatch's nop leaves (type NONE, symbol 0, and on RELA a record of the call).
+    held: bytes = b""
+    call_entry: bytes = b""
+    nop_entry: bytes = b""
+    tag: int = 0  # what an i386 object's nop says of the relocation type (x86.NopStyle)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -116,12 +125,6 @@ class SiteGroup:
     @property
     def entry(self) -> bool:
         return at_entry(self.target)
-
-    @property
-    def info_size(self) -> int:
-        """Bytes in r_info: a word of the file's class; REL and RELA entries are 2 and 3 words."""
-        rel = self.rels[0]
-        return rel.sh_entsize // (3 if rel.sh_type == SHT_RELA else 2)
 
     def file_offsets(self, base: int = 0) -> list[int]:
         """The file offset of each site; `base` is added."""
@@ -133,7 +136,8 @@ class SiteGroup:
 
     def info_offsets(self, base: int = 0) -> list[int]:
         """The file offset of each site's r_info, its entry's second word; `base` is added."""
-        rels, indices, word = self.rels, self.indices, base + self.info_size
+        rel = self.rels[0]
+        rels, indices, word = self.rels, self.indices, base + rel.sh_entsize // (3 if rel.sh_type == SHT_RELA else 2)
         if rels.count(rels[0]) == len(rels):  # one relocation table: the usual case
             first, entsize = word + rels[0].sh_offset, rels[0].sh_entsize
             return [first + index * entsize for index in indices]
@@ -144,16 +148,29 @@ class SiteGroup:
         columns = (self.sections, self.starts, self.codes, self.calls, self.rels, self.indices)
         sections, starts, codes, calls, rels, indices = (tuple(compress(c, keep)) for c in columns)
         return SiteGroup(
-            self.form, self.target, sections, starts, codes, calls, rels, indices, self.r_info, self.call_info
+            self.form,
+            self.target,
+            sections,
+            starts,
+            codes,
+            calls,
+            rels,
+            indices,
+            self.held,
+            self.call_entry,
+            self.nop_entry,
+            self.tag,
         )
 
     def site(self, i: int, function: str | None, arch: Arch) -> Site:
         section, start, code, call = self.sections[i], self.starts[i], self.codes[i], self.calls[i]
         reloc = None
         if self.rels:
-            rel, index, size = self.rels[i], self.indices[i], self.info_size
-            info_offset = rel.sh_offset + index * rel.sh_entsize + size
-            reloc = Reloc(rel.name, index, info_offset, size, self.r_info, self.call_info)
+            rel, index = self.rels[i], self.indices[i]
+            info_offset = (
+                rel.sh_offset + index * rel.sh_entsize + rel.sh_entsize // (3 if rel.sh_type == SHT_RELA else 2)
+            )
+            reloc = Reloc(rel.name, index, info_offset, self.held, self.call_entry, self.nop_entry, self.tag)
         return Site(
             function,
             section.name,
@@ -186,8 +203,9 @@ class ScanResult:
     data: bytes
     groups: tuple[SiteGroup, ...]
     base: int = 0  # where this ELF file starts in the file read: an archive member's offset
-    # What makes `call` refuse the file: nop'd sites it cannot restore exactly, each said once.
-    strays: tuple[str, ...] = ()
+    # What makes `call` refuse the file: nop'd sites it cannot restore exactly, each said once. Looked for
+    # only when asked (ScanResult.strays): `nop` needs none of it.
+    find_strays: Callable[[], tuple[str, ...]] = field(default=tuple, repr=False, compare=False)
     # Profiling calls found in the code but not at a site: `nop` refuses to leave them live.
     unclassified: tuple[str, ...] = ()
     # Why nop'd sites of this (linked) file cannot be found; `call` refuses it. "" when they can.
@@ -198,12 +216,16 @@ class ScanResult:
     function_at: Callable[[Section, int], str | None] = field(default=_no_function, repr=False, compare=False)
     # The live profiling calls left in patched bytes, by address, where the file needs this check.
     live_calls: LiveCalls | None = field(default=None, repr=False, compare=False)
-    # A linked file's reading of a nop: the call `call` restores at an address holding new bytes.
-    readback: Callable[[int, bytes], bytes | None] | None = field(default=None, repr=False, compare=False)
+    # Whether `call` would restore the i-th site of a group exactly, were these nop bytes written over it.
+    readback: Callable[[SiteGroup, int, bytes], bool] | None = field(default=None, repr=False, compare=False)
 
     @property
     def machine(self) -> str:
         return self.arch.name
+
+    @cached_property
+    def strays(self) -> tuple[str, ...]:
+        return self.find_strays()
 
     @cached_property
     def sites(self) -> tuple[Site, ...]:

@@ -142,91 +142,84 @@ def _arch_named(name: str) -> Arch:
 
 @dataclass(frozen=True)
 class NopStyle:
-    """One named choice of nop, with a member for each site length and for each place a site has.
+    """One named choice of nop, with a member for each site: its length, its place, the call it replaced.
 
-    A site at a function's entry (__fentry__) gets the plain member: that is what tracers
-    patch (uftrace's `record -P` takes `0f 1f 44 00 00` at symbol+0, never a 6-byte nop,
-    so p6 writes a 6-byte entry site as that nop and a one-byte one). A site inside a
-    function (mcount, after the prologue) gets a member no assembler pads with, where the
-    plain one is also padding: linked files have no relocation at a site, and `call` must
-    tell ftpatch's nop from a loop head's alignment by its bytes alone.
+    At a function's entry (__fentry__) a site gets the member tracers patch (uftrace's
+    `record -P` takes `0f 1f 44 00 00` or `0f 1f 44 00 08` at symbol+0, never a 6-byte nop, so
+    p6 writes a 6-byte entry site as the second and a one-byte nop). Inside a function (mcount,
+    after the prologue) it gets a member no assembler pads with where the plain one is also
+    padding, and p6's and lea's say which call they replaced: a linked file has no relocation
+    at a site, and `call` must tell ftpatch's nop from a loop head's alignment by its bytes.
+
+    A tag (1 or 2) marks the nops of an i386 object, whose REL entries have no addend to
+    keep what the nop'd relocation was: it says which of the form's two relocation types the
+    site had. Tag 0 is no tag: every other file, and files nop'd before tags.
     """
 
     name: str
-    nop5: bytes
-    nop6: bytes
     x86_64: bool  # whether every member is also a nop in 64-bit mode
     about: str
-    entry6: bytes = b""  # the 6-byte member at a function's entry, where it differs from nop6
-    inner: Mapping[Form, bytes] | None = None  # the member inside a function, by form, where it differs
 
-    def for_length(self, length: int) -> bytes:
-        return self.nop5 if length == 5 else self.nop6
-
-    def nop(self, form: Form, entry: bool) -> bytes:
+    def nop(self, form: Form, entry: bool, tag: int = 0) -> bytes:
         """What `nop` writes over a site of this form, at a function's entry or inside it."""
-        length = SITE_LENGTH[form]
-        if entry:
-            return self.entry6 if length == 6 and self.entry6 else self.for_length(length)
-        return self.inner[form] if self.inner and form in self.inner else self.for_length(length)
+        return _MEMBERS[self.name](SITE_LENGTH[form], None if entry else form, tag)
 
-    def members(self) -> Iterator[bytes]:
-        yield self.nop5
-        yield self.nop6
-        if self.entry6:
-            yield self.entry6
-        if self.inner:
-            yield from self.inner.values()
+    @property
+    def nop5(self) -> bytes:
+        return self.nop(Form.REL32, True)
+
+    @property
+    def nop6(self) -> bytes:
+        return self.nop(Form.GOTPCREL, True)
 
 
-# The disp8 of a P6 nop is never used (a nopl touches no memory): gas pads with 00, clang's
-# -fpatchable-function-entry writes 08, and ftpatch marks its own with f1..f4, one per form.
-_P6_INNER = {
-    Form.REL32: bytes.fromhex("0f1f4400f1"),
-    Form.GOTPCREL: bytes.fromhex("660f1f4400f2"),
-    Form.GOT_EBX: bytes.fromhex("660f1f4400f3"),
-    Form.ADDR32_REL32: bytes.fromhex("660f1f4400f4"),
-}
+def _p6(length: int, inner: Form | None, tag: int) -> bytes:
+    # The disp8 of a P6 nop is never used (a nopl touches no memory): gas pads with 00. ftpatch writes 08
+    # at an entry, which uftrace's `record -P` patches as it patches 00 (clang's -fpatchable-function-entry
+    # writes it too), and f1..f4 inside a function, one per form. The SIB byte is the tag.
+    mark = _P6_MARKS[inner] if inner else 0x08
+    nop = bytes((0x0F, 0x1F, 0x44, tag, mark))
+    if length == 5:
+        return nop
+    return b"\x66" + nop if inner else nop + b"\x90"
 
-# The filler after a jmp is never executed; int3 traps anything that jumps into it.
+
+def _o16(length: int, inner: Form | None, tag: int) -> bytes:
+    # A segment prefix in place of the first operand-size prefix is the tag: one prefix of each group.
+    return bytes((_SEGMENT[tag],)) + b"\x66" * (length - 2) + b"\x90"
+
+
+def _jmp(length: int, inner: Form | None, tag: int) -> bytes:
+    # The filler is never executed; int3 traps anything that jumps into it. Its last byte is the tag.
+    return bytes((0xEB, length - 2)) + b"\xcc" * (length - 3) + bytes((0xCC ^ tag,))
+
+
+def _lea(length: int, inner: Form | None, tag: int) -> bytes:
+    # The SIB's scale bits, ignored without an index register, are the tag. gas pads i386 code with
+    # the 6-byte lea, so inside a function the 5-byte one with an operand-size prefix takes its place
+    # (a lea of %esi into %si, which it leaves as it was), its segment prefix naming the form.
+    sib = 0x26 | tag << 6
+    if length == 5:  # ds at an entry, as the kernel's; cs inside a function, which no assembler pads with
+        return bytes((0x3E if inner is None else 0x2E, 0x8D, 0x74, sib, 0x00))
+    if inner is None:
+        return bytes.fromhex("8db600000000") if tag == 0 else b""  # no i386 object has a 6-byte entry site
+    return bytes((0x66, _LEA_SEGMENTS[inner], 0x8D, 0x74, sib, 0x00))
+
+
+_P6_MARKS = {Form.REL32: 0xF1, Form.GOTPCREL: 0xF2, Form.GOT_EBX: 0xF3, Form.ADDR32_REL32: 0xF4}
+_SEGMENT = (0x66, 0x2E, 0x3E)  # by tag; 0x66 is no segment prefix at all
+_LEA_SEGMENTS = {Form.REL32: 0x3E, Form.GOTPCREL: 0x26, Form.GOT_EBX: 0x26, Form.ADDR32_REL32: 0x36}
+_MEMBERS = {"p6": _p6, "o16": _o16, "jmp": _jmp, "lea": _lea}
+TAGS = (1, 2)
+
 NOP_STYLES: dict[str, NopStyle] = {
     style.name: style
     for style in (
-        NopStyle(
-            "p6",
-            bytes.fromhex("0f1f440000"),
-            bytes.fromhex("660f1f440000"),
-            True,
-            "nopl 0x0(%eax,%eax,1): the P6 long nop; today's kernel on x86-64",
-            entry6=bytes.fromhex("0f1f44000090"),
-            inner=_P6_INNER,
-        ),
-        NopStyle(
-            "o16",
-            bytes.fromhex("6666666690"),
-            bytes.fromhex("666666666690"),
-            True,
-            "nop with operand-size prefixes: the 2008 kernel's fallback",
-        ),
-        NopStyle(
-            "jmp",
-            bytes.fromhex("eb03cccccc"),
-            bytes.fromhex("eb04cccccccc"),
-            True,
-            "jmp to the end of the site, int3 filler: the 2008 kernel's last resort",
-        ),
+        NopStyle("p6", True, "nopl 0x0(%eax,%eax,1): the P6 long nop; today's kernel on x86-64"),
+        NopStyle("o16", True, "nop with operand-size prefixes: the 2008 kernel's fallback"),
+        NopStyle("jmp", True, "jmp to the end of the site, int3 filler: the 2008 kernel's last resort"),
         # On x86-64 these lea forms write %esi and clear the top of %rsi: not nops there.
-        # gas pads i386 code with the 6-byte one, so inside a function the 5-byte one with an
-        # operand-size prefix takes its place (lea of %esi into %si, which it leaves as it
-        # was), its segment prefix saying which call it replaced.
-        NopStyle(
-            "lea",
-            bytes.fromhex("3e8d742600"),
-            bytes.fromhex("8db600000000"),
-            False,
-            "lea 0x0(%esi,%eiz,1),%esi: today's kernel on i386",
-            inner={Form.GOT_EBX: bytes.fromhex("663e8d742600"), Form.ADDR32_REL32: bytes.fromhex("662e8d742600")},
-        ),
+        NopStyle("lea", False, "lea 0x0(%esi,%eiz,1),%esi: today's kernel on i386"),
     )
 }
 
@@ -235,42 +228,80 @@ def styles_for(arch: Arch) -> list[NopStyle]:
     return [s for s in NOP_STYLES.values() if s.x86_64 or not arch.x86_64]
 
 
-_INNER_FORMS = {nop: form for style in NOP_STYLES.values() for form, nop in (style.inner or {}).items()}
+@dataclass(frozen=True)
+class Nop:
+    """What a nop ftpatch knows says of the site it replaced."""
 
-# Nops others write at profiling sites, which ftpatch takes as nop'd sites too: clang's
-# patchable entry and uftrace's `record -U` both use these.
-_FOREIGN_NOPS = (bytes.fromhex("0f1f440008"),)
+    style: str
+    entry: bool | None  # written only at a function's entry (True), only inside one (False), or at both (None)
+    form: Form | None  # the form it names, where it names one
+    tag: int
+    padding: bool  # what a compiler's own output may also hold there: no mark of a site by itself
+
+
+# What a compiler's or a kernel's output may hold: gas pads with 0f 1f 44 00 00 and 66 0f 1f 44 00 00
+# (x86-64) or 8d b6 00 00 00 00 (i386), and the 5-byte pad may precede a nop instruction; clang's
+# -fpatchable-function-entry writes 0f 1f 44 00 08 at an entry; the kernel's jump labels are
+# 0f 1f 44 00 00 and, on i386, 3e 8d 74 26 00.
+_PADDING = {
+    bytes.fromhex(h)
+    for h in ("0f1f440000", "660f1f440000", "0f1f44000090", "8db600000000", "0f1f440008", "0f1f44000890", "3e8d742600")
+}
+# Nops others write at profiling sites, which ftpatch takes as nop'd sites where a site is known to be:
+# the kernel's and gcc -mnop-mcount's, ftpatch's before 0.2, and uftrace's `record -U`'s.
+_FOREIGN = {
+    bytes.fromhex("0f1f440000"): Nop("p6", None, None, 0, True),
+    bytes.fromhex("660f1f440000"): Nop("p6", None, None, 0, True),
+}
+
+
+@cache
+def known_nops(arch: Arch) -> dict[bytes, Nop]:
+    """Every nop ftpatch writes on this machine, or takes for a nop'd site, and what it says."""
+    places: dict[bytes, tuple[str, int, set[Form | None]]] = {}
+    for style in styles_for(arch):
+        for tag in (0, *TAGS):
+            for form in dict.fromkeys((Form.REL32, arch.pic_form, Form.ADDR32_REL32)):
+                for inner in (None, form):
+                    code = _MEMBERS[style.name](SITE_LENGTH[form], inner, tag)
+                    if code:
+                        places.setdefault(code, (style.name, tag, set()))[2].add(inner)
+    found = dict(_FOREIGN)
+    for code, (style, tag, inners) in places.items():
+        entry = None if len(inners) > 1 and None in inners else None in inners
+        form = next(iter(inners)) if len(inners) == 1 else None
+        found[code] = Nop(style, entry, form, tag, code in _PADDING)
+    return found
 
 
 @cache
 def nops(length: int, arch: Arch) -> frozenset[bytes]:
     """Every nop of `length` bytes ftpatch writes, or takes for a nop'd site where a site is known to be."""
-    members = {m for style in styles_for(arch) for m in style.members()} | set(_FOREIGN_NOPS)
-    return frozenset(m for m in members if len(m) == length)
+    return frozenset(code for code in known_nops(arch) if len(code) == length)
 
 
 @cache
 def marked_nops(length: int, arch: Arch) -> frozenset[bytes]:
-    """The nops of `length` bytes that only ftpatch writes: where nothing says a site is, these
-    still mark one, as no assembler or compiler pads or patches with them."""
-    padding = {bytes.fromhex(h) for h in ("0f1f440000", "660f1f440000", "8db600000000", "0f1f44000090")}
-    return frozenset(nops(length, arch) - padding - set(_FOREIGN_NOPS))
+    """The nops of `length` bytes that only ftpatch writes: where nothing says a site is, these still
+    mark one, as no assembler or compiler pads or patches with them."""
+    return frozenset(code for code in nops(length, arch) if not known_nops(arch)[code].padding)
 
 
-def inner_form(code: bytes) -> Form | None:
+def inner_form(code: bytes, arch: Arch) -> Form | None:
     """The form an ftpatch nop made inside a function says it replaced, where it says."""
-    return _INNER_FORMS.get(code)
+    nop = known_nops(arch).get(code)
+    return nop.form if nop is not None and nop.entry is False else None
 
 
-@cache
-def _inside_only() -> frozenset[bytes]:
-    plain = {m for style in NOP_STYLES.values() for m in (style.nop5, style.nop6, style.entry6)}
-    return frozenset(m for style in NOP_STYLES.values() for m in (style.inner or {}).values()) - plain
-
-
-def written_inside(code: bytes) -> bool:
+def written_inside(code: bytes, arch: Arch) -> bool:
     """Whether ftpatch writes these bytes only at a site inside a function, never at an entry."""
-    return code in _inside_only()
+    nop = known_nops(arch).get(code)
+    return nop is not None and nop.entry is False
+
+
+def written_by_ftpatch(code: bytes, arch: Arch) -> bool:
+    """Whether these bytes are a nop this version of ftpatch writes."""
+    return code in known_nops(arch) and code not in _FOREIGN
 
 
 def hexbytes(code: bytes) -> str:

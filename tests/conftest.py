@@ -64,6 +64,50 @@ def call_graph(exe: Path, workdir: Path | None = None) -> subprocess.CompletedPr
     return subprocess.run(["gprof", "-q", "-b", exe, gmon], capture_output=True, text=True)
 
 
+# What ftpatch wrote at a site before its nops carried records: the style's plain member of the site's length.
+BEFORE_RECORDS = {
+    ("p6", 5): "0f1f440000",
+    ("p6", 6): "660f1f440000",
+    ("o16", 5): "6666666690",
+    ("o16", 6): "666666666690",
+    ("jmp", 5): "eb03cccccc",
+    ("jmp", 6): "eb04cccccccc",
+    ("lea", 5): "3e8d742600",
+    ("lea", 6): "8db600000000",
+}
+
+
+def nop_as_before_records(src: Path, dst: Path, style: str = "p6", only: set[int] | None = None) -> None:
+    """`src` nop'd as ftpatch did before records: each target relocation's r_info zeroed, its r_addend left
+    (-4 on RELA), the style's plain nop over the site. Found and written with pyelftools, not ftpatch.
+    `only`: the indices, in table order, of the target relocations to nop (default all)."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.relocation import RelocationSection
+
+    data = bytearray(src.read_bytes())
+    with src.open("rb") as f:
+        elf = ELFFile(f)
+        symtab = elf.get_section_by_name(".symtab")
+        word = 8 if elf.elfclass == 64 else 4
+        n = 0
+        for rel in elf.iter_sections():
+            if not isinstance(rel, RelocationSection) or rel.name.endswith("__mcount_loc"):
+                continue
+            text = elf.get_section(rel["sh_info"])
+            for i, r in enumerate(rel.iter_relocations()):
+                if symtab.get_symbol(r["r_info_sym"]).name not in TARGETS:
+                    continue
+                n += 1
+                if only is not None and n - 1 not in only:
+                    continue
+                length = 5 if r["r_info_type"] in (2, 4) else 6  # PC32/PLT32: e8; the GOT forms: ff 15 / ff 93
+                start = text["sh_offset"] + r["r_offset"] + 4 - length
+                data[start : start + length] = bytes.fromhex(BEFORE_RECORDS[style, length])
+                info = rel["sh_offset"] + i * rel["sh_entsize"] + word
+                data[info : info + word] = bytes(word)
+    dst.write_bytes(data)
+
+
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     return tmp_path

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, ftpatch
+from conftest import FIXTURES, ftpatch, nop_as_before_records
 
 PIE = FIXTURES / "x86_64-pie.o"
 
@@ -54,7 +54,25 @@ def test_call_on_unexpected_bytes(tmp: Path) -> None:
     data = bytearray(nopped.read_bytes())
     data[0x10D : 0x10D + 6] = bytes.fromhex("cccccccccccc")
     nopped.write_bytes(data)
-    # All int3 is no known nop: the zeroed relocation there may have been a site, so call refuses.
+    # The entry's record says a 6-byte ff 15 site is there: all int3 is neither it nor a nop.
+    proc = ftpatch("call", nopped, "-o", tmp / "x.o")
+    assert proc.returncode == 3
+    assert one_error_line(proc.stderr) == (
+        f"ftpatch: error: {nopped}: fib (.text+0xcd): expected ff:15:00:00:00:00, "
+        "actual cc:cc:cc:cc:cc:cc (int3; int3; int3; int3; int3; int3)"
+    )
+    assert not (tmp / "x.o").exists()
+    assert ftpatch("scan", nopped).returncode == 3
+    assert ftpatch("nop", nopped, "-o", tmp / "y.o").returncode == 3
+
+
+def test_call_on_unexpected_bytes_nopped_before_records(tmp: Path) -> None:
+    """A zeroed entry with addend -4 and no nop where its displacement ends: it may have been a site."""
+    nopped = tmp / "nop.o"
+    nop_as_before_records(PIE, nopped)
+    data = bytearray(nopped.read_bytes())
+    data[0x10D : 0x10D + 6] = bytes.fromhex("cccccccccccc")
+    nopped.write_bytes(data)
     proc = ftpatch("call", nopped, "-o", tmp / "x.o")
     assert proc.returncode == 3
     assert one_error_line(proc.stderr) == (

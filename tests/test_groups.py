@@ -33,15 +33,14 @@ def reference(
             return lib.VerifyError
         before = len(patches)
         if nop and site.state is lib.State.CALL:
-            new = style.nop(site.form, at_entry(site.target))
+            new = style.nop(site.form, at_entry(site.target), site.reloc.tag if site.reloc else 0)
             patches.append(lib.Patch(result.base + site.file_offset, site.code, new))
         if not nop and site.state is lib.State.NOP:
             assert site.call is not None
             patches.append(lib.Patch(result.base + site.file_offset, site.code, site.call))
         reloc = site.reloc
-        if reloc is not None and reloc.r_info != (want := 0 if nop else reloc.call_info):
-            old, new = reloc.r_info.to_bytes(reloc.info_size, "little"), want.to_bytes(reloc.info_size, "little")
-            patches.append(lib.Patch(result.base + reloc.info_offset, old, new))
+        if reloc is not None and reloc.held != (want := reloc.nop if nop else reloc.call):
+            patches.append(lib.Patch(result.base + reloc.info_offset, reloc.held, want))
         patched += len(patches) > before
     return sorted(patches, key=lambda p: p.file_offset), patched
 

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -80,14 +81,17 @@ def test_library_snippet_runs(tmp_path: Path) -> None:
     assert (tmp_path / "out.o").read_bytes() != (FIXTURES / "x86_64-pie.o").read_bytes()
     *sites, patches = proc.stdout.splitlines()
     assert len(sites) == 8 and "fib (.text+0xcd) gotpcrel call" in sites
-    # fib's call becomes the o16 nop, and its relocation's r_info becomes 0; the bytes are checked against the file.
+    # fib's call becomes the o16 nop, and its relocation's r_info becomes 0 and its r_addend the record of the
+    # call (R_X86_64_GOTPCRELX, 41, against mcount); the bytes are checked against the file.
     count, listed = patches.split(" ", 1)
-    (site, old, new), (info, r_info, zero) = ast.literal_eval(listed)
+    (site, old, new), (info, entry, nopped) = ast.literal_eval(listed)
     original = (FIXTURES / "x86_64-pie.o").read_bytes()
     assert count == "1" and site == hex(0x40 + 0xCD)  # .text starts at file offset 0x40
     assert bytes.fromhex(old) == original[0x10D : 0x10D + 6] == bytes.fromhex("ff1500000000")
     assert bytes.fromhex(new) == bytes.fromhex("666666666690")  # o16, 6 bytes
-    assert bytes.fromhex(r_info) == original[int(info, 16) : int(info, 16) + 8] and zero == "00" * 8
+    assert bytes.fromhex(entry) == original[int(info, 16) : int(info, 16) + 16]
+    record = 0x4654 << 48 | 41 << 32 | zlib.crc32(b"mcount")
+    assert bytes.fromhex(nopped) == bytes(8) + record.to_bytes(8, "little")
 
 
 def test_error_example_is_what_ftpatch_prints(tmp_path: Path) -> None:

@@ -1,0 +1,187 @@
+"""Objects: nop then call gives back the identical file, for every compiler, flag, nop style and strip.
+
+The objects are built here from fixtures/prog.c with gcc 12 and clang 14. A nop'd object must carry everything
+`call` needs, whatever was nop'd and whatever is left in its symbol table (README, "How a nop'd object keeps its
+relocation"), and must still link with bfd, gold and lld, as PIE, -no-pie, -shared and -static, and run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, PROGRAM_OUTPUT, ftpatch, nop_as_before_records, readelf_relocs, run
+
+import ftpatch as lib
+from ftpatch.scan import scan_data
+from ftpatch.x86 import ARCHES, styles_for
+
+SOURCE = FIXTURES / "prog.c"
+# name -> flags; each is built by gcc and by clang.
+FLAGS = {
+    "pie": [],
+    "nopie": ["-fno-pie"],
+    "pic": ["-fPIC"],
+    "fentry": ["-mfentry"],
+    "fentry-nopie": ["-mfentry", "-fno-pie"],
+    "cet": ["-fcf-protection", "-mfentry", "-fno-pie"],
+    "unrelaxed": ["-Wa,-mrelax-relocations=no"],
+    "m32-nopie": ["-m32", "-fno-pie"],
+    "m32-pic": ["-m32", "-fPIC"],
+    "m32-unrelaxed": ["-m32", "-Wa,-mrelax-relocations=no"],
+}
+BUILDS = [(cc, name) for cc in ("gcc", "clang") for name in FLAGS]
+STRIPS = {"as-built": None, "strip-unneeded": ["strip", "--strip-unneeded"], "debug": None}
+
+
+def build(tmp: Path, cc: str, name: str, strip: str) -> Path:
+    obj = tmp / f"{cc}-{name}-{strip}.o"
+    run(cc, "-O2", "-pg", *(["-g"] if strip == "debug" else []), *FLAGS[name], "-c", SOURCE, "-o", obj)
+    if command := STRIPS[strip]:
+        run(*command, obj)
+    return obj
+
+
+def nopped(data: bytes, path: str, style: str, only: list[str] = []) -> bytes:  # noqa: B006 - never mutated
+    (result,) = scan_data(path, data)
+    return lib.apply(data, lib.plan(result, lib.Action.NOP, nop=style, only=only))
+
+
+def restored(data: bytes, path: str) -> bytes:
+    (result,) = scan_data(path, data)
+    return lib.apply(data, lib.plan(result, lib.Action.CALL))
+
+
+@pytest.mark.parametrize("strip", STRIPS)
+@pytest.mark.parametrize(("cc", "name"), BUILDS, ids=[f"{cc}-{name}" for cc, name in BUILDS])
+def test_call_gives_back_the_identical_object(tmp: Path, cc: str, name: str, strip: str) -> None:
+    obj = build(tmp, cc, name, strip)
+    data = obj.read_bytes()
+    (result,) = lib.scan_path(str(obj))
+    assert len(result.sites) == 8 and {s.state for s in result.sites} == {lib.State.CALL}
+    types = {t for _, _, t, sym in readelf_relocs(obj) if sym in ("mcount", "__fentry__")}
+    for style in styles_for(result.arch):
+        for only in ([], ["fib", "main"]):  # every site, and a part: the rest stay live
+            nop = nopped(data, str(obj), style.name, only)
+            (again,) = scan_data(str(obj), nop)
+            assert sum(s.state is lib.State.NOP for s in again.sites) == (2 if only else 8)
+            assert {t for _, _, t, sym in readelf_relocs_of(tmp, nop) if sym in ("mcount", "__fentry__")} <= types
+            assert restored(nop, str(obj)) == data, (style.name, only)
+
+
+def readelf_relocs_of(tmp: Path, data: bytes) -> list[tuple[str, int, str, str]]:
+    path = tmp / "readelf.o"
+    path.write_bytes(data)
+    return readelf_relocs(path)
+
+
+LINKS = {
+    "x86_64": {"pie": ["-pie"], "no-pie": ["-no-pie"], "static": ["-static"]},
+    "i386": {"pie": ["-m32", "-pie"], "no-pie": ["-m32", "-no-pie"], "static": ["-m32", "-static"]},
+}
+
+
+@pytest.mark.parametrize("linker", ["bfd", "gold", "lld"])
+@pytest.mark.parametrize(("cc", "name"), [("gcc", "pie"), ("clang", "pie"), ("gcc", "m32-pic"), ("clang", "m32-pic")])
+def test_nopped_objects_link_everywhere_and_run(tmp: Path, cc: str, name: str, linker: str) -> None:
+    """Every nop style, linked by each linker as PIE, -no-pie and -static, and into a shared library."""
+    obj = build(tmp, cc, name, "as-built")
+    arch = "i386" if name.startswith("m32") else "x86_64"
+    for style in styles_for(next(a for a in ARCHES.values() if a.name == arch)):
+        nop = tmp / f"{style.name}.o"
+        nop.write_bytes(nopped(obj.read_bytes(), str(obj), style.name))
+        for link, flags in LINKS[arch].items():
+            exe, workdir = tmp / f"{style.name}-{link}", tmp / f"run-{style.name}-{link}"
+            proc = subprocess.run(
+                [cc, "-pg", f"-fuse-ld={linker}", *flags, nop, "-o", exe], capture_output=True, text=True
+            )
+            assert proc.returncode == 0 and proc.stderr == "", (style.name, link, proc.stderr)
+            workdir.mkdir()
+            assert run(exe, cwd=workdir) == PROGRAM_OUTPUT
+        library = tmp / f"lib{style.name}.so"
+        flags = ["-m32"] if arch == "i386" else []
+        proc = subprocess.run(
+            [cc, *flags, "-shared", f"-fuse-ld={linker}", nop, "-o", library], capture_output=True, text=True
+        )
+        assert proc.returncode == 0 and proc.stderr == "", (style.name, proc.stderr)
+        assert "TEXTREL" not in run("readelf", "-d", library)
+
+
+def test_objects_nopped_before_records_still_restore(tmp: Path) -> None:
+    """An entry with r_info 0 and addend -4 (RELA), or r_info 0 and an untagged nop (REL), is restored by the rule
+    it was written with: for gcc's objects, nop'd whole or in part, the identical file."""
+    for name in ("x86_64-pie.o", "x86_64-nopie.o", "x86_64-fentry.o", "i386-nopie.o", "i386-pic.o"):
+        original = FIXTURES / name
+        for style, only in itertools.product(("p6", "o16", "jmp"), (None, {1, 4})):
+            old = tmp / f"old-{name}"
+            nop_as_before_records(original, old, style, only)
+            (result,) = lib.scan_path(str(old))
+            assert sum(s.state is lib.State.NOP for s in result.sites) == (len(only) if only else 8)
+            assert restored(old.read_bytes(), str(old)) == original.read_bytes(), (name, style, only)
+
+
+def test_clang_i386_plt32_comes_back_as_plt32_and_links_as_pie(tmp: Path) -> None:
+    """Before records, a fully nop'd clang -m32 object came back with gcc's R_386_PC32, which makes bfd write a
+    DT_TEXTREL into a PIE and lld refuse the link."""
+    obj = build(tmp, "clang", "m32-pic", "as-built")
+    back = tmp / "back.o"
+    assert ftpatch("nop", obj, "-o", tmp / "nop.o").returncode == 0
+    assert ftpatch("call", tmp / "nop.o", "-o", back).returncode == 0
+    assert back.read_bytes() == obj.read_bytes()
+    assert {t for _, _, t, sym in readelf_relocs(back) if sym == "mcount"} == {"R_386_PLT32"}
+    for linker in ("bfd", "lld"):
+        proc = subprocess.run(
+            ["clang", "-m32", "-pg", f"-fuse-ld={linker}", back, "-o", tmp / f"prog-{linker}"],
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        assert "TEXTREL" not in run("readelf", "-d", tmp / f"prog-{linker}")
+
+
+@pytest.mark.parametrize("linker", ["bfd", "lld"])
+def test_a_partial_link_keeps_what_call_needs(tmp: Path, linker: str) -> None:
+    """bfd's and lld's `ld -r` keep the NONE entries and their addends: call restores the partially linked object
+    to what `ld -r` makes of the original objects."""
+    a, b = tmp / "a.o", tmp / "b.o"
+    run("gcc", "-O2", "-pg", "-c", SOURCE, "-o", a)
+    (tmp / "b.c").write_text("int twice(int x) { return 2 * x; }\n")
+    run("gcc", "-O2", "-pg", "-c", tmp / "b.c", "-o", b)
+    for obj in (a, b):
+        assert ftpatch("nop", "--in-place", obj).returncode == 0
+    partial, back = tmp / "partial.o", tmp / "back.o"
+    run(f"ld.{linker}", "-r", a, b, "-o", partial)
+    assert ftpatch("call", partial, "-o", back).returncode == 0
+    for obj in (a, b):
+        assert ftpatch("call", "--in-place", obj).returncode == 0
+    reference = tmp / "reference.o"
+    run(f"ld.{linker}", "-r", a, b, "-o", reference)
+    assert readelf_relocs(back) == readelf_relocs(reference)
+    assert back.read_bytes() == reference.read_bytes()
+
+
+def test_a_partial_link_by_gold_has_lost_what_call_needs(tmp: Path) -> None:
+    """gold's `ld -r` drops NONE entries: the nops are still there, their relocations are not; call refuses."""
+    obj, partial = tmp / "a.o", tmp / "partial.o"
+    run("gcc", "-O2", "-pg", "-mfentry", "-c", SOURCE, "-o", obj)
+    assert ftpatch("nop", "--in-place", obj).returncode == 0
+    run("ld.gold", "-r", obj, "-o", partial)
+    assert not [r for r in readelf_relocs(partial) if r[2] == "R_X86_64_NONE"]
+    proc = ftpatch("call", partial, "-o", tmp / "back.o")
+    assert proc.returncode == 3
+    assert "a nop ftpatch writes, with no relocation entry to restore" in proc.stderr
+    assert not (tmp / "back.o").exists()
+
+
+@pytest.mark.parametrize(("cc", "r_type"), [("gcc", "R_X86_64_PLTOFF64"), ("clang", "R_X86_64_GOT64")])
+def test_the_large_code_model_is_refused_as_unsupported(tmp: Path, cc: str, r_type: str) -> None:
+    obj = tmp / "large.o"
+    run(cc, "-O2", "-pg", "-mcmodel=large", "-c", SOURCE, "-o", obj)
+    for action in ("nop", "call"):
+        proc = ftpatch(action, obj, "-o", tmp / "out.o")
+        assert proc.returncode == 1
+        assert f"{r_type} against mcount at .text+" in proc.stderr
+        assert "is not a call ftpatch patches (-mcmodel=large" in proc.stderr
+    assert not (tmp / "out.o").exists()
