@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -245,13 +245,18 @@ class _Locator:
         best = next((c for c in options.values() if window.startswith(c.code[:-4])), next(iter(options.values())))
         return Found(va, best.form, best.target.name, State.OTHER, window[: len(best.code)], best.code)
 
-    def readback(self, exact: bool, group: SiteGroup, i: int, new: bytes) -> bool:
-        """Whether `call` would find the group's i-th site again, and its exact call, were `new` written over it."""
-        va = group.sections[i].sh_addr + group.starts[i]
-        window = new + self.elf.read(va + len(new), 6 - len(new))
-        entry = self.functions.entry(self.elf, va) if self.functions else False
-        found = self.classify(va, window, entry, exact)
-        return found is not None and found.state is State.NOP and not found.ambiguity and found.call == group.calls[i]
+    def readback(self, exact: bool, group: SiteGroup, new: bytes, positions: Sequence[int]) -> list[int]:
+        """Of these sites of the group, those `call` would not find again, with their exact call, were `new`
+        written over them."""
+        lost = []
+        for i in positions:
+            va = group.sections[i].sh_addr + group.starts[i]
+            window = new + self.elf.read(va + len(new), 6 - len(new))
+            entry = self.functions.entry(self.elf, va) if self.functions else False
+            found = self.classify(va, window, entry, exact)
+            if found is None or found.state is not State.NOP or found.ambiguity or found.call != group.calls[i]:
+                lost.append(i)
+        return lost
 
     def _kinds(self, code: bytes, entry: bool | None, exact: bool) -> tuple[bool | None, ...]:
         """Which targets a nop here may have called, most likely first: entry (True), inside (False) or any (None).

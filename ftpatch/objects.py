@@ -421,16 +421,14 @@ class _Scanner:
 
     # -- what `call` must know before it writes ----------------------------------------------
 
-    def readback(self, group: SiteGroup, i: int, new: bytes) -> bool:
-        """Whether `call` would restore the group's i-th site exactly, were `new` written over it: on RELA
-        the record says all; on REL the nop must name the type, and the symbol be the one of its kind."""
+    def readback(self, group: SiteGroup, new: bytes, positions: Sequence[int]) -> list[int]:
+        """Of these sites of the group, those `call` would not restore exactly were `new` written over them:
+        on RELA the record says all; on REL the nop must name the type, and the symbol be the one of its kind."""
         if self.arch.rela or group.target is None:
-            return True
+            return []
         nop = known_nops(self.arch).get(new)
-        if nop is None or nop.tag not in TAGS:
-            return False
-        kind = [name for name in self.targets.values() if nop.entry is None or at_entry(name) == nop.entry]
-        return kind == [group.target]
+        kind = [name for name in self.targets.values() if nop is not None and nop.entry in (None, at_entry(name))]
+        return [] if nop is not None and nop.tag in TAGS and kind == [group.target] else list(positions)
 
     def strays(self, groups: tuple[SiteGroup, ...]) -> tuple[str, ...]:
         """What `call` cannot restore: what the scan met, and nops only ftpatch writes, or nops at a

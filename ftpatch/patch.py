@@ -121,7 +121,7 @@ def _group_edits(
     style: NopStyle,
     arch: Arch,
     edits: dict[tuple[bytes, bytes], list[int]],
-    readback: Callable[[SiteGroup, int, bytes], bool] | None = None,
+    readback: Callable[[SiteGroup, bytes, Sequence[int]], list[int]] | None = None,
 ) -> tuple[int, list[int], list[int]]:
     """Add to `edits` (old bytes, new bytes) -> file offsets what puts a group's sites in the
     requested state; return how many sites change, which (by position) cannot be put in it,
@@ -144,7 +144,7 @@ def _group_edits(
             new = style.nop(group.form, group.entry, group.tag) if nop else call
             assert new is not None  # only a RECORDED site has no call, and it never gets here as a call
             if nop and readback is not None:
-                lost = [i for i in positions if not readback(group, i, new)]
+                lost = readback(group, new, positions)
                 if lost:
                     unreadable += lost
                     continue

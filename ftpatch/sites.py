@@ -216,8 +216,11 @@ class ScanResult:
     function_at: Callable[[Section, int], str | None] = field(default=_no_function, repr=False, compare=False)
     # The live profiling calls left in patched bytes, by address, where the file needs this check.
     live_calls: LiveCalls | None = field(default=None, repr=False, compare=False)
-    # Whether `call` would restore the i-th site of a group exactly, were these nop bytes written over it.
-    readback: Callable[[SiteGroup, int, bytes], bool] | None = field(default=None, repr=False, compare=False)
+    # Of these sites of a group (by position), those `call` would not restore exactly, were these nop
+    # bytes written over them.
+    readback: Callable[[SiteGroup, bytes, Sequence[int]], list[int]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def machine(self) -> str:
