@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = sorted((ROOT / "fixtures").glob("*.o"))
+FIXTURES = sorted([*(ROOT / "fixtures").glob("*.o"), *(ROOT / "fixtures").glob("*-prog")])
 SEEDS = {p.name: p.read_bytes() for p in FIXTURES}
 
 # ELF header fields, by class: (name, offset, size). The program header fields matter to linked files.
@@ -261,7 +261,7 @@ def drive(data: bytes, workdir: Path) -> str:
         code, _stdout, stderr = run_cli(argv)
         assert code in (0, 1, 3), (argv, code, stderr)
         for line in stderr.splitlines():
-            assert line.startswith(f"ftpatch: error: {path}: ") or line.startswith(f"ftpatch: error: {out}: "), line
+            assert any(line.startswith(f"ftpatch: {kind}: {name}: ") for kind in ("error", "warning") for name in (path, out)), line
     # In place last: on failure the input is unchanged, mtime included; on success it is a whole new file.
     code, _stdout, stderr = run_cli(["nop", "--in-place", str(path)])
     assert code in (0, 1, 3), (code, stderr)
