@@ -373,7 +373,7 @@ def call(
 
 @app.command()
 def nops() -> None:
-    """List the nop styles: name, 5-byte and 6-byte members, where each is a nop."""
+    """List the nop styles: name, 5-byte and 6-byte members at a function's entry, where each is a nop."""
     from .x86 import I386, NOP_STYLES, X86_64
 
     for s in NOP_STYLES.values():

@@ -190,7 +190,7 @@ class _Functions:
 
     def containing(self, va: int) -> tuple[int, str | None] | None:
         """(start, name) of the function whose start is the last at or before `va`."""
-        i = bisect.bisect_right(self.starts, va) - 1
+        i = self.index(va)
         return (self.starts[i], self.names.get(self.starts[i])) if i >= 0 else None
 
     def entry(self, elf: ElfFile, va: int) -> bool | None:

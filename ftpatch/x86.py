@@ -215,7 +215,7 @@ TAGS = (1, 2)
 NOP_STYLES: dict[str, NopStyle] = {
     style.name: style
     for style in (
-        NopStyle("p6", True, "nopl 0x0(%eax,%eax,1): the P6 long nop; today's kernel on x86-64"),
+        NopStyle("p6", True, "nopl 0x8(%eax,%eax,1): the P6 long nop; today's kernel on x86-64, with 0x0"),
         NopStyle("o16", True, "nop with operand-size prefixes: the 2008 kernel's fallback"),
         NopStyle("jmp", True, "jmp to the end of the site, int3 filler: the 2008 kernel's last resort"),
         # On x86-64 these lea forms write %esi and clear the top of %rsi: not nops there.
