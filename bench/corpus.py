@@ -904,6 +904,8 @@ def prologue(path: Path, site: int, info: groundtruth.ElfInfo) -> str:
     f = groundtruth.symbol_at(info.functions(), site)
     if f is None:
         return ""
+    if f.value == site:
+        return "nothing: it is the function's first instruction"
     text = groundtruth.run(
         "objdump", "-d", "-w", "--no-show-raw-insn", f"--start-address={f.value:#x}", f"--stop-address={site:#x}", path
     )
