@@ -737,13 +737,28 @@ def probe_library(bits: int) -> Path:
 # ------------------------------------------------------------------------------------------------------ check
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 def ftpatch_cmd() -> list[str]:
     """ftpatch as a user runs it: this Python's -m ftpatch, unless FTPATCH_CMD says otherwise."""
     return shlex.split(os.environ.get("FTPATCH_CMD", "")) or [sys.executable, "-m", "ftpatch"]
 
 
 def ftpatch(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*ftpatch_cmd(), *map(str, args)], capture_output=True, text=True)
+    # Run from this checkout: `-m ftpatch` imports the package of the current directory first, so run from
+    # anywhere else it could test another checkout's ftpatch. Every path passed is absolute.
+    return subprocess.run([*ftpatch_cmd(), *map(str, args)], capture_output=True, text=True, cwd=REPO)
+
+
+def ftpatch_version() -> str:
+    """Which ftpatch the checks ran: FTPATCH_CMD, or the package `-m ftpatch` imports here, and this checkout's commit."""
+    if cmd := os.environ.get("FTPATCH_CMD"):
+        return cmd
+    code = "import ftpatch; print(ftpatch.__file__)"
+    where = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=REPO)
+    return f"{where} (checkout {rev.stdout.strip() or 'unknown'})"
 
 
 def first_line(text: str) -> str:
@@ -904,6 +919,8 @@ def prologue(path: Path, site: int, info: groundtruth.ElfInfo) -> str:
     f = groundtruth.symbol_at(info.functions(), site)
     if f is None:
         return ""
+    if f.value == site:
+        return "nothing: it is the function's first instruction"
     text = groundtruth.run(
         "objdump", "-d", "-w", "--no-show-raw-insn", f"--start-address={f.value:#x}", f"--stop-address={site:#x}", path
     )
@@ -1231,6 +1248,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print()
     print(legend())
+    print(f"ftpatch: {ftpatch_version()}")
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     out = args.json or CACHE / "results" / "last.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,9 @@
 `bench/corpus.py` fetches the sources (`apt-get source`, private deb-src list), builds them in the cache
 (${FTPATCH_CORPUS_CACHE:-/var/tmp/ftpatch-corpus}) and checks each linked file against a ground truth taken from
 objdump and readelf alone (`bench/groundtruth.py`). These tests assert each check on a representative subset of
-the matrix (CI_CELLS); `pytest -m corpus_full tests/test_corpus.py` asserts them on the whole matrix, which
-`python3 bench/corpus.py` also prints as a table.
+the matrix (CI_CELLS); the other cells are marked corpus_full and deselected by default
+(`pytest -m 'corpus_full or not corpus_full' tests/test_corpus.py` runs every cell); `python3 bench/corpus.py` prints
+the same checks as a table.
 
 A check runs once per build (cached for the session); each test below asserts one of its parts, so a report names
 the build and the check that failed, with the file, addresses, functions and bytes.
