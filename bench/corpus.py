@@ -1015,7 +1015,10 @@ def _check(cell: Cell, b: Build, work: Path, result: CheckResult) -> None:
                 continue
             graph, text = gprof_graph(exe, gmon)
             out.append(f"{'graph' if graph else 'none'}: {text}")
-    if any(g.startswith("graph") for g in result.gprof_nopped):
+    nothing_nopped = all(f.nop_rc == 1 and f.stripped for f in result.files)
+    if nothing_nopped:
+        result.notes.append("nothing was nop'd (every file refused): the nop'd runs are the original's")
+    elif any(g.startswith("graph") for g in result.gprof_nopped):
         i = next(i for i, g in enumerate(result.gprof_nopped) if g.startswith("graph"))
         result.problems.append(
             f"gprof: the nop'd run of `{steps[i].program}` still has a call graph ({result.gprof_nopped[i]})"
@@ -1037,7 +1040,7 @@ def _check(cell: Cell, b: Build, work: Path, result: CheckResult) -> None:
         result.probe_nopped = run_workload(b, nopped, work / "probe-nop", probe).probe_hits
         if restored:
             result.probe_back = run_workload(b, back, work / "probe-back", probe).probe_hits
-        if result.probe_nopped:
+        if result.probe_nopped and not nothing_nopped:
             result.problems.append(f"probe: the nop'd build still called mcount {result.probe_nopped} times")
         if restored and not result.probe_back and cell.variant != "nop-mcount":
             result.problems.append("probe: the restored build never called mcount")
@@ -1051,6 +1054,11 @@ def judge_file(cell: Cell, r: FileResult, result: CheckResult) -> None:
         result.problems.append(f"{name}: ground truth differs from the objects: {'; '.join(r.crosscheck[:3])}")
     if truth == 0 and cell.variant != "nop-mcount":
         result.problems.append(f"{name}: ground truth found no site at all")
+    if r.scan_rc == 1 and r.stripped and r.nop_rc == 1:
+        # A stripped static program names no mcount: scan and nop refuse it, saying so (there is no nop'd file
+        # for call to refuse).
+        result.refusals.append(f"{name}: scan and nop refused: {r.scan_error}")
+        return
     if r.scan_rc:
         result.problems.append(f"{name}: scan exit {r.scan_rc}: {r.scan_error}")
     elif r.missed:

@@ -261,7 +261,9 @@ def drive(data: bytes, workdir: Path) -> str:
         code, _stdout, stderr = run_cli(argv)
         assert code in (0, 1, 3), (argv, code, stderr)
         for line in stderr.splitlines():
-            assert any(line.startswith(f"ftpatch: {kind}: {name}: ") for kind in ("error", "warning") for name in (path, out)), line
+            assert any(
+                line.startswith(f"ftpatch: {kind}: {name}: ") for kind in ("error", "warning") for name in (path, out)
+            ), line
     # In place last: on failure the input is unchanged, mtime included; on success it is a whole new file.
     code, _stdout, stderr = run_cli(["nop", "--in-place", str(path)])
     assert code in (0, 1, 3), (code, stderr)
