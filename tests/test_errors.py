@@ -48,12 +48,17 @@ def test_flipped_site_bytes_fail_verification(tmp: Path) -> None:
     assert "fib" in proc.stdout and "other" in proc.stdout
 
 
-def test_call_on_unexpected_bytes(tmp: Path) -> None:
-    nopped = tmp / "nop.o"
-    assert ftpatch("nop", PIE, "-o", nopped).returncode == 0
+def int3_over_fib(nopped: Path) -> None:
+    """All int3 over fib's nop'd 6-byte site: no known nop."""
     data = bytearray(nopped.read_bytes())
     data[0x10D : 0x10D + 6] = bytes.fromhex("cccccccccccc")
     nopped.write_bytes(data)
+
+
+def test_call_on_unexpected_bytes(tmp: Path) -> None:
+    nopped = tmp / "nop.o"
+    assert ftpatch("nop", PIE, "-o", nopped).returncode == 0
+    int3_over_fib(nopped)
     # The entry's record says a 6-byte ff 15 site is there: all int3 is neither it nor a nop.
     proc = ftpatch("call", nopped, "-o", tmp / "x.o")
     assert proc.returncode == 3
@@ -70,9 +75,7 @@ def test_call_on_unexpected_bytes_nopped_before_records(tmp: Path) -> None:
     """A zeroed entry with addend -4 and no nop where its displacement ends: it may have been a site."""
     nopped = tmp / "nop.o"
     nop_as_before_records(PIE, nopped)
-    data = bytearray(nopped.read_bytes())
-    data[0x10D : 0x10D + 6] = bytes.fromhex("cccccccccccc")
-    nopped.write_bytes(data)
+    int3_over_fib(nopped)
     proc = ftpatch("call", nopped, "-o", tmp / "x.o")
     assert proc.returncode == 3
     assert one_error_line(proc.stderr) == (
