@@ -303,32 +303,42 @@ class _Locator:
                 return None
         return None
 
-    def inside(self, candidates: Iterable[int]) -> Iterator[Found]:
-        """The sites among `candidates` (addresses where the bytes hold a call to a target, or a nop only
-        ftpatch writes) that lie on an instruction of their function, decoded from its start.
+    def on_instructions(self, candidates: Iterable[int]) -> set[int]:
+        """The candidates that begin an instruction of their function, decoded from its start.
 
-        The walk from a function's entry finds its one site; clang's LTO inlines a function with
-        its mcount call, so a site can also sit deep inside another function.
+        The byte search finds calls and ftpatch's nops anywhere, also inside other instructions
+        (`eb 2e` then gas's `8d 74 26 00` hold `2e 8d 74 26 00`); decoding tells them apart.
         """
         by_function: dict[int, set[int]] = {}
         for va in candidates:
             by_function.setdefault(self.functions.index(va), set()).add(va)
+        found: set[int] = set()
         for i, wanted in sorted(by_function.items()):
-            if i < 0:
+            start = self.functions.starts[i] if i >= 0 else None
+            sec = self.elf.section_at(start) if start is not None else None
+            if start is None or sec is None:
                 continue
-            start = self.functions.starts[i]
             end = self.functions.end(i, span=None)
-            sec = self.elf.section_at(start)
-            if sec is None:
-                continue
             end = min(end, sec.sh_addr + sec.sh_size) if end is not None else sec.sh_addr + sec.sh_size
-            code = self.elf.read(start, end - start)
-            for va, _size, _mnemonic, _ops in decode_lite(code, self.arch, start):
+            last = max(wanted)
+            for va, _size, _mnemonic, _ops in decode_lite(self.elf.read(start, end - start), self.arch, start):
                 if va in wanted:
-                    at = va - start
-                    found = self.classify(va, code[at : at + 6], self.functions.entry(self.elf, va), exact=False)
-                    if found is not None:
-                        yield found
+                    found.add(va)
+                if va >= last:
+                    break
+        return found
+
+    def inside(self, candidates: Iterable[int]) -> Iterator[Found]:
+        """The sites among `candidates` (addresses where the bytes hold a call to a target, or a nop only
+        ftpatch writes) that begin an instruction of their function.
+
+        The walk from a function's entry finds its one site; clang's LTO inlines a function with
+        its mcount call, so a site can also sit deep inside another function.
+        """
+        for va in sorted(self.on_instructions(candidates)):
+            found = self.classify(va, self.elf.read(va, 6), self.functions.entry(self.elf, va), exact=False)
+            if found is not None:
+                yield found
 
     def _sets_up_got(self, code: bytes, at: int, va: int, size: int) -> bool:
         """An i386 PIC prologue's call: `call .+5` (clang) or `call __x86.get_pc_thunk.*` (gcc)."""
@@ -447,7 +457,7 @@ def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
         found = []
         if not elf.has_symtab and elf.is_static:
             opaque = OPAQUE
-        elif count := _nopped_without_targets(elf, functions):
+        elif count := _nopped_without_targets(elf, functions, locator):
             blind = RELINKED.format(count=count)
     elif emitted:
         found = list(locator.emitted(emitted))
@@ -478,10 +488,12 @@ def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
             for end, text in sorted(calls.items())
             if end not in ends
         )
+        loose = [(va, nop) for va, nop in nopped if va not in sites]
+        real = locator.on_instructions(va for va, _ in loose) if functions else set()
         strays += [
             f"{locator.where(va)}: holds {hexbytes(nop)}, a nop ftpatch writes at a site, where no site is"
-            for va, nop in nopped
-            if va not in sites
+            for va, nop in loose
+            if va in real
         ]
     strays[:0] = [f.ambiguity for f in sites.values() if f.ambiguity]
     names_of = {_file_offset(elf, f.va): functions.name(f.va) for f in sites.values()}
@@ -523,12 +535,14 @@ def _ftpatch_nops(elf: ElfFile) -> list[tuple[int, bytes]]:
     return sorted(found.items())
 
 
-def _nopped_without_targets(elf: ElfFile, functions: _Functions) -> int:
-    """How many nops the code holds that only ftpatch writes, or that nop a site at a function's entry."""
+def _nopped_without_targets(elf: ElfFile, functions: _Functions, locator: _Locator) -> int:
+    """How many instructions are nops only ftpatch writes, or ftpatch's nops at a function's entry."""
+    if not functions:
+        return 0
     at_entries = {
         start for start in functions.starts if any(written_by_ftpatch(elf.read(start, n), elf.arch) for n in (5, 6))
     }
-    return len(at_entries | {va for va, _ in _ftpatch_nops(elf)})
+    return len(at_entries | locator.on_instructions(va for va, _ in _ftpatch_nops(elf)))
 
 
 def _live_ends(elf: ElfFile, sites: dict[int, Found]) -> set[int]:

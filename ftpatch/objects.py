@@ -29,6 +29,7 @@ the scan takes about 15 ms.
 
 from __future__ import annotations
 
+import bisect
 import re
 import zlib
 from collections.abc import Iterable, Sequence
@@ -46,6 +47,7 @@ from .x86 import (
     Arch,
     Form,
     call_bytes,
+    decode_lite,
     disp_offset,
     is_boundary,
     known_nops,
@@ -438,10 +440,10 @@ class _Scanner:
         pattern = _marked_pattern(self.arch)
         for sec in (s for s in elf.sections if s.is_exec and s.sh_type != SHT_NOBITS):
             code = elf.section_data(sec)
+            loose = {m.start(): m.group() for m in pattern.finditer(code) if (sec.index, m.start()) not in sites}
             found += [
-                f"{sec.where(m.start())}: holds {m.group().hex(':')}, a nop ftpatch writes, with no relocation entry to restore"
-                for m in pattern.finditer(code)
-                if (sec.index, m.start()) not in sites
+                f"{sec.where(at)}: holds {loose[at].hex(':')}, a nop ftpatch writes, with no relocation entry to restore"
+                for at in sorted(self._on_instructions(sec, loose))
             ]
         # clang's -fpatchable-function-entry writes ftpatch's entry nop too, and lists where.
         if elf.has_symtab and elf.section_named("__patchable_function_entries") is None:
@@ -460,6 +462,25 @@ class _Scanner:
                         f"{sec.where(at)}: holds {nop.hex(':')} at a function's entry, a nop ftpatch writes, with no relocation entry to restore"
                     )
         return tuple(dict.fromkeys(found))
+
+    def _on_instructions(self, sec: Section, offsets: Iterable[int]) -> set[int]:
+        """The offsets in `sec` that begin an instruction, decoded from the start of the function holding
+        each (or of the section, in an object without symbols): bytes found by a search may lie inside
+        another instruction (`eb 2e` then gas's `8d 74 26 00` hold `2e 8d 74 26 00`)."""
+        found: set[int] = set()
+        starts = {0}
+        if self.elf.has_symtab:
+            starts |= {row.st_value for _, row in self.elf.symbols.function_rows() if row.st_shndx == sec.index}
+        ordered = sorted(starts)
+        by_start: dict[int, set[int]] = {}
+        for at in offsets:
+            by_start.setdefault(ordered[bisect.bisect_right(ordered, at) - 1], set()).add(at)
+        code = bytes(self.elf.section_data(sec)) if by_start else b""
+        for start, wanted in by_start.items():
+            for at, _size, _mnemonic, _ops in decode_lite(code[start : max(wanted) + 1], self.arch, start):
+                if at in wanted:
+                    found.add(at)
+        return found
 
     def _add_recorded(self) -> None:
         """Sites gcc -mnop-mcount left as nops, known only from __mcount_loc's relocations."""

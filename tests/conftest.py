@@ -64,6 +64,15 @@ def call_graph(exe: Path, workdir: Path | None = None) -> subprocess.CompletedPr
     return subprocess.run(["gprof", "-q", "-b", exe, gmon], capture_output=True, text=True)
 
 
+HIDES_A_NOP = (
+    "int hides(int x) {\n"
+    "  /* mov $0x2e,%al; lea 0x0(%esi,%eiz,1),%esi: the bytes 2e 8d 74 26 00, a nop ftpatch writes inside a\n"
+    "     function, lie across two instructions, as gcc's own `eb 2e` and gas's padding put them. */\n"
+    '  __asm__ volatile (".byte 0xb0, 0x2e, 0x8d, 0x74, 0x26, 0x00" ::: "eax", "esi");\n'
+    "  return x + 1; }\n"
+)
+
+
 # What ftpatch wrote at a site before its nops carried records: the style's plain member of the site's length.
 BEFORE_RECORDS = {
     ("p6", 5): "0f1f440000",

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, ROOT, ftpatch, run
+from conftest import FIXTURES, HIDES_A_NOP, ROOT, ftpatch, run
 
 import ftpatch as lib
 
@@ -265,3 +265,21 @@ def test_call_on_a_program_linked_from_nopped_objects_says_to_relink(tmp: Path) 
     assert proc.returncode == 1
     assert "holds 6 nops where profiling calls were" in proc.stderr
     assert "run `ftpatch call` on the objects and link again" in proc.stderr
+
+
+def test_nop_bytes_across_two_instructions_are_no_site(tmp: Path) -> None:
+    """Found by their bytes, ftpatch's nops count only where decoding lands on them: in a -pg program they are no
+    stray that makes call refuse, and in a program built without -pg no sign that it was linked from nop'd objects."""
+    (tmp / "hides.c").write_text(HIDES_A_NOP)
+    (tmp / "main.c").write_text("#include <stdio.h>\nint hides(int);\nint main(void) { return hides(41) != 42; }\n")
+    for name, flags in (("pg", ["-pg"]), ("plain", [])):
+        exe = tmp / name
+        run("gcc", "-m32", "-O2", *flags, tmp / "main.c", tmp / "hides.c", "-o", exe)
+        assert exe.read_bytes().count(bytes.fromhex("b02e8d742600")) == 1
+        if flags:
+            _, back = nop_and_back(exe, tmp)
+            assert back.read_bytes() == exe.read_bytes()
+        else:
+            for action in ("nop", "call"):
+                proc = ftpatch(action, exe, "-o", tmp / f"{action}-out")
+                assert proc.returncode == 0 and proc.stderr == "", proc.stderr

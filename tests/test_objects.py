@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, PROGRAM_OUTPUT, ftpatch, nop_as_before_records, readelf_relocs, run
+from conftest import FIXTURES, HIDES_A_NOP, PROGRAM_OUTPUT, ftpatch, nop_as_before_records, readelf_relocs, run
 
 import ftpatch as lib
 from ftpatch.scan import scan_data
@@ -185,3 +185,16 @@ def test_the_large_code_model_is_refused_as_unsupported(tmp: Path, cc: str, r_ty
         assert f"{r_type} against mcount at .text+" in proc.stderr
         assert "is not a call ftpatch patches (-mcmodel=large" in proc.stderr
     assert not (tmp / "out.o").exists()
+
+
+def test_nop_bytes_across_two_instructions_are_no_lost_site(tmp: Path) -> None:
+    """An object whose code holds ftpatch's nop across two instructions restores: only a nop that decoding lands
+    on, with no relocation entry, is a site whose entry was lost."""
+    (tmp / "hides.c").write_text(HIDES_A_NOP)
+    obj = tmp / "hides.o"
+    run("gcc", "-m32", "-O2", "-pg", "-c", tmp / "hides.c", "-o", obj)
+    nop, back = tmp / "nop.o", tmp / "back.o"
+    assert ftpatch("nop", obj, "-o", nop).returncode == 0
+    proc = ftpatch("call", nop, "-o", back)
+    assert proc.returncode == 0, proc.stderr
+    assert back.read_bytes() == obj.read_bytes()
