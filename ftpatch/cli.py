@@ -13,6 +13,8 @@ parameter's annotation from its text at each start, 2 ms of a one-object run.
 import atexit
 import gc
 import os
+import re
+import shutil
 import signal
 import sys
 import threading
@@ -29,7 +31,7 @@ from . import __version__
 from .errors import FtpatchError, VerifyError, printable
 
 if TYPE_CHECKING:
-    from .sites import ScanResult
+    from .sites import ScanResult, Site
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_VERIFY, EXIT_INTERNAL = 0, 1, 2, 3, 70
 EXIT_CODES_HELP = (
@@ -153,7 +155,7 @@ def scan(
     files_from: FilesFrom = None,
     symbol: Symbols = [],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
-    """List the profiling call sites of each file: function, section+offset, form, state."""
+    """List the profiling call sites of each file: section+offset, form, state, function."""
     from .scan import scan_path
     from .sites import State
 
@@ -204,29 +206,60 @@ def scan(
     raise typer.Exit(worst)
 
 
+# A section of one function's own, named after its symbol or a C++ one (an alias: a destructor's
+# D2 section holds D1 too): C++ inline functions and templates, -ffunction-sections.
+_OWN_SECTION = re.compile(r"(\.text(?:\.unlikely|\.hot|\.startup|\.exit)?)\.(.+)")
+
+
+def _where(site: "Site") -> str:
+    section = site.section
+    # Such a section's name is as long as a mangled symbol, and the table shows the function demangled:
+    # `.text.*` says it in 7 columns (--json has the name).
+    own = _OWN_SECTION.fullmatch(section)
+    if own and (own[2] == site.function or own[2].startswith("_Z")):
+        section = f"{own[1]}.*"
+    return f"{section}+{site.offset:#x}"
+
+
 def _print_sites(result: "ScanResult") -> None:
-    calls = sum(s.state.value == "call" for s in result.sites)
-    print(
-        f"{result.path}: {result.machine} {result.type}, {len(result.sites)} sites ({calls} call, {len(result.sites) - calls} not)"
-    )
-    if not result.sites:
+    from .demangle import demangle
+
+    sites = result.sites
+    calls = sum(s.state.value == "call" for s in sites)
+    print(f"{result.path}: {result.machine} {result.type}, {len(sites)} sites ({calls} call, {len(sites) - calls} not)")
+    if not sites:
         return
-    rows = [("function", "where", "file_offset", "length", "form", "target", "state")]
+    # The function comes last: the one column with no bound, it pushes no other column when long.
+    # (A site's length is its form's: --json has it.)
+    rows = [("where", "file_offset", "form", "target", "state", "function")]
     rows += [
         (
-            s.function or "?",
-            f"{s.section}+{s.offset:#x}",
+            _where(s),
             f"{s.file_offset:#x}",
-            str(s.length),
             s.form.value,
             s.target or "-",
             s.state.value,
+            demangle(s.function) if s.function else "?",
         )
-        for s in result.sites
+        for s in sites
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    # On a terminal a row fits its width, as ps does; piped, every name is whole, for grep.
+    room = shutil.get_terminal_size().columns - sum(widths) - 2 * len(rows[0]) if sys.stdout.isatty() else None
     for r in rows:
-        print(printable("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()))
+        cells = [*(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)), _fit(r[-1], room)]
+        print(printable("  " + "  ".join(cells)))
+
+
+def _fit(name: str, room: int | None) -> str:
+    """A demangled name in `room` columns: whole, else without its parameters, else cut."""
+    from .demangle import without_parameters
+
+    if room is None or len(name) <= room:
+        return name
+    bare = without_parameters(name)
+    short = f"{bare}(...)" if bare != name else name
+    return short if len(short) <= room else short[: max(room - 3, 12)] + "..."
 
 
 def _progress(total: int) -> Callable[[], None] | None:

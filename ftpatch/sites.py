@@ -16,6 +16,7 @@ from functools import cached_property
 from itertools import compress
 from operator import attrgetter
 
+from .demangle import demangle, names
 from .elf import SHT_RELA, Section
 from .x86 import Arch, Form, nops
 
@@ -77,6 +78,7 @@ class Site:
     def to_json(self) -> dict[str, object]:
         return {
             "function": self.function,
+            "demangled": demangle(self.function) if self.function is not None else None,
             "section": self.section,
             "offset": self.offset,
             "file_offset": self.file_offset,
@@ -217,9 +219,14 @@ class ScanResult:
         return tuple(sites)
 
 
+def matching(function: str | None, globs: Sequence[str]) -> list[str]:
+    """The globs that match `function` by its symbol, its demangled name or that name without parameters."""
+    if not globs:
+        return []
+    forms = names(function or "")
+    return [g for g in globs if any(fnmatch.fnmatchcase(name, g) for name in forms)]
+
+
 def chosen(function: str | None, only: Sequence[str] = (), exclude: Sequence[str] = ()) -> bool:
     """Whether --only / --except globs keep a site of `function`."""
-    name = function or ""
-    return (not only or any(fnmatch.fnmatchcase(name, g) for g in only)) and not any(
-        fnmatch.fnmatchcase(name, g) for g in exclude
-    )
+    return (not only or bool(matching(function, only))) and not matching(function, exclude)
