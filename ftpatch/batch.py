@@ -29,6 +29,7 @@ class Outcome:
     filtered: int = 0
     changed: bool = False  # the file's sites changed
     warnings: tuple[str, ...] = ()
+    matched: frozenset[str] = frozenset()  # the --only / --except globs that matched a function of the file
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def _one(job: Job, path: str) -> Outcome:
         )
     except FtpatchError as e:
         return Outcome(path, e)
-    return Outcome(path, None, plan.patched, plan.already, plan.filtered, plan.changes, plan.warnings)
+    return Outcome(path, None, plan.patched, plan.already, plan.filtered, plan.changes, plan.warnings, plan.matched)
 
 
 def _worker_init() -> None:

@@ -154,13 +154,19 @@ def scan(
     ] = False,
     files_from: FilesFrom = None,
     symbol: Symbols = [],  # noqa: B006 - typer reads the default, never mutates it
+    only: Only = [],  # noqa: B006
+    exclude: Except = [],  # noqa: B006
 ) -> None:
-    """List the profiling call sites of each file: section+offset, form, state, function."""
+    """List the profiling call sites of each file: section+offset, form, state, function.
+
+    With --only / --except, only the sites that `nop` and `call` would touch."""
     from .scan import scan_path
-    from .sites import State
+    from .sites import State, chosen
 
     worst = EXIT_OK
     reports = []
+    matched: set[str] = set()
+    scanned = 0
     for path in _inputs(files, files_from):
         try:
             results = scan_path(path, _targets(symbol))
@@ -168,27 +174,34 @@ def scan(
             _error(str(e))
             worst = max(worst, _exit_code(e))
             continue
+        scanned += 1
         for result in results:
-            reports.append(result)
+            sites = [s for s in result.sites if not (only or exclude) or chosen(s.function, only, exclude, matched)]
+            reports.append((result, sites))
             if not as_json:
-                _print_sites(result)
+                _print_sites(result, sites, len(result.sites) - len(sites) if only or exclude else None)
             if result.opaque:
                 _error(f"{result.path}: {result.opaque}")
                 worst = max(worst, EXIT_INPUT)
             elif result.blind:
                 _warning(f"{result.path}: `ftpatch call` refuses this file: it {result.blind}")
+            for warning in result.warnings:
+                _warning(f"{result.path}: {warning}")
             for stray in result.strays:
                 _error(f"{result.path}: {stray}")
                 worst = max(worst, EXIT_VERIFY)
             for call in result.unclassified:
                 _error(f"{result.path}: {call}")
                 worst = max(worst, EXIT_INPUT)
-            for site in result.sites:
+            for site in sites:
                 if site.state is State.OTHER:
                     _error(
                         f"{result.path}: {site.where}: holds {site.code.hex(':')}, neither the {site.form.value} call nor a known nop"
                     )
                     worst = max(worst, EXIT_VERIFY)
+    warnings = _unmatched(only, exclude, matched, scanned)
+    for warning in warnings:
+        _warning(warning)
     if as_json:
         doc = {
             "files": [
@@ -196,14 +209,42 @@ def scan(
                     "path": r.path,
                     "machine": r.machine,
                     "type": r.type,
-                    "sites": [s.to_json() for s in r.sites],
+                    "sites": [s.to_json() for s in sites],
+                    "filtered": len(r.sites) - len(sites),
                     "unclassified": list(r.unclassified),
+                    "warnings": list(r.warnings),
                 }
-                for r in reports
-            ]
+                for r, sites in reports
+            ],
+            "warnings": warnings,
         }
         _print_json(doc)
     raise typer.Exit(worst)
+
+
+def _unmatched(only: list[str], exclude: list[str], matched: set[str], files: int) -> list[str]:
+    """A warning for each glob that matched no function with a site in the whole run, said once: in a batch,
+    most files not matching a glob is normal, and no file matching it is a typo or a name written another way."""
+    if not files:
+        return []  # every file failed, and its error says so
+    from . import demangle
+
+    where = "the file" if files == 1 else f"any of the {files} files"
+    warnings = []
+    for option, globs in (("--only", only), ("--except", exclude)):
+        for glob in dict.fromkeys(globs):
+            if glob in matched:
+                continue
+            hint = (
+                "; C++ names cannot be demangled here (libstdc++.so.6 did not load): match their symbols"
+                if "::" in glob and not demangle.available()
+                else ""
+            )
+            warnings.append(
+                f"{option} {glob!r} matched no function with a site in {where}; a glob matches a function's symbol, its "
+                f"demangled name, or that name without parameters (`ftpatch scan --json` lists both){hint}"
+            )
+    return warnings
 
 
 # A section of one function's own, named after its symbol or a C++ one (an alias: a destructor's
@@ -221,12 +262,14 @@ def _where(site: "Site") -> str:
     return f"{section}+{site.offset:#x}"
 
 
-def _print_sites(result: "ScanResult") -> None:
+def _print_sites(result: "ScanResult", sites: "list[Site]", filtered: int | None) -> None:
     from .demangle import demangle
 
-    sites = result.sites
     calls = sum(s.state.value == "call" for s in sites)
-    print(f"{result.path}: {result.machine} {result.type}, {len(sites)} sites ({calls} call, {len(sites) - calls} not)")
+    left_out = f", {filtered} filtered out" if filtered is not None else ""
+    print(
+        f"{result.path}: {result.machine} {result.type}, {len(sites)} sites ({calls} call, {len(sites) - calls} not){left_out}"
+    )
     if not sites:
         return
     # The function comes last: the one column with no bound, it pushes no other column when long.
@@ -314,6 +357,7 @@ def _patch(
     worst = EXIT_OK
     report = []
     totals = {"files": 0, "patched": 0, "already": 0, "filtered": 0, "failed": 0}
+    matched: set[str] = set()
     try:
         for outcome in batch.run(paths, job, jobs or os.cpu_count() or 1, fail_fast):
             totals["files"] += 1
@@ -334,6 +378,7 @@ def _patch(
                     }
                 )
                 continue
+            matched |= outcome.matched
             for warning in outcome.warnings:
                 _warning(f"{outcome.path}: {warning}")
             for key in ("patched", "already", "filtered"):
@@ -357,8 +402,11 @@ def _patch(
     except FtpatchError as e:  # syncing the output directories at the end failed
         _error(str(e))
         worst = max(worst, _exit_code(e))
+    warnings = _unmatched(only, exclude, matched, totals["files"] - totals["failed"])
+    for warning in warnings:
+        _warning(warning)
     if as_json:
-        _print_json({"action": action_name, "files": report, "summary": totals})
+        _print_json({"action": action_name, "files": report, "summary": totals, "warnings": warnings})
     elif len(paths) > 1 or quiet:
         print(
             f"ftpatch {action_name}: {totals['files']} files, {totals['patched']} sites patched, "

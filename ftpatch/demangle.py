@@ -50,6 +50,11 @@ def _demangler() -> Callable[[bytes], bytes | None] | None:
     return demangle
 
 
+def available() -> bool:
+    """Whether mangled names can be demangled on this machine."""
+    return _demangler() is not None
+
+
 @cache
 def demangle(symbol: str) -> str:
     """`symbol` demangled; itself if it is not a mangled C++ name, or cannot be demangled here."""

@@ -194,7 +194,8 @@ class ScanResult:
     unclassified: tuple[str, ...] = ()
     # Why nop'd sites of this (linked) file cannot be found; `call` refuses it. "" when they can.
     blind: str = ""
-    # Why ftpatch cannot tell this file's profiling calls from other calls; every action refuses it.
+    # Why ftpatch cannot tell this file's profiling calls from other calls, or why it holds none that
+    # patching would change (a slim LTO object); every action refuses it.
     opaque: str = ""
     # The name of the function holding a place (section, offset), if the file tells.
     function_at: Callable[[Section, int], str | None] = field(default=_no_function, repr=False, compare=False)
@@ -202,6 +203,8 @@ class ScanResult:
     live_calls: LiveCalls | None = field(default=None, repr=False, compare=False)
     # A linked file's reading of a nop: the call `call` restores at an address holding new bytes.
     readback: Callable[[int, bytes], bytes | None] | None = field(default=None, repr=False, compare=False)
+    # What the user must know although the file can be patched (a fat LTO object); every action says it.
+    warnings: tuple[str, ...] = ()
 
     @property
     def machine(self) -> str:
@@ -227,6 +230,12 @@ def matching(function: str | None, globs: Sequence[str]) -> list[str]:
     return [g for g in globs if any(fnmatch.fnmatchcase(name, g) for name in forms)]
 
 
-def chosen(function: str | None, only: Sequence[str] = (), exclude: Sequence[str] = ()) -> bool:
-    """Whether --only / --except globs keep a site of `function`."""
-    return (not only or bool(matching(function, only))) and not matching(function, exclude)
+def chosen(
+    function: str | None, only: Sequence[str] = (), exclude: Sequence[str] = (), matched: set[str] | None = None
+) -> bool:
+    """Whether --only / --except globs keep a site of `function`; the globs that match it go into `matched`,
+    so that a run can say which glob matched no function at all."""
+    selecting, excluding = matching(function, only), matching(function, exclude)
+    if matched is not None:
+        matched.update(selecting, excluding)
+    return (not only or bool(selecting)) and not excluding
