@@ -61,9 +61,17 @@ def _one(job: Job, path: str) -> Outcome:
     return Outcome(path, None, plan.patched, plan.already, plan.filtered, plan.changes, plan.warnings, plan.matched)
 
 
+# The signals the command line turns into an orderly stop.
+_STOPS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
 def _worker_init() -> None:
     # Ctrl-C reaches the whole process group: the parent alone handles it, by terminating the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Idle, a worker just exits on SIGTERM, as between files (_one_in_worker).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Born with these blocked (_outcomes): one sent since the fork is delivered now, to these handlers.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
 
 
 def _one_in_worker(job: Job, path: str) -> Outcome:
@@ -90,7 +98,16 @@ def _outcomes(paths: Sequence[str], job: Job, workers: int, fail_fast: bool) -> 
     import elftools.elf.elffile  # noqa: F401
 
     chunk = max(1, min(64, len(paths) // (workers * 8)))
-    with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
+    # Workers are forked with the stop signals blocked, and unblock them once their handlers are set.
+    # Python forgets a signal that reaches a new process before it has set itself up after the fork:
+    # a SIGTERM from pool.terminate() was lost so, under load, and the pool waited for that worker forever.
+    # The parent gets what was sent meanwhile when it unblocks them.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    try:
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    with pool:
         for outcome in pool.imap(partial(_one_in_worker, job), paths, chunksize=chunk):
             yield outcome
             if fail_fast and outcome.error:
