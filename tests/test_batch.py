@@ -160,6 +160,10 @@ def test_one_object_imports_only_what_it_needs(tmp: Path) -> None:
         proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp)
         assert proc.stderr.splitlines()[-1] == "0 []", (args, proc.stderr)
     assert (tmp / "d.o").read_bytes() == (tmp / "a.o").read_bytes()
+    # A batch of objects in -j workers: the parent forks them without capstone or pyelftools.
+    args = ["call", "--in-place", "-j", "2", "b.o", "c.o", "e.o"]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp)
+    assert proc.stderr.splitlines()[-1] == "0 ['multiprocessing']", proc.stderr
 
 
 def assert_runs_nopped(exe: Path, scanned: Path) -> None:
