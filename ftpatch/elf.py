@@ -348,6 +348,8 @@ class ElfFile:
         if data[:4] != b"\x7fELF":
             if data.startswith(b"!<arch>\n"):
                 raise self.fail("a static archive, not an ELF file: read it with scan_path, at offset 0")
+            if data[:4] in (b"BC\xc0\xde", b"\xde\xc0\x17\x0b"):  # LLVM bitcode, bare or in its wrapper
+                raise self.fail("an LLVM bitcode (clang -flto) object, not machine code: patch the linked program")
             raise self.fail("not an ELF file, no ELF magic at offset 0")
         if len(data) < 16:
             raise self.fail(f"truncated ELF header, file is {len(data)} bytes")

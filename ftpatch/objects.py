@@ -78,7 +78,21 @@ def record(r_type: int, name: str) -> int:
     return RECORD << 48 | r_type << 32 | name_hash(name)
 
 
+# gcc -flto writes GIMPLE into .gnu.lto_* sections, and the link compiles it to machine code (FACTS.md).
+SLIM_LTO = (
+    "a slim LTO object (gcc -flto): it holds GIMPLE, not machine code, so no profiling call is here to patch; "
+    "the link compiles it, so patch the linked program"
+)
+FAT_LTO = (
+    "a fat LTO object (gcc -flto -ffat-lto-objects): a link with -flto compiles its GIMPLE again and does not use "
+    "this machine code, so patching it changes nothing in that program; patch the linked program"
+)
+
+
 def scan_object(elf: ElfFile, targets: Iterable[str], base: int = 0) -> ScanResult:
+    lto = _lto(elf)
+    if lto == "slim":
+        return ScanResult(elf.path, elf.type_name, elf.arch, elf.data, (), base, opaque=SLIM_LTO)
     scanner = _Scanner(elf, targets)
     groups = scanner.run()
     return ScanResult(
@@ -91,7 +105,17 @@ def scan_object(elf: ElfFile, targets: Iterable[str], base: int = 0) -> ScanResu
         find_strays=partial(scanner.strays, groups),
         function_at=partial(_function_at, elf),
         readback=scanner.readback,
+        warnings=(FAT_LTO,) if lto else (),
     )
+
+
+def _lto(elf: ElfFile) -> str:
+    """What kind of gcc -flto object `elf` is: "slim", "fat", or "" for none. A slim one has no machine
+    code at all, and gcc 10 and later also mark it with the symbol __gnu_lto_slim."""
+    if not any(s.name.startswith(".gnu.lto_") for s in elf.sections):
+        return ""
+    code = any(s.is_exec and s.sh_type != SHT_NOBITS and s.sh_size for s in elf.sections)
+    return "slim" if not code or (elf.has_symtab and elf.symbols.named(["__gnu_lto_slim"])) else "fat"
 
 
 def _function_at(elf: ElfFile, section: Section, offset: int) -> str | None:

@@ -63,6 +63,7 @@ class Plan:
     live_calls: LiveCalls | None = None
     kept_live: frozenset[int] = frozenset()
     warnings: tuple[str, ...] = ()  # what the user must know although the plan is sound
+    matched: frozenset[str] = frozenset()  # the --only / --except globs that matched a function here
 
     @property
     def changes(self) -> bool:
@@ -178,10 +179,11 @@ def plan(
     edits: dict[tuple[bytes, bytes], list[int]] = {}
     bad: list[Site] = []
     patched = chosen_sites = filtered = 0
+    matched: set[str] = set()
     for group in result.groups:
         if only or exclude:
             places = zip(group.sections, group.starts, strict=True)
-            keep = [chosen(result.function_at(section, start), only, exclude) for section, start in places]
+            keep = [chosen(result.function_at(section, start), only, exclude, matched) for section, start in places]
             filtered += len(group) - sum(keep)
             if result.live_calls is not None and not all(keep):
                 starts = group.file_offsets(result.base)
@@ -222,9 +224,20 @@ def plan(
     # Offsets in file order: a rewrite whose offsets ascend is quick to check for overlaps.
     rewrites = tuple(Rewrite(old, new, tuple(sorted(offsets))) for (old, new), offsets in edits.items())
     check = result.live_calls if action is Action.NOP else None
-    warnings = (f"`ftpatch call` will refuse this file: it {result.blind}",) if result.blind and patched else ()
+    warnings = result.warnings
+    if result.blind and patched:
+        warnings += (f"`ftpatch call` will refuse this file: it {result.blind}",)
     return Plan(
-        result.path, action, rewrites, patched, chosen_sites - patched, filtered, check, frozenset(kept_live), warnings
+        result.path,
+        action,
+        rewrites,
+        patched,
+        chosen_sites - patched,
+        filtered,
+        check,
+        frozenset(kept_live),
+        warnings,
+        frozenset(matched),
     )
 
 
@@ -302,6 +315,7 @@ def plan_all(
         sum(p.already for p in plans),
         sum(p.filtered for p in plans),
         warnings=tuple(f"{pl.path}: {w}" if pl.path != path else w for pl in plans for w in pl.warnings),
+        matched=frozenset().union(*(pl.matched for pl in plans)),
     )
 
 

@@ -10,7 +10,6 @@ from collections.abc import Iterable
 
 from .archive import is_archive, members
 from .elf import ET_REL, ElfFile, read_input
-from .linked import scan_linked
 from .objects import scan_object
 from .sites import DEFAULT_TARGETS, ScanResult
 
@@ -18,6 +17,8 @@ from .sites import DEFAULT_TARGETS, ScanResult
 def scan_elf(elf: ElfFile, targets: Iterable[str] = DEFAULT_TARGETS, base: int = 0) -> ScanResult:
     if elf.e_type == ET_REL:
         return scan_object(elf, targets, base)
+    from .linked import scan_linked  # here: an object (a per-object build rule) never pays its import
+
     return scan_linked(elf, targets)
 
 

@@ -16,6 +16,7 @@ from functools import cached_property
 from itertools import compress
 from operator import attrgetter
 
+from .demangle import demangle, names
 from .elf import SHT_RELA, Section
 from .x86 import Arch, Form, nops
 
@@ -82,6 +83,7 @@ class Site:
     def to_json(self) -> dict[str, object]:
         return {
             "function": self.function,
+            "demangled": demangle(self.function) if self.function is not None else None,
             "section": self.section,
             "offset": self.offset,
             "file_offset": self.file_offset,
@@ -210,7 +212,8 @@ class ScanResult:
     unclassified: tuple[str, ...] = ()
     # Why nop'd sites of this (linked) file cannot be found; `call` refuses it. "" when they can.
     blind: str = ""
-    # Why ftpatch cannot tell this file's profiling calls from other calls; every action refuses it.
+    # Why ftpatch cannot tell this file's profiling calls from other calls, or why it holds none that
+    # patching would change (a slim LTO object); every action refuses it.
     opaque: str = ""
     # The name of the function holding a place (section, offset), if the file tells.
     function_at: Callable[[Section, int], str | None] = field(default=_no_function, repr=False, compare=False)
@@ -221,6 +224,8 @@ class ScanResult:
     readback: Callable[[SiteGroup, bytes, Sequence[int]], list[int]] | None = field(
         default=None, repr=False, compare=False
     )
+    # What the user must know although the file can be patched (a fat LTO object); every action says it.
+    warnings: tuple[str, ...] = ()
 
     @property
     def machine(self) -> str:
@@ -242,9 +247,20 @@ class ScanResult:
         return tuple(sites)
 
 
-def chosen(function: str | None, only: Sequence[str] = (), exclude: Sequence[str] = ()) -> bool:
-    """Whether --only / --except globs keep a site of `function`."""
-    name = function or ""
-    return (not only or any(fnmatch.fnmatchcase(name, g) for g in only)) and not any(
-        fnmatch.fnmatchcase(name, g) for g in exclude
-    )
+def matching(function: str | None, globs: Sequence[str]) -> list[str]:
+    """The globs that match `function` by its symbol, its demangled name or that name without parameters."""
+    if not globs:
+        return []
+    forms = names(function or "")
+    return [g for g in globs if any(fnmatch.fnmatchcase(name, g) for name in forms)]
+
+
+def chosen(
+    function: str | None, only: Sequence[str] = (), exclude: Sequence[str] = (), matched: set[str] | None = None
+) -> bool:
+    """Whether --only / --except globs keep a site of `function`; the globs that match it go into `matched`,
+    so that a run can say which glob matched no function at all."""
+    selecting, excluding = matching(function, only), matching(function, exclude)
+    if matched is not None:
+        matched.update(selecting, excluding)
+    return (not only or bool(selecting)) and not excluding

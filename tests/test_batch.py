@@ -143,6 +143,29 @@ def test_help_and_version_do_not_import_lief_or_capstone() -> None:
         assert out.strip().endswith("HEAVY []"), out
 
 
+def test_one_object_imports_only_what_it_needs(tmp: Path) -> None:
+    """The per-object build step: nop a C object (all of it, or with --only), nop it again, call it
+    back, as one process each. None decodes an instruction, reads a linked file or demangles a name,
+    so none imports capstone, pyelftools, the linked-file scanner, multiprocessing, json or ctypes;
+    and no typer that imports pydantic is installed."""
+    code = (
+        "import sys, runpy\nsys.argv = ['ftpatch', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('ftpatch', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+        "heavy = ('capstone', 'elftools', 'ftpatch.linked', 'multiprocessing', 'pydantic', 'json', 'ctypes')\n"
+        "print(code, sorted(m for m in heavy if m in sys.modules), file=sys.stderr)"
+    )
+    shutil.copy(FIXTURES / "x86_64-pie.o", tmp / "a.o")
+    runs = (["nop", "a.o", "-o", "b.o"], ["nop", "--only", "fib", "a.o", "-o", "e.o"], ["nop", "b.o", "-o", "c.o"])
+    for args in (*runs, ["call", "b.o", "-o", "d.o"]):
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp)
+        assert proc.stderr.splitlines()[-1] == "0 []", (args, proc.stderr)
+    assert (tmp / "d.o").read_bytes() == (tmp / "a.o").read_bytes()
+    # A batch of objects in -j workers: the parent forks them without capstone or pyelftools.
+    args = ["call", "--in-place", "-j", "2", "b.o", "c.o", "e.o"]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp)
+    assert proc.stderr.splitlines()[-1] == "0 ['multiprocessing']", proc.stderr
+
+
 def assert_runs_nopped(exe: Path, scanned: Path) -> None:
     """`scanned` holds prog.c's 8 sites, all nop'd, and `exe` prints its output without calling mcount."""
     sites = json.loads(ftpatch("scan", "--json", scanned).stdout)["files"][0]["sites"]

@@ -58,6 +58,7 @@ def test_usage_lines_run(tmp_path: Path) -> None:
     for line in lines:
         proc = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, (line, proc.stdout, proc.stderr)
+        assert "ftpatch: warning:" not in proc.stderr, (line, proc.stderr)  # every glob shown matches something
 
 
 def test_pipeline_example_runs_on_copies(tmp_path: Path) -> None:
@@ -122,6 +123,7 @@ def test_json_example_matches(tmp_path: Path) -> None:
         text=True,
     )
     real = json.loads(proc.stdout)
+    assert real.keys() == example.keys()
     assert real["files"][0]["sites"][0] == example["files"][0]["sites"][0]
     assert {k: v for k, v in real["files"][0].items() if k != "sites"} == {
         k: v for k, v in example["files"][0].items() if k != "sites"

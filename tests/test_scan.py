@@ -57,9 +57,20 @@ def test_json_shape() -> None:
     files = json.loads(proc.stdout)["files"]
     assert [(f["machine"], f["type"]) for f in files] == [("x86_64", "ET_REL"), ("i386", "ET_REL")]
     site = files[0]["sites"][0]
-    assert set(site) == {"function", "section", "offset", "file_offset", "length", "form", "target", "state"}
+    assert set(site) == {
+        "function",
+        "demangled",
+        "section",
+        "offset",
+        "file_offset",
+        "length",
+        "form",
+        "target",
+        "state",
+    }
     assert site == {
         "function": "next_rand",
+        "demangled": "next_rand",  # a C name is its own demangled name
         "section": ".text",
         "offset": 4,
         "file_offset": 0x44,
@@ -80,9 +91,10 @@ def test_table_output() -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == f"{FIXTURES / 'x86_64-fentry-cet.o'}: x86_64 ET_REL, 8 sites (8 call, 0 not)"
+    assert lines[1].split() == ["where", "file_offset", "form", "target", "state", "function"]
     # After endbr64 in a global function, at +0 in a static one.
-    assert any(line.split()[:2] == ["fib", ".text+0xb4"] for line in lines)
-    assert any(line.split()[:2] == ["gcd", ".text+0x30"] for line in lines)
+    assert any(line.split()[::5] == [".text+0xb4", "fib"] for line in lines)
+    assert any(line.split()[::5] == [".text+0x30", "gcd"] for line in lines)
 
 
 def test_symbol_option_adds_a_target(tmp) -> None:
