@@ -8,18 +8,16 @@ it only ever touches the bytes a plan names.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from itertools import chain, pairwise, repeat
 from operator import add, attrgetter, lt
 
-from .elf import read_input
 from .errors import InputError, VerifyError
 from .scan import scan_data
 from .sites import DEFAULT_TARGETS, LiveCalls, ScanResult, Site, SiteGroup, State, chosen, site_state
-from .write import locked_input, write_atomic
+from .write import rewrite
 from .x86 import NOP_STYLES, Arch, Form, NopStyle, describe, hexbytes
 
 
@@ -325,17 +323,9 @@ def patch_file(
     Nothing is written unless every chosen site verified. In place, an
     unchanged file is left untouched, mtime included. sync_dir, fsync: see write_atomic.
     """
-    if output is None and os.path.islink(path):
-        raise InputError(path, "is a symbolic link, give --in-place the file it points to")
-    if output is not None:
-        data = read_input(path)
+
+    def change(data: bytes) -> tuple[Plan, bytearray | None]:
         the_plan = plan_all(path, scan_data(path, data, targets), action, nop=nop, only=only, exclude=exclude)
-        write_atomic(output, _patched(data, the_plan), os.stat(path).st_mode & 0o7777, sync_dir=sync_dir, fsync=fsync)
-        return the_plan
-    # In place: the file stays locked from reading to renaming, so concurrent runs take turns
-    # (and locked_input sweeps what killed runs left beside it, whatever becomes of it).
-    with locked_input(path) as (data, mode):
-        the_plan = plan_all(path, scan_data(path, data, targets), action, nop=nop, only=only, exclude=exclude)
-        if the_plan.changes:
-            write_atomic(path, _patched(data, the_plan), mode, sync_dir=sync_dir, fsync=fsync)
-    return the_plan
+        return the_plan, _patched(data, the_plan) if the_plan.changes else None
+
+    return rewrite(path, output, change, sync_dir=sync_dir, fsync=fsync)
