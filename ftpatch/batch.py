@@ -16,24 +16,31 @@ from functools import partial
 
 from .errors import FtpatchError
 from .patch import Action, patch_file
+from .record import record_file
 from .write import sync_directory
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one file: its counts, or its error. It carries no patches: it crosses processes."""
+    """What became of one file: its counts, or its error. It carries no patches: it crosses processes.
+
+    For `record`, `patched` counts the sites recorded and `already` the objects
+    left as they were because they have __mcount_loc already.
+    """
 
     path: str
     error: FtpatchError | None = None
     patched: int = 0
     already: int = 0
     filtered: int = 0
-    changed: bool = False  # the file's sites changed
+    changed: bool = False  # the file's bytes changed
     warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Job:
+    """`nop` or `call` on each file."""
+
     action: Action
     output: str | None  # None: in place
     nop: str | None
@@ -42,23 +49,39 @@ class Job:
     targets: tuple[str, ...]
     fsync: bool = True  # False: no fsync of files or directories (see write_atomic)
 
-
-def _one(job: Job, path: str) -> Outcome:
-    try:
+    def run(self, path: str) -> Outcome:
         plan = patch_file(
             path,
-            job.action,
-            output=job.output,
-            nop=job.nop,
-            only=job.only,
-            exclude=job.exclude,
-            targets=job.targets,
+            self.action,
+            output=self.output,
+            nop=self.nop,
+            only=self.only,
+            exclude=self.exclude,
+            targets=self.targets,
             sync_dir=False,
-            fsync=job.fsync,
+            fsync=self.fsync,
         )
+        return Outcome(path, None, plan.patched, plan.already, plan.filtered, plan.changes, plan.warnings)
+
+
+@dataclass(frozen=True)
+class RecordJob:
+    """`record` on each file."""
+
+    output: str | None  # None: in place
+    targets: tuple[str, ...]
+    fsync: bool = True
+
+    def run(self, path: str) -> Outcome:
+        done = record_file(path, output=self.output, targets=self.targets, sync_dir=False, fsync=self.fsync)
+        return Outcome(path, None, done.recorded, done.already, 0, done.changed)
+
+
+def _one(job: Job | RecordJob, path: str) -> Outcome:
+    try:
+        return job.run(path)
     except FtpatchError as e:
         return Outcome(path, e)
-    return Outcome(path, None, plan.patched, plan.already, plan.filtered, plan.changes, plan.warnings)
 
 
 def _worker_init() -> None:
@@ -66,7 +89,7 @@ def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _one_in_worker(job: Job, path: str) -> Outcome:
+def _one_in_worker(job: Job | RecordJob, path: str) -> Outcome:
     # Terminated mid-file, a worker must unwind so that write_atomic removes its temporary;
     # terminated while idle, it just exits.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -76,7 +99,7 @@ def _one_in_worker(job: Job, path: str) -> Outcome:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _outcomes(paths: Sequence[str], job: Job, workers: int, fail_fast: bool) -> Iterator[Outcome]:
+def _outcomes(paths: Sequence[str], job: Job | RecordJob, workers: int, fail_fast: bool) -> Iterator[Outcome]:
     if workers <= 1 or len(paths) <= 1:
         for path in paths:
             outcome = _one(job, path)
@@ -98,7 +121,7 @@ def _outcomes(paths: Sequence[str], job: Job, workers: int, fail_fast: bool) -> 
         pool.join()
 
 
-def run(paths: Sequence[str], job: Job, workers: int = 1, fail_fast: bool = False) -> Iterator[Outcome]:
+def run(paths: Sequence[str], job: Job | RecordJob, workers: int = 1, fail_fast: bool = False) -> Iterator[Outcome]:
     """Outcomes in input order; with fail_fast, none after the first failure.
 
     Each file is fsynced before it is renamed into place; the directories the
