@@ -81,3 +81,66 @@ def checkout_stays_clean() -> Iterator[None]:
     yield
     left = sorted(str(p.relative_to(ROOT)) for p in _loose_files() - before)
     assert not left, f"the tests left files in the checkout: {left}"
+
+
+def _section_of(elf: object, symtab: object, index: int) -> int:
+    """A symbol's section index, through .symtab_shndx when its st_shndx is SHN_XINDEX (pyelftools leaves it raw)."""
+    from elftools.elf.sections import SymbolTableIndexSection
+
+    shndx = symtab.get_symbol(index)["st_shndx"]  # type: ignore[attr-defined]
+    if shndx in (0xFFFF, "SHN_XINDEX"):
+        extended = next(s for s in elf.iter_sections() if isinstance(s, SymbolTableIndexSection))  # type: ignore[attr-defined]
+        return int(extended.get_section_index(index))
+    return int(shndx)
+
+
+def table_places(path: Path, data: bytes | None = None) -> list[tuple[str, int]] | None:
+    """Where the entries of __mcount_loc point, as sorted (section name, offset), read with pyelftools, not ftpatch;
+    None if the object has no __mcount_loc."""
+    import io
+
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.relocation import RelocationSection
+
+    elf = ELFFile(io.BytesIO(data if data is not None else path.read_bytes()))
+    loc = elf.get_section_by_name("__mcount_loc")
+    if loc is None:
+        return None
+    index = next(i for i, s in enumerate(elf.iter_sections()) if s.name == "__mcount_loc")
+    contents = loc.data()
+    word = 8 if elf.elfclass == 64 else 4
+    places = []
+    for rel in elf.iter_sections():
+        if not isinstance(rel, RelocationSection) or rel["sh_info"] != index:
+            continue
+        symtab = elf.get_section(rel["sh_link"])
+        for r in rel.iter_relocations():
+            shndx = _section_of(elf, symtab, r["r_info_sym"])
+            value = symtab.get_symbol(r["r_info_sym"])["st_value"]
+            if rel.is_RELA():
+                addend = r["r_addend"]
+            else:
+                addend = int.from_bytes(contents[r["r_offset"] : r["r_offset"] + word], "little", signed=True)
+            places.append((elf.get_section(shndx).name, value + addend))
+    return sorted(places)
+
+
+def call_places(path: Path) -> list[tuple[str, int]]:
+    """Where the calls to mcount, _mcount and __fentry__ start, as sorted (section name, offset), from the call
+    relocations, read with pyelftools, not ftpatch."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.relocation import RelocationSection
+
+    with path.open("rb") as f:
+        elf = ELFFile(f)
+        places = []
+        for rel in elf.iter_sections():
+            if not isinstance(rel, RelocationSection):
+                continue
+            target = elf.get_section(rel["sh_info"])
+            symtab = elf.get_section(rel["sh_link"])
+            for r in rel.iter_relocations():
+                if r["r_info_type"] and symtab.get_symbol(r["r_info_sym"]).name in TARGETS:
+                    disp = 1 if r["r_info_type"] in (2, 4) else 2  # PC32/PLT32: e8; GOT forms: ff 15 / ff 93
+                    places.append((target.name, r["r_offset"] - disp))
+        return sorted(places)
