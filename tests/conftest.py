@@ -83,46 +83,44 @@ def checkout_stays_clean() -> Iterator[None]:
     assert not left, f"the tests left files in the checkout: {left}"
 
 
-def _section_of(elf: object, symtab: object, index: int) -> int:
-    """A symbol's section index, through .symtab_shndx when its st_shndx is SHN_XINDEX (pyelftools leaves it raw)."""
-    from elftools.elf.sections import SymbolTableIndexSection
-
-    shndx = symtab.get_symbol(index)["st_shndx"]  # type: ignore[attr-defined]
-    if shndx in (0xFFFF, "SHN_XINDEX"):
-        extended = next(s for s in elf.iter_sections() if isinstance(s, SymbolTableIndexSection))  # type: ignore[attr-defined]
-        return int(extended.get_section_index(index))
-    return int(shndx)
-
-
 def table_places(path: Path, data: bytes | None = None) -> list[tuple[str, int]] | None:
     """Where the entries of __mcount_loc point, as sorted (section name, offset), read with pyelftools, not ftpatch;
-    None if the object has no __mcount_loc."""
+    None if the object has no __mcount_loc. `data`, if given, is read instead of the file."""
     import io
 
     from elftools.elf.elffile import ELFFile
-    from elftools.elf.relocation import RelocationSection
+    from elftools.elf.sections import SymbolTableIndexSection
 
     elf = ELFFile(io.BytesIO(data if data is not None else path.read_bytes()))
-    loc = elf.get_section_by_name("__mcount_loc")
-    if loc is None:
+    index = elf.get_section_index("__mcount_loc")
+    if index is None:
         return None
-    index = next(i for i, s in enumerate(elf.iter_sections()) if s.name == "__mcount_loc")
-    contents = loc.data()
+    contents = elf.get_section(index).data()
     word = 8 if elf.elfclass == 64 else 4
-    places = []
-    for rel in elf.iter_sections():
-        if not isinstance(rel, RelocationSection) or rel["sh_info"] != index:
-            continue
+    names: dict[int, str] = {}  # section index -> name; pyelftools parses a header again on each get_section
+    places: dict[int, tuple[int, int]] = {}  # symbol index -> (its section index, st_value)
+    found = []
+    for rel in (s for s in elf.iter_sections() if s["sh_type"] in ("SHT_REL", "SHT_RELA") and s["sh_info"] == index):
         symtab = elf.get_section(rel["sh_link"])
+        extended = next((s for s in elf.iter_sections() if isinstance(s, SymbolTableIndexSection)), None)
         for r in rel.iter_relocations():
-            shndx = _section_of(elf, symtab, r["r_info_sym"])
-            value = symtab.get_symbol(r["r_info_sym"])["st_value"]
+            n = r["r_info_sym"]
+            if n not in places:
+                symbol = symtab.get_symbol(n)
+                shndx = symbol["st_shndx"]
+                if shndx in (0xFFFF, "SHN_XINDEX"):  # pyelftools leaves SHN_XINDEX unresolved
+                    assert extended is not None
+                    shndx = extended.get_section_index(n)
+                places[n] = (int(shndx), symbol["st_value"])
+            shndx, value = places[n]
+            if shndx not in names:
+                names[shndx] = elf.get_section(shndx).name
             if rel.is_RELA():
                 addend = r["r_addend"]
             else:
                 addend = int.from_bytes(contents[r["r_offset"] : r["r_offset"] + word], "little", signed=True)
-            places.append((elf.get_section(shndx).name, value + addend))
-    return sorted(places)
+            found.append((names[shndx], value + addend))
+    return sorted(found)
 
 
 def call_places(path: Path) -> list[tuple[str, int]]:

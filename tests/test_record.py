@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, PROGRAM_OUTPUT, call_places, ftpatch, run, table_places
+from fuzz.mutate import run_cli
 
 import ftpatch as lib
 from ftpatch.record import record_data
@@ -376,3 +377,202 @@ def test_record_links_and_runs_with_a_gcc_recorded_object(tmp: Path, objects: di
     assert proc.returncode == 0 and proc.stderr == ""
     out = subprocess.run([tmp / "prog"], cwd=tmp, capture_output=True, text=True, check=True).stdout
     assert out == PROGRAM_OUTPUT
+
+
+def many_sections(directory: Path, count: int, tail: str, cc: str = "gcc", *flags: str) -> Path:
+    """An object with `count` one-byte data sections first, then `tail` (C), built -pg without unwind tables."""
+    body = "".join(f'"\\t.section .s{i},\\"a\\"\\n\\t.byte {i % 256}\\n"\n' for i in range(count))
+    source = directory / f"many-{cc}-{count}.c"
+    source.write_text(f"__asm__(\n{body});\n{tail}")
+    obj = source.with_suffix(".o")
+    run(cc, "-c", "-O1", "-pg", "-fno-asynchronous-unwind-tables", *flags, source, "-o", obj)
+    return obj
+
+
+def readelf_places(path: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(where __mcount_loc's entries point, where the calls to the targets start), as sorted (section, offset), read
+    from `readelf -rW` of an x86-64 object: pyelftools takes seconds to walk 70,000 sections, readelf milliseconds.
+    Entries name section symbols, which readelf prints as the section's name; the addend is the offset."""
+    table, calls, section = [], [], ""
+    for line in run("readelf", "-rW", path).splitlines():
+        if m := re.match(r"Relocation section '\.rela([^']+)'", line):
+            section = m.group(1)
+        elif m := re.match(r"([0-9a-f]{16})\s+[0-9a-f]+\s+(R_\w+)\s+[0-9a-f]+\s+(\S+) ([+-]) ([0-9a-f]+)", line):
+            offset, r_type, symbol = int(m.group(1), 16), m.group(2), m.group(3)
+            addend = int(m.group(5), 16) * (-1 if m.group(4) == "-" else 1)
+            if section == "__mcount_loc":
+                table.append((symbol, addend))
+            elif symbol in ("mcount", "__fentry__"):
+                calls.append((section, offset - (1 if r_type in ("R_X86_64_PLT32", "R_X86_64_PC32") else 2)))
+    return sorted(table), sorted(calls)
+
+
+def section_count(path: Path) -> int:
+    line = next(x for x in run("readelf", "-hW", path).splitlines() if "Number of section headers" in x)
+    return int(line.split("(")[1].rstrip(")")) if "(" in line else int(line.split(":")[1])
+
+
+# Functions in sections numbered above 65,279: their section symbols are created with st_shndx SHN_XINDEX.
+HIGH_FUNCTIONS = (
+    "int many_f(int x) { return x * 3 + 1; }\n"
+    "static __attribute__((noinline)) int many_h(int x) { return x - 5; }\n"
+    "int many_g(int x) { return many_f(x) - 2 + many_h(x); }\n"
+)
+# A call to mcount in a section above 65,279 that holds no symbol at all, so nothing in the file needs
+# .symtab_shndx: clang makes none, and record must make one for the section symbol it creates.
+HIGH_ASM = '__asm__(".section .text.hi,\\"ax\\",@progbits\\n\\tcall mcount\\n\\tret\\n\\t.text\\n");\nint low(int x) { return x + 1; }\n'
+
+
+@pytest.fixture(scope="module")
+def xindex(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("xindex")
+    built = {
+        "gcc": many_sections(d, 70_000, HIGH_FUNCTIONS, "gcc", "-ffunction-sections"),
+        # -fno-addrsig: eu-elflint knows no .llvm_addrsig, and must check all the rest
+        "clang": many_sections(d, 70_000, HIGH_ASM, "clang", "-fno-addrsig"),
+    }
+    # One more section would need extended numbering; record adds two.
+    first = many_sections(d, 65_200, HIGH_ASM)
+    built["threshold"] = many_sections(d, 65_200 + 0xFEFF - section_count(first), HIGH_ASM)
+    return built
+
+
+def test_more_than_65280_sections_work(tmp: Path, xindex: dict[str, Path]) -> None:
+    """Extended numbering (e_shnum 0, e_shstrndx SHN_XINDEX), section symbols with st_shndx SHN_XINDEX, an existing
+    .symtab_shndx that grows (gcc) and one that must be made (clang), and an object that crosses into it."""
+    for name, original in xindex.items():
+        recorded = tmp / f"{name}.o"
+        code, _, err = run_cli(["record", str(original), "-o", str(recorded)])
+        assert (code, err) == (0, ""), err
+        table, calls = readelf_places(recorded)
+        assert table == calls == readelf_places(original)[1] and calls, name
+        made = name == "clang"  # clang made no .symtab_shndx: record appends one
+        assert section_count(recorded) == section_count(original) + 2 + made
+        header = run("readelf", "-hW", recorded)
+        assert f"Number of section headers:         0 ({section_count(recorded)})" in header
+        proc = subprocess.run(["readelf", "-aW", recorded], capture_output=True, text=True)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        assert run("eu-elflint", "--gnu-ld", recorded) == "No errors\n"
+        relocatable = tmp / f"{name}-r.o"
+        run("ld", "-r", recorded, "-o", relocatable)
+        assert readelf_places(relocatable)[0] == table
+        if name != "threshold":
+            assert run("readelf", "-SW", recorded).count(".symtab_shndx") == 1
+            # the created symbols name sections above 65,279: their st_shndx is SHN_XINDEX
+            assert any(
+                int(line.split()[6]) >= 0xFF00
+                for line in run("readelf", "-sW", recorded).splitlines()
+                if " SECTION " in line
+            )
+    assert "Number of section headers:         65279" in run("readelf", "-hW", xindex["threshold"])
+
+
+def archive_members(path: Path) -> dict[str, bytes]:
+    return {name: run_bytes("ar", "p", path, name) for name in run("ar", "t", path).split()}
+
+
+def run_bytes(*cmd: str | Path) -> bytes:
+    return subprocess.run(list(map(str, cmd)), capture_output=True, check=True).stdout
+
+
+def armap(path: Path) -> list[str]:
+    """The archive's symbol index as nm reads it: each symbol and the member its offset names."""
+    out = run("nm", "--print-armap", path)
+    return out.split("\n\n", 1)[0].splitlines()
+
+
+def sym64(data: bytes) -> bytes:
+    """The archive with its 32-bit symbol index `/` written as the 64-bit `/SYM64/`, every offset moved to match."""
+    assert data[8:24].rstrip() == b"/"
+    size = int(data[56:66])
+    body = data[68 : 68 + size]
+    count = int.from_bytes(body[:4], "big")
+    offsets = [int.from_bytes(body[4 + 4 * i : 8 + 4 * i], "big") for i in range(count)]
+    names = body[4 + 4 * count :]
+    new_size = 8 + 8 * count + len(names)
+    shift = (new_size + new_size % 2) - (size + size % 2)
+    new_body = count.to_bytes(8, "big") + b"".join((o + shift).to_bytes(8, "big") for o in offsets) + names
+    header = b"/SYM64/".ljust(16) + data[24:56] + str(new_size).encode().ljust(10) + b"`\n"
+    rest = data[68 + size + size % 2 :]
+    return data[:8] + header + new_body + b"\n" * (new_size % 2) + rest
+
+
+@pytest.mark.parametrize("index", ["/", "/SYM64/"])
+def test_archive_is_recorded_member_by_member_and_links(tmp: Path, index: str) -> None:
+    """Members grow; the headers' sizes and the symbol index follow, so nm reads the same index and ld links."""
+    names = {
+        "x86_64-pie.o": "pie.o",
+        "x86_64-nop-mcount.o": "recorded.o",
+        "x86_64-nopg.o": "nopg.o",
+        "x86_64-nopie.o": "a_member_name_longer_than_sixteen.o",
+    }
+    for fixture, member in names.items():
+        shutil.copy(FIXTURES / fixture, tmp / member)
+    (tmp / "notes.txt").write_text("not an ELF member, kept as it is\n")
+    lib = tmp / "libprog.a"
+    run("ar", "rcsD", lib, *[tmp / m for m in names.values()], tmp / "notes.txt")
+    if index == "/SYM64/":
+        lib.write_bytes(sym64(lib.read_bytes()))
+        assert b"/SYM64/" in lib.read_bytes()[:80]
+    before = armap(lib)
+    assert any(" in a_member_name_longer_than_sixteen.o" in line for line in before)
+    out = tmp / "librec.a"
+    code, stdout, err = run_cli(["record", str(lib), "-o", str(out)])
+    assert (code, err) == (0, "")
+    assert (
+        stdout
+        == f"{lib} -> {out}: 16 sites recorded in __mcount_loc, 1 objects already had __mcount_loc and were left as they were\n"
+    )
+    assert run("ar", "t", out) == run("ar", "t", lib)
+    assert armap(out) == before
+    members, recorded = archive_members(lib), archive_members(out)
+    for member, data in members.items():
+        alone = record_data(member, data)[1] if data.startswith(b"\x7fELF") else None
+        assert recorded[member] == (data if alone is None else alone), member
+    if index == "/":
+        # ranlib writes the same index over the recorded archive: ours is the one binutils would write
+        again = tmp / "again.a"
+        shutil.copy(out, again)
+        run("ranlib", "-D", again)
+        assert again.read_bytes() == out.read_bytes()
+    # ld finds main through the index of the recorded archive; the program runs and its table lists the sites
+    workdir = tmp / "run"
+    workdir.mkdir()
+    one = tmp / "libone.a"
+    run("ar", "rcsD", one, tmp / "notes.txt", tmp / "a_member_name_longer_than_sixteen.o")
+    if index == "/SYM64/":
+        one.write_bytes(sym64(one.read_bytes()))
+    assert run_cli(["record", "--in-place", str(one)])[0] == 0
+    run("gcc", "-pg", "-no-pie", "-Wl,-u,main", one, "-o", workdir / "prog")
+    assert (
+        subprocess.run([workdir / "prog"], cwd=workdir, capture_output=True, text=True, check=True).stdout
+        == PROGRAM_OUTPUT
+    )
+    assert (
+        len(
+            table_places(
+                tmp / "a_member_name_longer_than_sixteen.o", archive_members(one)["a_member_name_longer_than_sixteen.o"]
+            )
+            or []
+        )
+        == 8
+    )
+    assert int(run("readelf", "-SW", workdir / "prog").split("] __mcount_loc ")[1].split()[3], 16) == 64
+
+
+def test_a_bad_member_leaves_the_whole_archive(tmp: Path) -> None:
+    site = next(s for s in lib.scan(str(FIXTURES / "x86_64-nopie.o")).sites if s.function == "fib")
+    data = bytearray((FIXTURES / "x86_64-nopie.o").read_bytes())
+    data[site.file_offset : site.file_offset + 5] = bytes.fromhex("0f0b909090")
+    (tmp / "bad.o").write_bytes(data)
+    shutil.copy(FIXTURES / "x86_64-pie.o", tmp / "good.o")
+    archive = tmp / "lib.a"
+    run("ar", "rcsD", archive, tmp / "good.o", tmp / "bad.o")
+    before = archive.read_bytes()
+    code, _, err = run_cli(["record", "--in-place", str(archive)])
+    assert code == 3
+    assert (
+        err
+        == f"ftpatch: error: {archive}(bad.o): fib (.text+{site.offset:#x}): expected e8:00:00:00:00 or a nop, actual 0f:0b:90:90:90 (ud2; nop; nop; nop)\n"
+    )
+    assert archive.read_bytes() == before
