@@ -64,13 +64,27 @@ def record_elf(elf: ElfFile, targets: Sequence[str] = DEFAULT_TARGETS) -> tuple[
         return None, 0, True
     result = scan_object(elf, targets)
     verify(result)
-    places = sorted(
-        {(section.index, start) for g in result.groups for section, start in zip(g.sections, g.starts, strict=True)}
-    )
+    places = _places(result)
     if not places:
         return None, 0, False
-    symbols = section_symbols(elf, (index for index, _ in places))
-    return append(elf, _tables(elf, places, symbols), symbols), len(places), False
+    symbols = section_symbols(elf, places)
+    return append(elf, _tables(elf, places, symbols), symbols), sum(map(len, places.values())), False
+
+
+def _places(result: ScanResult) -> dict[int, list[int]]:
+    """Section index -> the offsets of its sites, each once, ascending; sections in index order.
+
+    A group's sites usually share one section: then its column of offsets is taken whole.
+    """
+    by_section: dict[int, list[int]] = {}
+    for group in result.groups:
+        sections = group.sections
+        if sections and sections.count(sections[0]) == len(sections):
+            by_section.setdefault(sections[0].index, []).extend(group.starts)
+        else:
+            for section, start in zip(sections, group.starts, strict=True):
+                by_section.setdefault(section.index, []).append(start)
+    return {index: sorted(set(starts)) for index, starts in sorted(by_section.items())}
 
 
 def verify(result: ScanResult) -> None:
@@ -81,11 +95,13 @@ def verify(result: ScanResult) -> None:
     """
     problems = list(result.strays)
     for group in result.groups:
-        bad = {
-            pair
-            for pair in set(zip(group.codes, group.calls, strict=True))
-            if site_state(*pair, result.arch) is State.OTHER
-        }
+        codes, calls = group.codes, group.calls
+        # An object's group usually holds one call at every site: one pair to class.
+        if codes and codes.count(codes[0]) == len(codes) and calls.count(calls[0]) == len(calls):
+            pairs = {(codes[0], calls[0])}
+        else:
+            pairs = set(zip(codes, calls, strict=True))
+        bad = {pair for pair in pairs if site_state(*pair, result.arch) is State.OTHER}
         if not bad:
             continue
         i = next(i for i, pair in enumerate(zip(group.codes, group.calls, strict=True)) if pair in bad)
@@ -101,23 +117,27 @@ def verify(result: ScanResult) -> None:
         raise VerifyError(result.path, problems[0] + more)
 
 
-def _tables(elf: ElfFile, places: Sequence[tuple[int, int]], symbols: SectionSymbols) -> list[NewSection]:
-    """__mcount_loc and its relocation table, for sites at these (section index, offset) places."""
+def _tables(elf: ElfFile, places: dict[int, list[int]], symbols: SectionSymbols) -> list[NewSection]:
+    """__mcount_loc and its relocation table, for sites at these offsets of these sections."""
     arch = elf.arch
     word, shift = arch.word, arch.r_sym_shift
     code = "Q" if word == 8 else "I"
-    r_offset = array.array(code, range(0, word * len(places), word))
-    r_info = array.array(code, [symbols.index[shndx] << shift | R_ABSOLUTE for shndx, _ in places])
-    addends = array.array(code, [start for _, start in places])
+    count = sum(map(len, places.values()))
+    r_offset = array.array(code, range(0, word * count, word))
+    r_info = array.array(code)
+    addends = array.array(code)
+    for shndx, starts in places.items():
+        r_info += array.array(code, [symbols.index[shndx] << shift | R_ABSOLUTE]) * len(starts)
+        addends += array.array(code, starts)
     if arch.rela:
         # The addend is in the entry; the word relocated holds 0, as gas leaves it.
-        loc = bytes(word * len(places))
+        loc = bytes(word * count)
         columns, name, sh_type = (r_offset, r_info, addends), f".rela{MCOUNT_LOC}", SHT_RELA
     else:
         # REL: the addend is the word relocated.
         loc = packed(addends)
         columns, name, sh_type = (r_offset, r_info), f".rel{MCOUNT_LOC}", SHT_REL
-    rel = array.array(code, bytes(word * len(columns) * len(places)))
+    rel = array.array(code, bytes(word * len(columns) * count))
     for i, column in enumerate(columns):
         rel[i :: len(columns)] = column
     index = len(elf.sections)  # __mcount_loc's: the first section appended
