@@ -22,11 +22,7 @@ from .write import sync_directory
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one file: its counts, or its error. It carries no patches: it crosses processes.
-
-    For `record`, `patched` counts the sites recorded and `already` the objects
-    left as they were because they have __mcount_loc already.
-    """
+    """What became of one file: its counts, or its error. It carries no patches: it crosses processes."""
 
     path: str
     error: FtpatchError | None = None
@@ -35,6 +31,8 @@ class Outcome:
     filtered: int = 0
     changed: bool = False  # the file's bytes changed
     warnings: tuple[str, ...] = ()
+    recorded: int = 0  # sites listed in the __mcount_loc tables written (record, nop --record)
+    already_recorded: int = 0  # objects left without a new table because they have one
 
 
 @dataclass(frozen=True)
@@ -48,6 +46,7 @@ class Job:
     exclude: tuple[str, ...]
     targets: tuple[str, ...]
     fsync: bool = True  # False: no fsync of files or directories (see write_atomic)
+    record: bool = False  # nop --record: write __mcount_loc in the same pass
 
     def run(self, path: str) -> Outcome:
         plan = patch_file(
@@ -60,8 +59,20 @@ class Job:
             targets=self.targets,
             sync_dir=False,
             fsync=self.fsync,
+            record=self.record,
         )
-        return Outcome(path, None, plan.patched, plan.already, plan.filtered, plan.changes, plan.warnings)
+        done = plan.recording
+        return Outcome(
+            path,
+            None,
+            plan.patched,
+            plan.already,
+            plan.filtered,
+            plan.changes or (done is not None and done.changed),
+            plan.warnings,
+            done.recorded if done else 0,
+            done.already if done else 0,
+        )
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,7 @@ class RecordJob:
 
     def run(self, path: str) -> Outcome:
         done = record_file(path, output=self.output, targets=self.targets, sync_dir=False, fsync=self.fsync)
-        return Outcome(path, None, done.recorded, done.already, 0, done.changed)
+        return Outcome(path, None, changed=done.changed, recorded=done.recorded, already_recorded=done.already)
 
 
 def _one(job: Job | RecordJob, path: str) -> Outcome:

@@ -266,36 +266,39 @@ class _Words:
     summary: Callable[[dict[str, int]], str]  # the run's line on stderr, from the JSON summary
 
 
-def _patch_words(action: str) -> _Words:
-    return _Words(
-        action,
-        "patching",
-        "patched",
-        {"patched": "patched", "already": "already", "filtered": "filtered"},
-        lambda o: f"{o.patched} patched, {o.already} already {action}, {o.filtered} filtered out",
-        lambda t: f"{t['patched']} sites patched, {t['already']} already {action}, {t['filtered']} filtered out",
-    )
+def _patch_words(action: str, record: bool) -> _Words:
+    counts = {"patched": "patched", "already": "already", "filtered": "filtered"}
+
+    def line(o: Outcome) -> str:
+        text = f"{o.patched} patched, {o.already} already {action}, {o.filtered} filtered out"
+        return f"{text}; {_table(o) or 'no sites to record'}" if record else text
+
+    def summary(t: dict[str, int]) -> str:
+        text = f"{t['patched']} sites patched, {t['already']} already {action}, {t['filtered']} filtered out"
+        return f"{text}, {_RECORD_WORDS.summary(t)}" if record else text
+
+    return _Words(action, "patching", "patched", counts | _RECORD_WORDS.counts if record else counts, line, summary)
 
 
-def _recorded(o: Outcome) -> str:
-    if o.changed:
-        kept = f", {o.already} objects already had __mcount_loc and were left as they were" if o.already else ""
-        return f"{o.patched} sites recorded in __mcount_loc{kept}"
-    if o.already:
-        return (
-            "already has __mcount_loc, left as it was"
-            if o.already == 1
-            else f"{o.already} objects already have __mcount_loc, left as they were"
-        )
-    return "no profiling call sites, left as it was"
+def _table(o: Outcome) -> str:
+    """What record wrote into a file, or found there; "" if it has no sites."""
+    kept = o.already_recorded
+    if o.recorded:
+        left = f", {kept} objects already had __mcount_loc and were left as they were" if kept else ""
+        return f"{o.recorded} sites recorded in __mcount_loc{left}"
+    if kept:
+        return "already has __mcount_loc" if kept == 1 else f"{kept} objects already have __mcount_loc"
+    return ""
 
 
 _RECORD_WORDS = _Words(
     "record",
     "recording",
     "recorded",
-    {"recorded": "patched", "already_recorded": "already"},
-    _recorded,
+    {"recorded": "recorded", "already_recorded": "already_recorded"},
+    lambda o: (
+        _table(o) + ", left as it was" * (not o.recorded) if _table(o) else "no profiling call sites, left as it was"
+    ),
     lambda t: f"{t['recorded']} sites recorded, {t['already_recorded']} objects already had __mcount_loc",
 )
 
@@ -386,6 +389,7 @@ def _patch(
     as_json: bool,
     quiet: bool,
     no_fsync: bool,
+    record: bool,
 ) -> None:
     """nop and call: their parameters, by the same names (each passes its own locals())."""
     paths = _paths(files, files_from, output, in_place)
@@ -393,9 +397,11 @@ def _patch(
     from .patch import Action
 
     nop = style.value if style else None
-    job = batch.Job(Action(action_name), output, nop, tuple(only), tuple(exclude), _targets(symbol), not no_fsync)
+    job = batch.Job(
+        Action(action_name), output, nop, tuple(only), tuple(exclude), _targets(symbol), not no_fsync, record
+    )
     _run(
-        _patch_words(action_name),
+        _patch_words(action_name, record),
         job,
         paths,
         output=output,
@@ -424,6 +430,14 @@ def nop(
     as_json: AsJson = False,
     quiet: Quiet = False,
     no_fsync: NoFsync = False,
+    record: Annotated[
+        bool,
+        typer.Option(
+            "--record",
+            help="Also write __mcount_loc into each object that has none, as `ftpatch record` does, in the same "
+            "pass (objtool's --mcount --mnop).",
+        ),
+    ] = False,
 ) -> None:
     """Turn every profiling call into a nop, after verifying every site."""
     _patch("nop", **locals())
@@ -445,7 +459,7 @@ def call(
     no_fsync: NoFsync = False,
 ) -> None:
     """Turn nop'd profiling sites back into the exact calls, after verifying every site."""
-    _patch("call", style=None, **locals())
+    _patch("call", style=None, record=False, **locals())
 
 
 @app.command()

@@ -9,12 +9,13 @@ it only ever touches the bytes a plan names.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from itertools import chain, pairwise, repeat
 from operator import add, attrgetter, lt
 
 from .errors import InputError, VerifyError
+from .record import Recording, record_data
 from .scan import scan_data
 from .sites import DEFAULT_TARGETS, LiveCalls, ScanResult, Site, SiteGroup, State, chosen, site_state
 from .write import rewrite
@@ -61,6 +62,7 @@ class Plan:
     live_calls: LiveCalls | None = None
     kept_live: frozenset[int] = frozenset()
     warnings: tuple[str, ...] = ()  # what the user must know although the plan is sound
+    recording: Recording | None = None  # what `nop --record` also did: the __mcount_loc tables written
 
     @property
     def changes(self) -> bool:
@@ -317,15 +319,22 @@ def patch_file(
     targets: Sequence[str] = DEFAULT_TARGETS,
     sync_dir: bool = True,
     fsync: bool = True,
+    record: bool = False,
 ) -> Plan:
     """Scan, verify, patch and write one ELF file or static archive; `output=None` replaces `path`.
 
     Nothing is written unless every chosen site verified. In place, an
     unchanged file is left untouched, mtime included. sync_dir, fsync: see write_atomic.
+    With `record`, the patched bytes also get __mcount_loc, as `record` writes it
+    (a nop'd site is still a site), in the same write.
     """
 
-    def change(data: bytes) -> tuple[Plan, bytearray | None]:
+    def change(data: bytes) -> tuple[Plan, bytes | bytearray | None]:
         the_plan = plan_all(path, scan_data(path, data, targets), action, nop=nop, only=only, exclude=exclude)
-        return the_plan, _patched(data, the_plan) if the_plan.changes else None
+        new = _patched(data, the_plan) if the_plan.changes else None
+        if not record:
+            return the_plan, new
+        recording, recorded = record_data(path, data if new is None else bytes(new), targets)
+        return replace(the_plan, recording=recording), new if recorded is None else recorded
 
     return rewrite(path, output, change, sync_dir=sync_dir, fsync=fsync)

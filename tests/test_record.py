@@ -576,3 +576,47 @@ def test_a_bad_member_leaves_the_whole_archive(tmp: Path) -> None:
         == f"ftpatch: error: {archive}(bad.o): fib (.text+{site.offset:#x}): expected e8:00:00:00:00 or a nop, actual 0f:0b:90:90:90 (ud2; nop; nop; nop)\n"
     )
     assert archive.read_bytes() == before
+
+
+def test_nop_record_is_record_then_nop_in_one_pass(tmp: Path, objects: dict[str, tuple[Path, Path]]) -> None:
+    """nop --record writes what record then nop write, in one read, one verification and one write."""
+    for name, (original, recorded) in objects.items():
+        both, then = tmp / f"{name}-both.o", tmp / f"{name}-then.o"
+        code, out, err = run_cli(["nop", "--record", str(original), "-o", str(both)])
+        assert (code, err) == (0, "")
+        assert (
+            out == f"{original} -> {both}: 8 patched, 0 already nop, 0 filtered out; 8 sites recorded in __mcount_loc\n"
+        )
+        assert run_cli(["nop", str(recorded), "-o", str(then)])[0] == 0
+        if name in CREATES_SYMBOLS:  # see test_sites_already_nopped_are_sites
+            assert table_places(both) == table_places(then)
+        else:
+            assert both.read_bytes() == then.read_bytes(), name
+
+
+def test_nop_record_reports_both(tmp: Path) -> None:
+    import json
+
+    work = [Path(shutil.copy(FIXTURES / n, tmp / n)) for n in ("x86_64-pie.o", "x86_64-nop-mcount.o", "x86_64-nopg.o")]
+    code, out, err = run_cli(["nop", "--record", "--in-place", "--json", *map(str, work)])
+    assert (code, err) == (0, "")
+    doc = json.loads(out)
+    assert [(f["status"], f["patched"], f["recorded"], f["already_recorded"]) for f in doc["files"]] == [
+        ("patched", 8, 8, 0),
+        ("unchanged", 0, 0, 1),
+        ("unchanged", 0, 0, 0),
+    ]
+    assert doc["summary"] == {
+        "files": 3,
+        "patched": 8,
+        "already": 8,
+        "filtered": 0,
+        "recorded": 8,
+        "already_recorded": 1,
+        "failed": 0,
+    }
+    # a linked file gets no table: nop --record refuses it whole, as record does
+    exe = tmp / "prog"
+    run("gcc", "-O2", "-pg", FIXTURES / "prog.c", "-o", exe)
+    code, _, err = run_cli(["nop", "--record", str(exe), "-o", str(tmp / "out")])
+    assert code == 1 and "is a linked file (ET_DYN)" in err and not (tmp / "out").exists()

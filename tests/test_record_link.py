@@ -141,3 +141,24 @@ def test_gcc_record_mcount_needs_a_text_relocation(tmp: Path, linker: str) -> No
     assert proc.returncode == 0
     assert ("relocation in read-only section `__mcount_loc'" in proc.stderr) == (linker == "bfd")
     assert "TEXTREL" in run("readelf", "-dW", tmp / "prog")
+
+
+@pytest.mark.parametrize("cc", ["gcc", "clang"])
+def test_make_record_example(tmp: Path, cc: str) -> None:
+    """examples/record: record is each object's step after the compiler, as recordmcount is kbuild's; the program
+    links, runs, and lists its 8 sites in __mcount_loc, with clang as with gcc."""
+    import shutil
+    import sys
+
+    from conftest import ROOT
+
+    work = tmp / "examples" / "record"
+    shutil.copytree(ROOT / "examples" / "record", work)
+    (tmp / "fixtures").mkdir()
+    shutil.copy(FIXTURES / "prog.c", tmp / "fixtures" / "prog.c")
+    log = run("make", "-C", work, f"CC={cc}", f"FTPATCH=PYTHONPATH={ROOT} {sys.executable} -m ftpatch")
+    assert "prog.o: 8 sites recorded in __mcount_loc" in log
+    out = subprocess.run([work / "prog"], cwd=work, capture_output=True, text=True, check=True).stdout
+    assert out == PROGRAM_OUTPUT
+    assert int(run("readelf", "-SW", work / "prog").split("] __mcount_loc ")[1].split()[3], 16) == 64
+    assert len(ftpatch.scan(str(work / "prog")).sites) == 8
