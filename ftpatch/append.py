@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 from .elf import (
     EHDR,
+    ELFCLASS32,
+    ELFCLASS64,
     SHDR,
     SHN_LORESERVE,
     SHN_XINDEX,
@@ -53,7 +55,11 @@ SHT_LLVM_ADDRSIG = 0x6FFF4C03  # ULEB128 symbol indices: the symbols whose addre
 SHT_LLVM_CALL_GRAPH_PROFILE = 0x6FFF4C09
 
 # Fields of a section header, as positions in its unpacked tuple.
-_SH_NAME, _SH_OFFSET, _SH_SIZE, _SH_LINK, _SH_INFO = 0, 4, 5, 6, 7
+_SH_OFFSET, _SH_SIZE, _SH_LINK, _SH_INFO, _SH_ADDRALIGN = 4, 5, 6, 7, 8
+# Where e_shoff, and e_shnum then e_shstrndx, lie in the ELF header, by class.
+_E_SHOFF = {ELFCLASS32: (0x20, "<I"), ELFCLASS64: (0x28, "<Q")}
+_E_SHNUM = {ELFCLASS32: 0x30, ELFCLASS64: 0x3C}
+_MAX_ALIGN = 1 << 16  # the largest alignment of a table that is copied
 
 
 @dataclass(frozen=True)
@@ -124,12 +130,19 @@ class _Appender:
         out += bytes(-len(out) % max(align, 1))
         offset = len(out)
         out += blob
+        if self.elfclass == ELFCLASS32 and len(out) >= 1 << 32:
+            raise self.elf.fail("the file would grow past 4 GiB, more than ELFCLASS32 offsets hold")
         return offset
 
     def move(self, section: Section, blob: bytes) -> None:
         """Give `section` new contents, as a copy at the end of the file."""
         header = self.headers[section.index]
-        header[_SH_OFFSET] = self.put(blob, header[8])  # sh_addralign
+        align = header[_SH_ADDRALIGN]
+        # The copy starts at a multiple of sh_addralign, which ELF wants a power of two; the tables
+        # copied here have 1, 4 or 8, and a file that says 2**40 must not make ftpatch write that much.
+        if align & (align - 1) or align > _MAX_ALIGN:
+            raise self.elf.fail(f"section {section.name} [{section.index}] has sh_addralign {align:#x}, sh_addralign")
+        header[_SH_OFFSET] = self.put(blob, align)
         header[_SH_SIZE] = len(blob)
 
     def run(self, new: Sequence[NewSection], created: Sequence[int]) -> bytearray:
@@ -164,18 +177,12 @@ class _Appender:
         shstrndx = self._shstrndx()
         zero[_SH_LINK] = shstrndx if shstrndx >= SHN_LORESERVE else 0
         table = b"".join(self.shdr.pack(*h) for h in self.headers)
-        e_shoff = self.put(table, self.word)
-        # e_shoff, then (after e_flags, e_ehsize, e_phentsize, e_phnum and e_shentsize) e_shnum and e_shstrndx.
-        at = 16 + (24 if self.elfclass == 2 else 16)
-        struct.pack_into("<Q" if self.elfclass == 2 else "<I", self.out, at, e_shoff)
-        at = 16 + EHDR[self.elfclass].size - 4
-        struct.pack_into(
-            "<HH",
-            self.out,
-            at,
-            total if total < SHN_LORESERVE else 0,
-            shstrndx if shstrndx < SHN_LORESERVE else SHN_XINDEX,
-        )
+        # The only bytes changed in place: the ELF header's e_shoff, e_shnum and (in extended numbering) e_shstrndx.
+        at, layout = _E_SHOFF[self.elfclass]
+        struct.pack_into(layout, self.out, at, self.put(table, self.word))
+        e_shnum = total if total < SHN_LORESERVE else 0
+        e_shstrndx = shstrndx if shstrndx < SHN_LORESERVE else SHN_XINDEX
+        struct.pack_into("<HH", self.out, _E_SHNUM[self.elfclass], e_shnum, e_shstrndx)
         return self.out
 
     def _shstrndx(self) -> int:
@@ -209,6 +216,7 @@ class _Appender:
     def _create_symbols(self, created: Sequence[int]) -> NewSection | None:
         """Insert a local section symbol for each section of `created` after the last local, renumber
         every reference to a global, and return the .symtab_shndx to append if one must be made."""
+        self._refuse_unrenumberable()
         elf = self.elf
         symtab = elf.symtab
         first = _first_global(elf)
@@ -217,7 +225,7 @@ class _Appender:
         info = STT_SECTION | STB_LOCAL << 4
         # st_name 0 (a section symbol is named by its section), st_value 0, st_size 0.
         st_shndx = [i if i < SHN_LORESERVE else SHN_XINDEX for i in created]
-        if self.elfclass == 2:
+        if self.elfclass == ELFCLASS64:
             entries = [layout.pack(0, info, 0, shndx, 0, 0) for shndx in st_shndx]
         else:
             entries = [layout.pack(0, 0, 0, info, 0, shndx) for shndx in st_shndx]
@@ -225,7 +233,6 @@ class _Appender:
         count = len(elf.symbols)
         self.move(symtab, bytes(table[: first * size]) + b"".join(entries) + bytes(table[first * size : count * size]))
         self.headers[symtab.index][_SH_INFO] = first + k
-        self._refuse_unrenumberable()
         shndx_words = array.array("I", [i if i >= SHN_LORESERVE else 0 for i in created])
         made = None
         existing = [s for s in elf.sections if s.sh_type == SHT_SYMTAB_SHNDX and s.sh_link == symtab.index]
@@ -246,7 +253,7 @@ class _Appender:
                     self.move(section, copy)
             elif section.sh_type == SHT_GROUP:
                 # A group's signature symbol is its header's sh_info.
-                if section.sh_info >= first:
+                if first <= section.sh_info < count:
                     self.headers[section.index][_SH_INFO] = section.sh_info + k
             elif section.sh_type == SHT_LLVM_ADDRSIG:
                 indices = _uleb128s(bytes(elf.section_data(section)), elf, section)
@@ -282,6 +289,14 @@ class _Appender:
         threshold, step = first << shift, k << shift
         if not r_info or max(r_info) < threshold:
             return None
+        count = len(elf.symbols)
+        if max(r_info) >> shift >= count:
+            i = next(i for i, info in enumerate(r_info) if info >> shift >= count)
+            raise elf.fail(
+                f"relocation {section.name}[{i}] names symbol {r_info[i] >> shift}, past the end of the symbol table ({count})"
+            )
+        if (count + k) >> (8 * word - shift):
+            raise elf.fail(f"{count + k} symbols are more than a relocation of this class can name")
         table[1::columns] = array.array(table.typecode, [i + step if i >= threshold else i for i in r_info])
         return packed(table)
 

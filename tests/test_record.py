@@ -620,3 +620,29 @@ def test_nop_record_reports_both(tmp: Path) -> None:
     run("gcc", "-O2", "-pg", FIXTURES / "prog.c", "-o", exe)
     code, _, err = run_cli(["nop", "--record", str(exe), "-o", str(tmp / "out")])
     assert code == 1 and "is a linked file (ET_DYN)" in err and not (tmp / "out").exists()
+
+
+def test_record_writes_as_nop_and_call_do(tmp: Path) -> None:
+    """The same write path: -o only reads the input; --in-place keeps the mode, replaces the inode, refuses a
+    symbolic link, sweeps a dead run's temporary, and leaves a file it does not change untouched, mtime included."""
+    from ftpatch.write import _temp_prefix
+
+    source = FIXTURES / "x86_64-pie.o"
+    work = Path(shutil.copy(source, tmp / "t.o"))
+    os_stat = work.stat()
+    # made first: a process lists a directory's stale temporaries once a minute at most
+    stale = tmp / f"{_temp_prefix(str(work))}999999999-1-deadbeef"  # a PID no process has
+    stale.write_bytes(b"half")
+    assert run_cli(["record", str(work), "-o", str(tmp / "o.o")])[0] == 0
+    assert work.read_bytes() == source.read_bytes() and work.stat().st_mtime_ns == os_stat.st_mtime_ns
+    work.chmod(0o751)
+    link = tmp / "link.o"
+    link.symlink_to(work)
+    code, _, err = run_cli(["record", "--in-place", str(link)])
+    assert (code, err) == (1, f"ftpatch: error: {link}: is a symbolic link, give --in-place the file it points to\n")
+    assert run_cli(["record", "--in-place", str(work)])[0] == 0
+    assert work.stat().st_ino != os_stat.st_ino and work.stat().st_mode & 0o7777 == 0o751
+    assert work.read_bytes() == (tmp / "o.o").read_bytes() and not stale.exists()
+    again = work.stat()
+    assert run_cli(["record", "--in-place", str(work)])[0] == 0
+    assert (work.stat().st_ino, work.stat().st_mtime_ns) == (again.st_ino, again.st_mtime_ns)
