@@ -291,14 +291,18 @@ def _table(o: Outcome) -> str:
     return ""
 
 
+def _record_line(o: Outcome) -> str:
+    if o.recorded:
+        return _table(o)
+    return f"{_table(o) or 'no profiling call sites'}, left as it was"
+
+
 _RECORD_WORDS = _Words(
     "record",
     "recording",
     "recorded",
     {"recorded": "recorded", "already_recorded": "already_recorded"},
-    lambda o: (
-        _table(o) + ", left as it was" * (not o.recorded) if _table(o) else "no profiling call sites, left as it was"
-    ),
+    _record_line,
     lambda t: f"{t['recorded']} sites recorded, {t['already_recorded']} objects already had __mcount_loc",
 )
 
