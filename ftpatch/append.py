@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import array
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from .elf import (
     EHDR,
@@ -38,6 +39,7 @@ from .elf import (
     SHDR,
     SHN_LORESERVE,
     SHN_XINDEX,
+    SHT_GROUP,
     SHT_REL,
     SHT_RELA,
     SHT_SYMTAB_SHNDX,
@@ -50,7 +52,6 @@ from .elf import (
     words,
 )
 
-SHT_GROUP = 17
 SHT_LLVM_ADDRSIG = 0x6FFF4C03  # ULEB128 symbol indices: the symbols whose address is taken
 SHT_LLVM_CALL_GRAPH_PROFILE = 0x6FFF4C09
 
@@ -103,9 +104,12 @@ def _first_global(elf: ElfFile) -> int:
     return first
 
 
-def append(elf: ElfFile, new: Sequence[NewSection], symbols: SectionSymbols) -> bytearray:
-    """The file's bytes with these sections appended and the symbols of `symbols.created` made."""
-    return _Appender(elf).run(new, symbols.created)
+def append(
+    elf: ElfFile, new: Sequence[NewSection], symbols: SectionSymbols, grown: Mapping[int, bytes] = MappingProxyType({})
+) -> bytearray:
+    """The file's bytes with these sections appended, the symbols of `symbols.created` made, and each section
+    of `grown` (by index) given those bytes after its own, in a copy: an SHT_GROUP gains members so."""
+    return _Appender(elf).run(new, symbols.created, grown)
 
 
 class _Appender:
@@ -145,7 +149,10 @@ class _Appender:
         header[_SH_OFFSET] = self.put(blob, align)
         header[_SH_SIZE] = len(blob)
 
-    def run(self, new: Sequence[NewSection], created: Sequence[int]) -> bytearray:
+    def run(self, new: Sequence[NewSection], created: Sequence[int], grown: Mapping[int, bytes]) -> bytearray:
+        for index, more in grown.items():
+            section = self.elf.sections[index]
+            self.move(section, bytes(self.elf.section_data(section)) + more)
         new = list(new)
         if created:
             # A .symtab_shndx made for them comes after the caller's sections, whose indices the caller counted.

@@ -30,7 +30,20 @@ from dataclasses import dataclass
 
 from .append import NewSection, SectionSymbols, append, section_symbols
 from .archive import is_archive, members, rebuild
-from .elf import ET_REL, SHF_ALLOC, SHF_WRITE, SHT_PROGBITS, SHT_REL, SHT_RELA, ElfFile, packed
+from .elf import (
+    ET_REL,
+    SHF_ALLOC,
+    SHF_GROUP,
+    SHF_INFO_LINK,
+    SHF_WRITE,
+    SHT_GROUP,
+    SHT_PROGBITS,
+    SHT_REL,
+    SHT_RELA,
+    ElfFile,
+    packed,
+    words,
+)
 from .errors import InputError, VerifyError
 from .objects import scan_object
 from .sites import DEFAULT_TARGETS, ScanResult, State, site_state
@@ -38,7 +51,6 @@ from .write import rewrite
 from .x86 import describe, hexbytes
 
 MCOUNT_LOC = "__mcount_loc"
-SHF_INFO_LINK = 0x40  # sh_info holds a section index: set on every relocation table gas and objtool write
 R_ABSOLUTE = 1  # R_X86_64_64 and R_386_32 alike: a word holding the symbol's address plus the addend
 
 
@@ -68,7 +80,31 @@ def record_elf(elf: ElfFile, targets: Sequence[str] = DEFAULT_TARGETS) -> tuple[
     if not places:
         return None, 0, False
     symbols = section_symbols(elf, places)
-    return append(elf, _tables(elf, places, symbols), symbols), sum(map(len, places.values())), False
+    # A site in a section group (a C++ inline function or template, COMDAT) gets its entries in a table that
+    # joins the group: the linker keeps one copy of a group and discards the others, and an entry outside the
+    # group would name a discarded section, which bfd, gold and lld refuse (gcc -mrecord-mcount's table does).
+    member_of = _groups(elf)
+    by_group: dict[int, dict[int, list[int]]] = {}
+    for shndx, starts in places.items():
+        by_group.setdefault(member_of.get(shndx, 0), {})[shndx] = starts
+    new: list[NewSection] = []
+    grown: dict[int, bytes] = {}
+    for group, group_places in sorted(by_group.items()):
+        at = len(elf.sections) + len(new)  # the index the table takes
+        new += _tables(elf, group_places, symbols, at, SHF_GROUP if group else 0)
+        if group:
+            grown[group] = packed(array.array("I", [at, at + 1]))
+    return append(elf, new, symbols, grown), sum(map(len, places.values())), False
+
+
+def _groups(elf: ElfFile) -> dict[int, int]:
+    """Section index -> the SHT_GROUP section whose member it is, for every member of a group."""
+    member_of = {}
+    for group in elf.sections:
+        if group.sh_type == SHT_GROUP:
+            # A flag word (GRP_COMDAT), then the members' section indices.
+            member_of.update(dict.fromkeys(words(elf.section_data(group), 4)[1:], group.index))
+    return member_of
 
 
 def _places(result: ScanResult) -> dict[int, list[int]]:
@@ -117,8 +153,11 @@ def verify(result: ScanResult) -> None:
         raise VerifyError(result.path, problems[0] + more)
 
 
-def _tables(elf: ElfFile, places: dict[int, list[int]], symbols: SectionSymbols) -> list[NewSection]:
-    """__mcount_loc and its relocation table, for sites at these offsets of these sections."""
+def _tables(
+    elf: ElfFile, places: dict[int, list[int]], symbols: SectionSymbols, index: int, flags: int
+) -> list[NewSection]:
+    """A __mcount_loc and its relocation table, for sites at these offsets of these sections; `index`
+    is the table's section index, `flags` more sh_flags for both (SHF_GROUP)."""
     arch = elf.arch
     word, shift = arch.word, arch.r_sym_shift
     code = "Q" if word == 8 else "I"
@@ -140,10 +179,11 @@ def _tables(elf: ElfFile, places: dict[int, list[int]], symbols: SectionSymbols)
     rel = array.array(code, bytes(word * len(columns) * count))
     for i, column in enumerate(columns):
         rel[i :: len(columns)] = column
-    index = len(elf.sections)  # __mcount_loc's: the first section appended
     return [
-        NewSection(MCOUNT_LOC, SHT_PROGBITS, SHF_ALLOC | SHF_WRITE, loc, 0, 0, word, word),
-        NewSection(name, sh_type, SHF_INFO_LINK, packed(rel), elf.symtab.index, index, word, word * len(columns)),
+        NewSection(MCOUNT_LOC, SHT_PROGBITS, SHF_ALLOC | SHF_WRITE | flags, loc, 0, 0, word, word),
+        NewSection(
+            name, sh_type, SHF_INFO_LINK | flags, packed(rel), elf.symtab.index, index, word, word * len(columns)
+        ),
     ]
 
 

@@ -162,3 +162,45 @@ def test_make_record_example(tmp: Path, cc: str) -> None:
     assert out == PROGRAM_OUTPUT
     assert int(run("readelf", "-SW", work / "prog").split("] __mcount_loc ")[1].split()[3], 16) == 64
     assert len(ftpatch.scan(str(work / "prog")).sites) == 8
+
+
+CPP_A = """template <class T> struct S { T v; int get() const { return (int)v * 3; } };
+inline int inl(int x) { return x + 7; }
+int use_a(int x) { S<int> s{x}; return s.get() + inl(x); }
+"""
+CPP_B = """#include <cstdio>
+template <class T> struct S { T v; int get() const { return (int)v * 3; } };
+inline int inl(int x) { return x + 7; }
+int use_a(int x);
+int main() { S<int> s{4}; std::printf("%d %d\\n", s.get() + inl(2), use_a(3)); }
+"""
+
+
+@pytest.mark.parametrize("mode", ["pie", "no-pie", "static"])
+@pytest.mark.parametrize("linker", LINKERS)
+def test_cpp_inline_functions_keep_one_entry_each(tmp: Path, linker: str, mode: str) -> None:
+    """Both objects hold inl() and S<int>::get() in COMDAT groups, and the linker keeps one copy of each: their
+    entries are in tables that join their groups, so the discarded copy's entries go with it. (gcc's own
+    -mrecord-mcount table stays outside the groups, and every linker refuses it.)"""
+    (tmp / "a.cc").write_text(CPP_A)
+    (tmp / "b.cc").write_text(CPP_B)
+    objects = [tmp / "a.o", tmp / "b.o"]
+    for obj in objects:
+        run("g++", "-O1", "-pg", "-fno-inline", "-c", obj.with_suffix(".cc"), "-o", obj)
+    assert run_cli(["record", "--in-place", *map(str, objects)])[0] == 0
+    assert "COMDAT group section [    1] `.group' [_Z3inli] contains 4 sections:" in run("readelf", "-gW", objects[0])
+    assert run("eu-elflint", "--gnu-ld", objects[0]) == "No errors\n"
+    exe = tmp / "prog"
+    proc = subprocess.run(
+        ["g++", "-pg", *MODES[mode], f"-fuse-ld={linker}", *objects, "-o", exe], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert subprocess.run([exe], cwd=tmp, capture_output=True, text=True, check=True).stdout == "21 19\n"
+    sites = ftpatch.scan(str(exe)).sites  # use_a, main, and one inl and one S<int>::get
+    assert len(sites) == 4 and {s.state for s in sites} == {ftpatch.State.CALL}
+    assert int(run("readelf", "-SW", exe).split("] __mcount_loc ")[1].split()[3], 16) == 4 * 8
+    if mode == "pie":
+        for obj in objects:
+            run("g++", "-O1", "-pg", "-fno-inline", "-mrecord-mcount", "-c", obj.with_suffix(".cc"), "-o", obj)
+        proc = subprocess.run(["g++", "-pg", f"-fuse-ld={linker}", *objects, "-o", exe], capture_output=True, text=True)
+        assert proc.returncode != 0 and "discarded section" in proc.stderr
