@@ -217,9 +217,9 @@ def test_sites_already_nopped_are_sites(tmp: Path, objects: dict[str, tuple[Path
     """
     for name, (original, recorded) in objects.items():
         nopped, nop_rec, rec_nop = tmp / f"{name}-n.o", tmp / f"{name}-nr.o", tmp / f"{name}-rn.o"
-        assert ftpatch("nop", original, "-o", nopped).returncode == 0
-        assert ftpatch("record", nopped, "-o", nop_rec).returncode == 0
-        assert ftpatch("nop", recorded, "-o", rec_nop).returncode == 0
+        assert run_cli(["nop", str(original), "-o", str(nopped)])[0] == 0
+        assert run_cli(["record", str(nopped), "-o", str(nop_rec)])[0] == 0
+        assert run_cli(["nop", str(recorded), "-o", str(rec_nop)])[0] == 0
         assert table_places(nop_rec) == table_places(rec_nop) == call_places(original)
         if name in CREATES_SYMBOLS:
             listing = [re.sub(r"at offset 0x[0-9a-f]+", "", run("readelf", "-rsW", p)) for p in (nop_rec, rec_nop)]
@@ -229,8 +229,8 @@ def test_sites_already_nopped_are_sites(tmp: Path, objects: dict[str, tuple[Path
         # and call restores the recorded object as exactly as it restores the object itself: clang -m32's
         # R_386_PLT32 comes back as gcc's R_386_PC32 once every site is nop'd (README, "How a nop'd site keeps...").
         back, plain = tmp / f"{name}-back.o", tmp / f"{name}-plain.o"
-        assert ftpatch("call", rec_nop, "-o", back).returncode == 0
-        assert ftpatch("call", nopped, "-o", plain).returncode == 0
+        assert run_cli(["call", str(rec_nop), "-o", str(back)])[0] == 0
+        assert run_cli(["call", str(nopped), "-o", str(plain)])[0] == 0
         assert (back.read_bytes() == recorded.read_bytes()) == (plain.read_bytes() == original.read_bytes()), name
 
 
