@@ -21,10 +21,15 @@ recordmcount variants:
   rm-batch     all files in one process (argv split only if it would not fit)
 
 ftpatch variants (skipped, with a note, if the command is not found):
-  ftpatch-j2   ftpatch nop --in-place --files-from LIST -j 2 --json
+  record-j2    ftpatch record --in-place --files-from LIST -j 2 --json: the same job
+               as recordmcount, writing __mcount_loc
+  record-j1    the same with -j 1
+  record-j2-nofsync  record-j2 with --no-fsync
+  ftpatch-j2   ftpatch nop --in-place --files-from LIST -j 2 --json (another job:
+               nops every call)
   ftpatch-j1   the same with -j 1
   ftpatch-j2-nofsync  ftpatch-j2 with --no-fsync
-  ftpatch-each one process per file (only with --ftpatch-each; slow by nature)
+  record-each, ftpatch-each  one process per file (only with --ftpatch-each; slow by nature)
 
 Any other command line can be plugged in with --tool 'NAME=TEMPLATE', where
 TEMPLATE holds {list} (a file with one path per line), {files} (all paths as
@@ -208,17 +213,24 @@ def ftpatch_variants(cmd, each):
             "variants, printing recordmcount figures only (set FTPATCH_CMD or "
             "--ftpatch-cmd)."
         ]
-    nop = [*base, "nop", "--in-place"]
-    v = [
-        Variant(name, "ftpatch", [*nop, *extra, "--files-from", "{list}", "-j", jobs, "--json"], "list")
-        for name, jobs, extra in (
-            ("ftpatch-j2", "2", []),
-            ("ftpatch-j1", "1", []),
-            ("ftpatch-j2-nofsync", "2", ["--no-fsync"]),
-        )
-    ]
-    if each:
-        v.append(Variant("ftpatch-each", "ftpatch", [*nop, "{file}"], "each"))
+    v = []
+    for prefix, action in (("record", "record"), ("ftpatch", "nop")):
+        command = [*base, action, "--in-place"]
+        v += [
+            Variant(
+                f"{prefix}-{name}",
+                "ftpatch",
+                [*command, *extra, "--files-from", "{list}", "-j", jobs, "--json"],
+                "list",
+            )
+            for name, jobs, extra in (
+                ("j2", "2", []),
+                ("j1", "1", []),
+                ("j2-nofsync", "2", ["--no-fsync"]),
+            )
+        ]
+        if each:
+            v.append(Variant(f"{prefix}-each", "ftpatch", [*command, "{file}"], "each"))
     return v, []
 
 
@@ -404,7 +416,7 @@ def print_table(res):
             f"{fmt_t(v['wall_max']):>11}{fmt_t(v['cpu_median']):>11}"
             f"{v['maxrss_kb'] / 1024:>7.1f}MB{v['failed_procs']:>5}"
             f"{c.get('mcount_loc_entries', 0):>11}{c.get('changed', 0):>9}"
-            f"{c.get('still_call', 0):>8}{c.get('files_touched', 0):>7}  {c.get('digest', '')}/{c.get('sdigest', '')}"
+            f"{c.get('still_call', 0):>8}{c.get('files_touched', 0):>7}  {c.get('digest', '')}/{c.get('sdigest', '')}/{c.get('tdigest', '')}"
         )
     print(
         "  mcount_loc = entries in __mcount_loc after the run; nopped = original call sites "
@@ -412,7 +424,8 @@ def print_table(res):
         "site or a __mcount_loc; cpu = user+sys incl. children;\n  digest = sha1 of every "
         "byte of the processed tree; sections = sha1 of ELF header, section headers and section\n"
         "  contents only (ignores padding between sections; recordmcount run over many files in one "
-        "process\n  leaves stale bytes in such padding, so only that digest matches rm-each)"
+        "process\n  leaves stale bytes in such padding, so only that digest matches rm-each); tables = sha1 of the\n"
+        "  (section, offset) each __mcount_loc entry resolves to: equal for tools that wrote the same tables"
     )
     for name, v in res["variants"].items():
         if v["stderr_lines_total"]:
@@ -431,6 +444,12 @@ def print_ratios(res):
     print("  wall relative to cp -r: " + ", ".join(f"{n} {v['wall_median'] / cpw:.2f}x" for n, v in vs.items()))
     if not others:
         return
+    for o in (n for n in others if n.startswith("record") and "rm-each" in vs and "rm-batch" in vs):
+        w = vs[o]["wall_median"]
+        print(
+            f"  {o}: {w / vs['rm-each']['wall_median']:.2f}x recordmcount's time with a process per file (goal: <= 1), "
+            f"{w / vs['rm-batch']['wall_median']:.2f}x its time in one process (next goal: <= 1)"
+        )
     print("  ratios (other tool / recordmcount), wall median | peak RSS:")
     for o in others:
         parts = []

@@ -9,6 +9,7 @@ many entries ended up in __mcount_loc.
 CLI:
   elfsites.py count PATH...         totals for files / directories (recursive)
   elfsites.py check PRISTINE WORK   compare a processed copy with the pristine one
+  elfsites.py loc DIR               JSON: every file's __mcount_loc entries, as sorted "section+0xoffset"
 """
 
 import hashlib
@@ -142,6 +143,46 @@ def sites(elf):
     return out
 
 
+def mcount_loc(elf):
+    """The places __mcount_loc's entries point at, as "section+0xoffset" strings, sorted; None without a table.
+
+    Each entry is resolved through its relocation: the symbol's section and value
+    plus the addend (RELA), or plus the word relocated (REL).
+    """
+    i = elf.index_of(b"__mcount_loc")
+    if i < 0:
+        return None
+    data, loc = elf.data, elf.sh[i]
+    rels = [s for s in elf.sh if s[1] in (SHT_RELA, SHT_REL) and s[7] == i]
+    out = []
+    for s in rels:
+        sym = elf.sh[s[6]]
+        symsize = 24 if elf.is64 else 16
+        fmt = ("<QQq" if s[1] == SHT_RELA else "<QQ") if elf.is64 else ("<IIi" if s[1] == SHT_RELA else "<II")
+        for entry in struct.iter_unpack(fmt, bytes(data[s[4] : s[4] + s[5]])):
+            r_offset, r_info = entry[0], entry[1]
+            index = r_info >> 32 if elf.is64 else r_info >> 8
+            if len(entry) == 3:
+                addend = entry[2]
+            else:
+                addend = struct.unpack_from("<i" if not elf.is64 else "<q", data, loc[4] + r_offset)[0]
+            at = sym[4] + index * symsize
+            if elf.is64:
+                _n, _i, _o, shndx, value, _s = struct.unpack_from("<IBBHQQ", data, at)
+            else:
+                _n, value, _s, _i, _o, shndx = struct.unpack_from("<IIIBBH", data, at)
+            if shndx == 0xFFFF:  # SHN_XINDEX: the index is in the .symtab_shndx word of this symbol
+                x = next(t for t in elf.sh if t[1] == 18 and t[6] == s[6])
+                (shndx,) = struct.unpack_from("<I", data, x[4] + 4 * index)
+            out.append(f"{elf.names[shndx].decode()}+{value + addend:#x}")
+    return sorted(out)
+
+
+def loc(path):
+    """{relative path: mcount_loc(file)} for every object under path."""
+    return {os.path.relpath(f, path): mcount_loc(Elf(read(f))) for f in walk(path)}
+
+
 def read(path):
     with open(path, "rb") as f:
         return f.read()
@@ -216,6 +257,7 @@ def check(pristine, work_base):
     }
     digest = hashlib.sha1()  # every byte of every file
     sdigest = hashlib.sha1()  # ELF header, section headers and section contents only
+    tdigest = hashlib.sha1()  # the places __mcount_loc's entries resolve to, whichever symbols they name
     for rel, (_is64, machine, ss) in pristine.items():
         tot["files"] += 1
         f = os.path.join(work_base, rel)
@@ -232,6 +274,7 @@ def check(pristine, work_base):
             if sh[1] != 8:  # not SHT_NOBITS
                 h.update(data[sh[4] : sh[4] + sh[5]])
         sdigest.update(rel.encode() + b"\0" + h.digest())
+        tdigest.update(rel.encode() + b"\0" + repr(mcount_loc(elf)).encode())
         tot["mcount_loc_entries"] += elf.mcount_loc_entries()
         tot["files_with_mcount_loc"] += elf.index_of(b"__mcount_loc") >= 0
         table = X86_64_SITE if machine == 62 else I386_SITE
@@ -252,12 +295,16 @@ def check(pristine, work_base):
         tot["files_touched"] += changed_here or elf.index_of(b"__mcount_loc") >= 0
     tot["digest"] = digest.hexdigest()[:10]
     tot["sdigest"] = sdigest.hexdigest()[:10]
+    tot["tdigest"] = tdigest.hexdigest()[:10]
     return tot
 
 
 def main(argv):
     if len(argv) >= 2 and argv[0] == "count":
         print(json.dumps(count(argv[1:]), sort_keys=True))
+        return 0
+    if len(argv) == 2 and argv[0] == "loc":
+        json.dump(loc(argv[1]), sys.stdout, sort_keys=True, separators=(",", ":"))
         return 0
     if len(argv) == 3 and argv[0] == "check":
         print(json.dumps(check(pristine_sites(argv[1]), argv[2]), sort_keys=True))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time ftpatch inside one process on one object: read, scan, plan and apply, imports excluded.
+"""Time ftpatch inside one process on one object: read, scan, plan and apply (nop), and record; imports excluded.
 
 Prints the median of --repeat runs for each step and `ftpatch --help` wall
 time. A benchmark, not a test: it asserts nothing. Default object: big20k.o
@@ -31,6 +31,7 @@ def main() -> int:
 
     import ftpatch
     from ftpatch.elf import read_input
+    from ftpatch.record import record_data
     from ftpatch.scan import scan_data
 
     steps: dict[str, list[float]] = {"read": [], "scan": [], "plan": [], "apply": [], "total": []}
@@ -51,6 +52,15 @@ def main() -> int:
     print(f"{args.object}: {sites} sites, median of {args.repeat} runs, in process, imports excluded")
     for name, times in steps.items():
         print(f"  {name:6} {statistics.median(times) * 1000:8.1f} ms")
+    # record: the same read and scan, then verify, find or make the section symbols and append the table.
+    records: list[float] = []
+    recorded = 0
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        done, _new = record_data(str(args.object), read_input(str(args.object)))
+        records.append(time.perf_counter() - t0)
+        recorded = done.recorded
+    print(f"  record {statistics.median(records) * 1000:8.1f} ms  (read, scan, verify, append: {recorded} sites)")
     helps = []
     for _ in range(5):
         t0 = time.perf_counter()

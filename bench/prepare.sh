@@ -7,6 +7,9 @@
 #   recordmcount             Debian's compiled recordmcount (from linux-kbuild-6.1)
 #   modules-pristine/        every .ko of Debian 12's linux-image-*-amd64-unsigned,
 #                            decompressed, with __mcount_loc removed by objcopy
+#   modules-shipped-mcount-loc.json
+#                            the __mcount_loc tables Debian shipped, before objcopy removed them:
+#                            {module: sorted "section+0xoffset" of each entry}, for tests/test_record_modules.py
 #   big20k.o                 20,000 functions, gcc -O1 -pg -mfentry -fno-pie
 #   fsections8k.o            8,000 functions, gcc -O1 -pg -mfentry -mrecord-mcount -ffunction-sections
 #   corpus.txt               packages used, file/byte/__fentry__ relocation counts
@@ -60,7 +63,7 @@ fi
 log "recordmcount: $(readlink -f "$CACHE/recordmcount") ($(cat kbuild.version))"
 
 # ------------------------------------------------------------- kernel modules
-if ! done_stamp modules || [ ! -d "$CACHE/modules-pristine" ]; then
+if ! done_stamp modules || [ ! -d "$CACHE/modules-pristine" ] || [ ! -s "$CACHE/modules-shipped-mcount-loc.json" ]; then
     KPKG=${FTPATCH_BENCH_KPKG:-}
     if [ -z "$KPKG" ]; then
         KPKG=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' \
@@ -89,11 +92,14 @@ if ! done_stamp modules || [ ! -d "$CACHE/modules-pristine" ]; then
     done < <(find "$moddir" -type f \( -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' -o -name '*.ko.gz' \) -print0)
     log "decompressed: xz=$n_xz zst=$n_zst gz=$n_gz"
     before=$(python3 "$BENCH_DIR/elfsites.py" count modules-pristine.tmp)
+    log "keeping the shipped __mcount_loc tables in modules-shipped-mcount-loc.json"
+    python3 "$BENCH_DIR/elfsites.py" loc modules-pristine.tmp > modules-shipped-mcount-loc.json.tmp
     log "stripping __mcount_loc with objcopy (2 parallel)"
     find modules-pristine.tmp -name '*.ko' -print0 |
         xargs -0 -P2 -n50 sh -c 'for f; do objcopy -R __mcount_loc -R .rela__mcount_loc "$f"; done' sh
     rm -rf img modules-pristine
     mv modules-pristine.tmp modules-pristine
+    mv modules-shipped-mcount-loc.json.tmp modules-shipped-mcount-loc.json
     {
         echo "kernel_package: $KPKG $(dpkg-deb -f "$deb" Version)"
         echo "kernel_deb: $CACHE/$deb"

@@ -6,6 +6,7 @@ FtpatchError. capstone and pyelftools are imported only when a file needs them.
 
 from .errors import FtpatchError, InputError, OutputError, VerifyError
 from .patch import Action, Patch, Plan, Rewrite, apply, patch_file, plan, plan_all
+from .record import Recording, record_file
 from .scan import scan, scan_path
 from .sites import DEFAULT_TARGETS, ScanResult, Site, SiteGroup, State
 from .x86 import NOP_STYLES, Arch, Form, NopStyle
@@ -24,6 +25,7 @@ __all__ = [
     "OutputError",
     "Patch",
     "Plan",
+    "Recording",
     "Rewrite",
     "ScanResult",
     "Site",
@@ -35,6 +37,7 @@ __all__ = [
     "patch_file",
     "plan",
     "plan_all",
+    "record_file",
     "scan",
     "scan_path",
 ]

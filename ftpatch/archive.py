@@ -1,12 +1,16 @@
-"""Static archives: the ELF members of a GNU `ar` file, where their bytes lie.
+"""Static archives: the ELF members of a GNU `ar` file, where their bytes lie, and the archive rebuilt around new members.
 
 Patching never changes a member's size, so the archive's layout, its symbol
 index (`/` or `/SYM64/`) and its long-name table (`//`) stay valid as they are;
-they are read only to name the members.
+they are read only to name the members. Recording makes members longer: then
+`rebuild` writes each member header's size again and moves the members, and the
+symbol index, which names each member by its header's offset in the archive,
+follows. The long-name table names members by offsets into itself, so it stays.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from .errors import InputError
@@ -14,6 +18,9 @@ from .errors import InputError
 AR_MAGIC = b"!<arch>\n"
 THIN_MAGIC = b"!<thin>\n"
 _HEADER = 60
+
+# The symbol index, by its name: the width of its big-endian words (a count, then a member offset per symbol).
+_INDEXES = {"/": 4, "/SYM64/": 8}
 
 
 @dataclass(frozen=True)
@@ -27,12 +34,10 @@ def is_archive(data: bytes) -> bool:
     return data.startswith(AR_MAGIC) or data.startswith(THIN_MAGIC)
 
 
-def members(path: str, data: bytes) -> list[Member]:
-    """Every ELF member of the archive, in archive order."""
+def _entries(path: str, data: bytes) -> Iterator[tuple[int, str, int]]:
+    """(header offset, raw name, size) of every entry of the archive, special ones included, in order."""
     if data.startswith(THIN_MAGIC):
         raise InputError(path, "thin archive: its members live in other files, patch those instead")
-    out: list[Member] = []
-    names = b""
     pos = len(AR_MAGIC)
     while pos < len(data):
         header = data[pos : pos + _HEADER]
@@ -42,16 +47,66 @@ def members(path: str, data: bytes) -> list[Member]:
             size = int(header[48:58].decode("ascii").strip() or "0")
         except (UnicodeDecodeError, ValueError):
             raise InputError(path, f"bad member size in the archive header at offset {pos:#x}") from None
-        start = pos + _HEADER
-        if start + size > len(data):
+        if pos + _HEADER + size > len(data):
             raise InputError(path, f"archive member at offset {pos:#x} ({size} bytes) extends past the end of the file")
-        raw_name = header[:16].decode("ascii", "backslashreplace").rstrip()
+        yield pos, header[:16].decode("ascii", "backslashreplace").rstrip(), size
+        pos += _HEADER + size + (size & 1)
+
+
+def members(path: str, data: bytes) -> list[Member]:
+    """Every ELF member of the archive, in archive order."""
+    out: list[Member] = []
+    names = b""
+    for pos, raw_name, size in _entries(path, data):
+        start = pos + _HEADER
         if raw_name == "//":
             names = data[start : start + size]
-        elif raw_name not in ("/", "/SYM64/") and data[start : start + 4] == b"\x7fELF":
+        elif raw_name not in _INDEXES and data[start : start + 4] == b"\x7fELF":
             out.append(Member(_member_name(path, raw_name, names, pos), start, size))
-        pos = start + size + (size & 1)
     return out
+
+
+def rebuild(path: str, data: bytes, replaced: Mapping[int, bytes | bytearray]) -> bytes:
+    """The archive with the member whose data starts at each offset of `replaced` given those bytes.
+
+    Every other byte of every header and member is kept; sizes, the padding
+    that keeps each header at an even offset, and the symbol index's offsets
+    are made again.
+    """
+    pieces: list[bytes | bytearray] = [AR_MAGIC]
+    moved: dict[int, int] = {}  # old header offset -> new header offset
+    indexes: list[tuple[int, int, int]] = []  # (piece holding a symbol index's data, its word size, its size)
+    at = len(AR_MAGIC)
+    for pos, raw_name, size in _entries(path, data):
+        start = pos + _HEADER
+        body = replaced.get(start, data[start : start + size])
+        if len(body) > 9_999_999_999:
+            raise InputError(
+                path, f"member at offset {pos:#x} would be {len(body)} bytes, more than ar's size field holds"
+            )
+        moved[pos] = at
+        header = data[pos : pos + 48] + str(len(body)).encode().ljust(10) + b"`\n"
+        if raw_name in _INDEXES:
+            indexes.append((len(pieces) + 1, _INDEXES[raw_name], size))
+        pieces += [header, body, b"\n" * (len(body) & 1)]
+        at += _HEADER + len(body) + (len(body) & 1)
+    for piece, width, size in indexes:
+        pieces[piece] = _moved_index(path, bytes(pieces[piece]), width, size, moved)
+    return b"".join(pieces)
+
+
+def _moved_index(path: str, index: bytes, width: int, size: int, moved: Mapping[int, int]) -> bytes:
+    count = int.from_bytes(index[:width], "big")
+    if width * (count + 1) > size:
+        raise InputError(path, f"the archive's symbol index lists {count} symbols but is {size} bytes")
+    offsets = [int.from_bytes(index[width * (i + 1) : width * (i + 2)], "big") for i in range(count)]
+    missing = next((o for o in offsets if o not in moved), None)
+    if missing is not None:
+        raise InputError(path, f"the archive's symbol index names a member at offset {missing:#x}, where none starts")
+    new = [moved[o] for o in offsets]
+    if max(new, default=0) >= 1 << (8 * width):
+        raise InputError(path, "the rebuilt archive would be too large for its 32-bit symbol index (/)")
+    return index[:width] + b"".join(o.to_bytes(width, "big") for o in new) + index[width * (count + 1) :]
 
 
 def _member_name(path: str, raw: str, names: bytes, pos: int) -> str:

@@ -17,6 +17,7 @@ from functools import partial
 
 from .errors import FtpatchError
 from .patch import Action, patch_file
+from .record import record_file
 from .write import sync_directory
 
 
@@ -29,13 +30,17 @@ class Outcome:
     patched: int = 0
     already: int = 0
     filtered: int = 0
-    changed: bool = False  # the file's sites changed
+    changed: bool = False  # the file's bytes changed
     warnings: tuple[str, ...] = ()
     matched: frozenset[str] = frozenset()  # the --only / --except globs that matched a function of the file
+    recorded: int = 0  # sites listed in the __mcount_loc tables written (record, nop --record)
+    already_recorded: int = 0  # objects left without a new table because they have one
 
 
 @dataclass(frozen=True)
 class Job:
+    """`nop` or `call` on each file."""
+
     action: Action
     output: str | None  # None: in place
     nop: str | None
@@ -43,24 +48,54 @@ class Job:
     exclude: tuple[str, ...]
     targets: tuple[str, ...]
     fsync: bool = True  # False: no fsync of files or directories (see write_atomic)
+    record: bool = False  # nop --record: write __mcount_loc in the same pass
 
-
-def _one(job: Job, path: str) -> Outcome:
-    try:
+    def run(self, path: str) -> Outcome:
         plan = patch_file(
             path,
-            job.action,
-            output=job.output,
-            nop=job.nop,
-            only=job.only,
-            exclude=job.exclude,
-            targets=job.targets,
+            self.action,
+            output=self.output,
+            nop=self.nop,
+            only=self.only,
+            exclude=self.exclude,
+            targets=self.targets,
             sync_dir=False,
-            fsync=job.fsync,
+            fsync=self.fsync,
+            record=self.record,
         )
+        done = plan.recording
+        return Outcome(
+            path,
+            None,
+            plan.patched,
+            plan.already,
+            plan.filtered,
+            plan.changes or (done is not None and done.changed),
+            plan.warnings,
+            plan.matched,
+            done.recorded if done else 0,
+            done.already if done else 0,
+        )
+
+
+@dataclass(frozen=True)
+class RecordJob:
+    """`record` on each file."""
+
+    output: str | None  # None: in place
+    targets: tuple[str, ...]
+    fsync: bool = True
+
+    def run(self, path: str) -> Outcome:
+        done = record_file(path, output=self.output, targets=self.targets, sync_dir=False, fsync=self.fsync)
+        return Outcome(path, None, changed=done.changed, recorded=done.recorded, already_recorded=done.already)
+
+
+def _one(job: Job | RecordJob, path: str) -> Outcome:
+    try:
+        return job.run(path)
     except FtpatchError as e:
         return Outcome(path, e)
-    return Outcome(path, None, plan.patched, plan.already, plan.filtered, plan.changes, plan.warnings, plan.matched)
 
 
 # The signals the command line turns into an orderly stop.
@@ -76,7 +111,7 @@ def _worker_init() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
 
 
-def _one_in_worker(job: Job, path: str) -> Outcome:
+def _one_in_worker(job: Job | RecordJob, path: str) -> Outcome:
     # Terminated mid-file, a worker must unwind so that write_atomic removes its temporary;
     # terminated while idle, it just exits.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -86,7 +121,7 @@ def _one_in_worker(job: Job, path: str) -> Outcome:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _outcomes(paths: Sequence[str], job: Job, workers: int, fail_fast: bool) -> Iterator[Outcome]:
+def _outcomes(paths: Sequence[str], job: Job | RecordJob, workers: int, fail_fast: bool) -> Iterator[Outcome]:
     if workers <= 1 or len(paths) <= 1:
         for path in paths:
             outcome = _one(job, path)
@@ -116,7 +151,7 @@ def _outcomes(paths: Sequence[str], job: Job, workers: int, fail_fast: bool) -> 
         pool.join()
 
 
-def run(paths: Sequence[str], job: Job, workers: int = 1, fail_fast: bool = False) -> Iterator[Outcome]:
+def run(paths: Sequence[str], job: Job | RecordJob, workers: int = 1, fail_fast: bool = False) -> Iterator[Outcome]:
     """Outcomes in input order; with fail_fast, none after the first failure.
 
     Each file is fsynced before it is renamed into place; the directories the

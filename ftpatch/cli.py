@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
@@ -31,6 +32,8 @@ from . import __version__
 from .errors import FtpatchError, VerifyError, printable
 
 if TYPE_CHECKING:
+    from . import batch
+    from .batch import Outcome
     from .sites import ScanResult, Site
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_VERIFY, EXIT_INTERNAL = 0, 1, 2, 3, 70
@@ -305,7 +308,7 @@ def _fit(name: str, room: int | None) -> str:
     return short if len(short) <= room else short[: max(room - 3, 12)] + "..."
 
 
-def _progress(total: int) -> Callable[[], None] | None:
+def _progress(total: int, label: str) -> Callable[[], None] | None:
     """A progress bar on stderr, only for a person watching a long run."""
     if total <= 8 or not sys.stderr.isatty():
         return None
@@ -313,7 +316,7 @@ def _progress(total: int) -> Callable[[], None] | None:
     from rich.progress import Progress
 
     bar = Progress(transient=True, console=Console(stderr=True))
-    task = bar.add_task("patching", total=total)
+    task = bar.add_task(label, total=total)
     bar.start()
     bar.refresh()  # drawn at once, not after the first tick, so even a short run shows it started
     advance = partial(bar.advance, task)
@@ -321,24 +324,8 @@ def _progress(total: int) -> Callable[[], None] | None:
     return advance
 
 
-def _patch(
-    action_name: str,
-    *,
-    files: list[str] | None,
-    files_from: str | None,
-    output: str | None,
-    in_place: bool,
-    style: NopChoice | None,
-    only: list[str],
-    exclude: list[str],
-    symbol: list[str],
-    jobs: int | None,
-    fail_fast: bool,
-    as_json: bool,
-    quiet: bool,
-    no_fsync: bool,
-) -> None:
-    """nop and call: their parameters, by the same names (each passes its own locals())."""
+def _paths(files: list[str] | None, files_from: str | None, output: str | None, in_place: bool) -> list[str]:
+    """The inputs of a command that writes files, checked against -o and --in-place."""
     paths = _inputs(files, files_from)
     if in_place == (output is not None):
         _usage("give exactly one of -o FILE or --in-place")
@@ -347,16 +334,84 @@ def _patch(
             _usage("-o takes exactly one input file; use --in-place for several")
         if os.path.exists(output) and os.path.exists(paths[0]) and os.path.samefile(output, paths[0]):
             _usage(f"-o {output} is the input file; use --in-place to replace it")
+    return paths
+
+
+@dataclass(frozen=True)
+class _Words:
+    """How a command that writes files reports: its JSON keys and its lines."""
+
+    action: str
+    label: str  # the progress bar's
+    changed: str  # a changed file's status
+    counts: dict[str, str]  # JSON key -> the Outcome field it reports
+    line: Callable[["Outcome"], str]  # one file's line, after its path
+    summary: Callable[[dict[str, int]], str]  # the run's line on stderr, from the JSON summary
+
+
+def _patch_words(action: str, record: bool) -> _Words:
+    counts = {"patched": "patched", "already": "already", "filtered": "filtered"}
+
+    def line(o: "Outcome") -> str:
+        text = f"{o.patched} patched, {o.already} already {action}, {o.filtered} filtered out"
+        return f"{text}; {_table(o) or 'no sites to record'}" if record else text
+
+    def summary(t: dict[str, int]) -> str:
+        text = f"{t['patched']} sites patched, {t['already']} already {action}, {t['filtered']} filtered out"
+        return f"{text}, {_RECORD_WORDS.summary(t)}" if record else text
+
+    return _Words(action, "patching", "patched", counts | _RECORD_WORDS.counts if record else counts, line, summary)
+
+
+def _table(o: "Outcome") -> str:
+    """What record wrote into a file, or found there; "" if it has no sites."""
+    kept = o.already_recorded
+    if o.recorded:
+        left = f", {kept} objects already had __mcount_loc and were left as they were" if kept else ""
+        return f"{o.recorded} sites recorded in __mcount_loc{left}"
+    if kept:
+        return "already has __mcount_loc" if kept == 1 else f"{kept} objects already have __mcount_loc"
+    return ""
+
+
+def _record_line(o: "Outcome") -> str:
+    if o.recorded:
+        return _table(o)
+    return f"{_table(o) or 'no profiling call sites'}, left as it was"
+
+
+_RECORD_WORDS = _Words(
+    "record",
+    "recording",
+    "recorded",
+    {"recorded": "recorded", "already_recorded": "already_recorded"},
+    _record_line,
+    lambda t: f"{t['recorded']} sites recorded, {t['already_recorded']} objects already had __mcount_loc",
+)
+
+
+def _run(
+    words: _Words,
+    job: "batch.Job | batch.RecordJob",
+    paths: list[str],
+    *,
+    output: str | None,
+    jobs: int | None,
+    fail_fast: bool,
+    as_json: bool,
+    quiet: bool,
+    only: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+) -> NoReturn:
+    """Run a command that writes files over `paths`, print what became of each, and exit with the worst code.
+    `only`, `exclude`: the run's globs, each warned of once if no function of any file matched it."""
     from . import batch
-    from .patch import Action
 
     started = time.monotonic()
-    nop = style.value if style else None
-    job = batch.Job(Action(action_name), output, nop, tuple(only), tuple(exclude), _targets(symbol), not no_fsync)
-    advance = _progress(len(paths))
+    advance = _progress(len(paths), words.label)
     worst = EXIT_OK
     report = []
-    totals = {"files": 0, "patched": 0, "already": 0, "filtered": 0, "failed": 0}
+    totals = {"files": 0, **dict.fromkeys(words.counts, 0), "failed": 0}
     matched: set[str] = set()
     try:
         for outcome in batch.run(paths, job, jobs or os.cpu_count() or 1, fail_fast):
@@ -381,40 +436,77 @@ def _patch(
             matched |= outcome.matched
             for warning in outcome.warnings:
                 _warning(f"{outcome.path}: {warning}")
-            for key in ("patched", "already", "filtered"):
-                totals[key] += getattr(outcome, key)
+            counts = {key: getattr(outcome, field) for key, field in words.counts.items()}
+            for key, value in counts.items():
+                totals[key] += value
             report.append(
                 {
                     "path": outcome.path,
                     "output": output or outcome.path,
-                    "status": "patched" if outcome.changed else "unchanged",
-                    "patched": outcome.patched,
-                    "already": outcome.already,
-                    "filtered": outcome.filtered,
+                    "status": words.changed if outcome.changed else "unchanged",
+                    **counts,
                     "warnings": list(outcome.warnings),
                 }
             )
             if not (quiet or as_json):
                 dest = f" -> {output}" if output else ""
-                print(
-                    f"{outcome.path}{dest}: {outcome.patched} patched, {outcome.already} already {action_name}, {outcome.filtered} filtered out"
-                )
+                print(f"{outcome.path}{dest}: {words.line(outcome)}")
     except FtpatchError as e:  # syncing the output directories at the end failed
         _error(str(e))
         worst = max(worst, _exit_code(e))
-    warnings = _unmatched(only, exclude, matched, totals["files"] - totals["failed"])
+    warnings = _unmatched(list(only), list(exclude), matched, totals["files"] - totals["failed"])
     for warning in warnings:
         _warning(warning)
     if as_json:
-        _print_json({"action": action_name, "files": report, "summary": totals, "warnings": warnings})
+        _print_json({"action": words.action, "files": report, "summary": totals, "warnings": warnings})
     elif len(paths) > 1 or quiet:
         print(
-            f"ftpatch {action_name}: {totals['files']} files, {totals['patched']} sites patched, "
-            f"{totals['already']} already {action_name}, {totals['filtered']} filtered out, "
+            f"ftpatch {words.action}: {totals['files']} files, {words.summary(totals)}, "
             f"{totals['failed']} failed, {time.monotonic() - started:.2f} s",
             file=sys.stderr,
         )
     raise typer.Exit(worst)
+
+
+def _patch(
+    action_name: str,
+    *,
+    files: list[str] | None,
+    files_from: str | None,
+    output: str | None,
+    in_place: bool,
+    style: NopChoice | None,
+    only: list[str],
+    exclude: list[str],
+    symbol: list[str],
+    jobs: int | None,
+    fail_fast: bool,
+    as_json: bool,
+    quiet: bool,
+    no_fsync: bool,
+    record: bool,
+) -> None:
+    """nop and call: their parameters, by the same names (each passes its own locals())."""
+    paths = _paths(files, files_from, output, in_place)
+    from . import batch
+    from .patch import Action
+
+    nop = style.value if style else None
+    job = batch.Job(
+        Action(action_name), output, nop, tuple(only), tuple(exclude), _targets(symbol), not no_fsync, record
+    )
+    _run(
+        _patch_words(action_name, record),
+        job,
+        paths,
+        output=output,
+        jobs=jobs,
+        fail_fast=fail_fast,
+        as_json=as_json,
+        quiet=quiet,
+        only=job.only,
+        exclude=job.exclude,
+    )
 
 
 @app.command()
@@ -435,6 +527,14 @@ def nop(
     as_json: AsJson = False,
     quiet: Quiet = False,
     no_fsync: NoFsync = False,
+    record: Annotated[
+        bool,
+        typer.Option(
+            "--record",
+            help="Also write __mcount_loc into each object that has none, as `ftpatch record` does, in the same "
+            "pass (objtool's --mcount --mnop).",
+        ),
+    ] = False,
 ) -> None:
     """Turn every profiling call into a nop, after verifying every site."""
     _patch("nop", **locals())
@@ -456,7 +556,31 @@ def call(
     no_fsync: NoFsync = False,
 ) -> None:
     """Turn nop'd profiling sites back into the exact calls, after verifying every site."""
-    _patch("call", style=None, **locals())
+    _patch("call", style=None, record=False, **locals())
+
+
+@app.command()
+def record(
+    files: Files = None,
+    output: Output = None,
+    in_place: InPlace = False,
+    symbol: Symbols = [],  # noqa: B006
+    files_from: FilesFrom = None,
+    jobs: Jobs = None,
+    fail_fast: FailFast = False,
+    as_json: AsJson = False,
+    quiet: Quiet = False,
+    no_fsync: NoFsync = False,
+) -> None:
+    """Write __mcount_loc, the table of profiling call sites, into each object, as the kernel's recordmcount does.
+
+    Objects (and archive members) that already have __mcount_loc, or no sites, are left as they are.
+    """
+    paths = _paths(files, files_from, output, in_place)
+    from . import batch
+
+    job = batch.RecordJob(output, _targets(symbol), not no_fsync)
+    _run(_RECORD_WORDS, job, paths, output=output, jobs=jobs, fail_fast=fail_fast, as_json=as_json, quiet=quiet)
 
 
 @app.command()

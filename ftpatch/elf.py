@@ -37,20 +37,21 @@ ELFCLASS32, ELFCLASS64 = 1, 2
 ELFDATA2LSB = 1
 ET_REL, ET_EXEC, ET_DYN = 1, 2, 3
 SHT_NULL, SHT_PROGBITS, SHT_SYMTAB, SHT_RELA, SHT_DYNAMIC, SHT_NOBITS, SHT_REL, SHT_DYNSYM = 0, 1, 2, 4, 6, 8, 9, 11
-SHT_SYMTAB_SHNDX = 18
+SHT_GROUP, SHT_SYMTAB_SHNDX = 17, 18
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
+SHF_INFO_LINK, SHF_GROUP = 0x40, 0x200
 SHN_UNDEF, SHN_LORESERVE, SHN_XINDEX = 0, 0xFF00, 0xFFFF
-STT_FUNC = 2
+STT_FUNC, STT_SECTION = 2, 3
 STB_LOCAL = 0
 DT_NULL, DT_NEEDED, DT_PLTGOT = 0, 1, 3
 
 E_TYPE_NAMES = {ET_REL: "ET_REL", ET_EXEC: "ET_EXEC", ET_DYN: "ET_DYN"}
 SUPPORTED_TYPES = (ET_REL, ET_EXEC, ET_DYN)
 
-# e_ident through e_shstrndx, after the 16 bytes of e_ident.
-_EHDR = {ELFCLASS32: struct.Struct("<HHIIIIIHHHHHH"), ELFCLASS64: struct.Struct("<HHIQQQIHHHHHH")}
-_SYM = {ELFCLASS32: struct.Struct("<IIIBBH"), ELFCLASS64: struct.Struct("<IBBHQQ")}
-_SHDR = {ELFCLASS32: struct.Struct("<IIIIIIIIII"), ELFCLASS64: struct.Struct("<IIQQQQIIQQ")}
+# The ELF header after the 16 bytes of e_ident (e_type through e_shstrndx), a symbol, a section header.
+EHDR = {ELFCLASS32: struct.Struct("<HHIIIIIHHHHHH"), ELFCLASS64: struct.Struct("<HHIQQQIHHHHHH")}
+SYM = {ELFCLASS32: struct.Struct("<IIIBBH"), ELFCLASS64: struct.Struct("<IBBHQQ")}
+SHDR = {ELFCLASS32: struct.Struct("<IIIIIIIIII"), ELFCLASS64: struct.Struct("<IIQQQQIIQQ")}
 
 
 class Section(NamedTuple):
@@ -106,7 +107,7 @@ class SymbolTable:
     of a scan, so a Symbol, name included, is only built for the index asked for."""
 
     def __init__(self, table: memoryview, elfclass: int, strtab: bytes, extended: Callable[[int], list[int]]) -> None:
-        self._layout = _SYM[elfclass]
+        self._layout = SYM[elfclass]
         self._table = table[: len(table) - len(table) % self._layout.size]
         self._strtab = strtab
         # A symbol whose st_shndx is SHN_XINDEX has its section index in SHT_SYMTAB_SHNDX.
@@ -134,7 +135,7 @@ class SymbolTable:
     def _rows(self) -> list[_Row]:
         """Every symbol's fields but its name."""
         raw = self._layout.iter_unpack(self._table)
-        if self._layout is _SYM[ELFCLASS64]:
+        if self._layout is SYM[ELFCLASS64]:
             rows = [_Row(n, info & 0xF, info >> 4, shndx, value, size) for n, info, _o, shndx, value, size in raw]
         else:
             rows = [_Row(n, info & 0xF, info >> 4, shndx, value, size) for n, value, size, info, _o, shndx in raw]
@@ -166,6 +167,26 @@ class SymbolTable:
                     i = st_names.index(st_name, i + 1)
                     found[i] = name
         return dict(sorted(found.items()))
+
+    def section_symbols(self, below: int) -> dict[int, int]:
+        """Section index -> its first local STT_SECTION symbol among symbols 1 to `below` - 1.
+
+        Read from the st_info column alone, as `named` reads st_name: an object has
+        a few section symbols among thousands of others.
+        """
+        size = self._layout.size
+        is64 = self._layout is SYM[ELFCLASS64]
+        infos = bytes(self._table[4 if is64 else 12 :: size])  # st_info of each symbol
+        local_section = STT_SECTION | STB_LOCAL << 4
+        found: dict[int, int] = {}
+        i = infos.find(local_section, 1, below)
+        while i >= 0:
+            st_shndx = self._layout.unpack_from(self._table, i * size)[3 if is64 else 5]
+            if st_shndx == SHN_XINDEX and self._extended is not None:
+                st_shndx = self._extended[i]
+            found.setdefault(st_shndx, i)
+            i = infos.find(local_section, i + 1, below)
+        return found
 
     def function_rows(self) -> list[tuple[int, _Row]]:
         """(index, row) of every defined STT_FUNC symbol."""
@@ -250,6 +271,14 @@ def words(view: memoryview | bytes, size: int, signed: bool = False) -> array.ar
     if sys.byteorder != "little":
         column.byteswap()
     return column
+
+
+def packed(column: array.array[int]) -> bytes:
+    """A column of words as little-endian bytes, whatever the host's byte order: words() undone."""
+    if sys.byteorder != "little":
+        column = array.array(column.typecode, column)
+        column.byteswap()
+    return column.tobytes()
 
 
 def machine_name(e_machine: int) -> str:
@@ -354,11 +383,11 @@ class ElfFile:
         if len(data) < 16:
             raise self.fail(f"truncated ELF header, file is {len(data)} bytes")
         elfclass, ei_data = data[4], data[5]
-        if elfclass not in _EHDR:
+        if elfclass not in EHDR:
             raise self.fail(f"invalid EI_CLASS {elfclass}, e_ident[4]")
         if ei_data != ELFDATA2LSB:
             raise self.fail(f"not little-endian (EI_DATA {ei_data}, x86 ELF is ELFDATA2LSB), e_ident[5]")
-        ehdr = _EHDR[elfclass]
+        ehdr = EHDR[elfclass]
         if len(data) < 16 + ehdr.size:
             raise self.fail(f"truncated ELF header, file is {len(data)} bytes")
         (
@@ -389,7 +418,7 @@ class ElfFile:
     def _read_sections(
         self, elfclass: int, e_shoff: int, e_shentsize: int, e_shnum: int, e_shstrndx: int
     ) -> tuple[Section, ...]:
-        data, shdr = self.data, _SHDR[elfclass]
+        data, shdr = self.data, SHDR[elfclass]
         if e_shoff == 0:
             raise self.fail("no section header table, e_shoff is 0")
         if e_shentsize != shdr.size:

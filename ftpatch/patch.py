@@ -8,18 +8,17 @@ it only ever touches the bytes a plan names.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from itertools import chain, pairwise, repeat
 from operator import add, attrgetter, lt
 
-from .elf import read_input
 from .errors import InputError, VerifyError
+from .record import Recording, record_data
 from .scan import scan_data
 from .sites import DEFAULT_TARGETS, LiveCalls, ScanResult, Site, SiteGroup, State, chosen, site_state
-from .write import locked_input, write_atomic
+from .write import rewrite
 from .x86 import NOP_STYLES, Arch, Form, NopStyle, describe, hexbytes
 
 
@@ -64,6 +63,7 @@ class Plan:
     kept_live: frozenset[int] = frozenset()
     warnings: tuple[str, ...] = ()  # what the user must know although the plan is sound
     matched: frozenset[str] = frozenset()  # the --only / --except globs that matched a function here
+    recording: Recording | None = None  # what `nop --record` also did: the __mcount_loc tables written
 
     @property
     def changes(self) -> bool:
@@ -330,23 +330,22 @@ def patch_file(
     targets: Sequence[str] = DEFAULT_TARGETS,
     sync_dir: bool = True,
     fsync: bool = True,
+    record: bool = False,
 ) -> Plan:
     """Scan, verify, patch and write one ELF file or static archive; `output=None` replaces `path`.
 
     Nothing is written unless every chosen site verified. In place, an
     unchanged file is left untouched, mtime included. sync_dir, fsync: see write_atomic.
+    With `record`, the patched bytes also get __mcount_loc, as `record` writes it
+    (a nop'd site is still a site), in the same write.
     """
-    if output is None and os.path.islink(path):
-        raise InputError(path, "is a symbolic link, give --in-place the file it points to")
-    if output is not None:
-        data = read_input(path)
+
+    def change(data: bytes) -> tuple[Plan, bytes | bytearray | None]:
         the_plan = plan_all(path, scan_data(path, data, targets), action, nop=nop, only=only, exclude=exclude)
-        write_atomic(output, _patched(data, the_plan), os.stat(path).st_mode & 0o7777, sync_dir=sync_dir, fsync=fsync)
-        return the_plan
-    # In place: the file stays locked from reading to renaming, so concurrent runs take turns
-    # (and locked_input sweeps what killed runs left beside it, whatever becomes of it).
-    with locked_input(path) as (data, mode):
-        the_plan = plan_all(path, scan_data(path, data, targets), action, nop=nop, only=only, exclude=exclude)
-        if the_plan.changes:
-            write_atomic(path, _patched(data, the_plan), mode, sync_dir=sync_dir, fsync=fsync)
-    return the_plan
+        new = _patched(data, the_plan) if the_plan.changes else None
+        if not record:
+            return the_plan, new
+        recording, recorded = record_data(path, data if new is None else bytes(new), targets)
+        return replace(the_plan, recording=recording), new if recorded is None else recorded
+
+    return rewrite(path, output, change, sync_dir=sync_dir, fsync=fsync)

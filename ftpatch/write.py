@@ -33,11 +33,11 @@ import fcntl
 import functools
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from time import monotonic
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
-from .elf import open_input, read_fd
+from .elf import open_input, read_fd, read_input
 from .errors import InputError, OutputError
 
 _MARK = ".ftpatch-"
@@ -252,3 +252,39 @@ def locked_input(path: str) -> Iterator[tuple[bytes, int]]:
             return
         finally:
             os.close(fd)
+
+
+T = TypeVar("T")
+
+
+def rewrite(
+    path: str,
+    output: str | None,
+    change: Callable[[bytes], tuple[T, bytes | bytearray | None]],
+    *,
+    sync_dir: bool = True,
+    fsync: bool = True,
+) -> T:
+    """Read `path`, let `change` say what it becomes, and write that atomically; return what `change` reported.
+
+    `change` gives the new bytes, or None when the file stays as it is. With
+    `output`, the result is written there either way (the input's own bytes if
+    nothing changed) and the input is only read; without it, `path` is replaced
+    only if it changed, and stays locked from the read to the rename, so
+    concurrent runs take turns (locked_input sweeps what killed runs left beside
+    it, whatever becomes of it). sync_dir, fsync: see write_atomic.
+    """
+    if output is None and os.path.islink(path):
+        raise InputError(path, "is a symbolic link, give --in-place the file it points to")
+    if output is not None:
+        data = read_input(path)
+        report, new = change(data)
+        write_atomic(
+            output, data if new is None else new, os.stat(path).st_mode & 0o7777, sync_dir=sync_dir, fsync=fsync
+        )
+        return report
+    with locked_input(path) as (data, mode):
+        report, new = change(data)
+        if new is not None:
+            write_atomic(path, new, mode, sync_dir=sync_dir, fsync=fsync)
+    return report

@@ -134,3 +134,64 @@ def checkout_stays_clean() -> Iterator[None]:
     yield
     left = sorted(str(p.relative_to(ROOT)) for p in _loose_files() - before)
     assert not left, f"the tests left files in the checkout: {left}"
+
+
+def table_places(path: Path, data: bytes | None = None) -> list[tuple[str, int]] | None:
+    """Where the entries of __mcount_loc point, as sorted (section name, offset), read with pyelftools, not ftpatch;
+    None if the object has no __mcount_loc. `data`, if given, is read instead of the file."""
+    import io
+
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableIndexSection
+
+    elf = ELFFile(io.BytesIO(data if data is not None else path.read_bytes()))
+    index = elf.get_section_index("__mcount_loc")
+    if index is None:
+        return None
+    contents = elf.get_section(index).data()
+    word = 8 if elf.elfclass == 64 else 4
+    names: dict[int, str] = {}  # section index -> name; pyelftools parses a header again on each get_section
+    places: dict[int, tuple[int, int]] = {}  # symbol index -> (its section index, st_value)
+    found = []
+    for rel in (s for s in elf.iter_sections() if s["sh_type"] in ("SHT_REL", "SHT_RELA") and s["sh_info"] == index):
+        symtab = elf.get_section(rel["sh_link"])
+        extended = next((s for s in elf.iter_sections() if isinstance(s, SymbolTableIndexSection)), None)
+        for r in rel.iter_relocations():
+            n = r["r_info_sym"]
+            if n not in places:
+                symbol = symtab.get_symbol(n)
+                shndx = symbol["st_shndx"]
+                if shndx in (0xFFFF, "SHN_XINDEX"):  # pyelftools leaves SHN_XINDEX unresolved
+                    assert extended is not None
+                    shndx = extended.get_section_index(n)
+                places[n] = (int(shndx), symbol["st_value"])
+            shndx, value = places[n]
+            if shndx not in names:
+                names[shndx] = elf.get_section(shndx).name
+            if rel.is_RELA():
+                addend = r["r_addend"]
+            else:
+                addend = int.from_bytes(contents[r["r_offset"] : r["r_offset"] + word], "little", signed=True)
+            found.append((names[shndx], value + addend))
+    return sorted(found)
+
+
+def call_places(path: Path) -> list[tuple[str, int]]:
+    """Where the calls to mcount, _mcount and __fentry__ start, as sorted (section name, offset), from the call
+    relocations, read with pyelftools, not ftpatch."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.relocation import RelocationSection
+
+    with path.open("rb") as f:
+        elf = ELFFile(f)
+        places = []
+        for rel in elf.iter_sections():
+            if not isinstance(rel, RelocationSection):
+                continue
+            target = elf.get_section(rel["sh_info"])
+            symtab = elf.get_section(rel["sh_link"])
+            for r in rel.iter_relocations():
+                if r["r_info_type"] and symtab.get_symbol(r["r_info_sym"]).name in TARGETS:
+                    disp = 1 if r["r_info_type"] in (2, 4) else 2  # PC32/PLT32: e8; GOT forms: ff 15 / ff 93
+                    places.append((target.name, r["r_offset"] - disp))
+        return sorted(places)

@@ -239,6 +239,12 @@ def test_readme_shows_the_examples_as_they_are() -> None:
     import re
 
     readme = (ROOT / "README.md").read_text()
-    for lang, path in (("cmake", "examples/cmake/CMakeLists.txt"), ("make", "examples/make/Makefile")):
-        (snippet,) = re.findall(rf"```{lang}\n(.*?)```", readme, re.S)
-        assert snippet in (ROOT / path).read_text(), path
+    examples = {
+        "cmake": ["examples/cmake/CMakeLists.txt"],
+        "make": ["examples/make/Makefile", "examples/record/Makefile"],
+    }
+    for lang, paths in examples.items():
+        snippets = re.findall(rf"```{lang}\n(.*?)```", readme, re.S)
+        assert len(snippets) == len(paths)
+        for snippet, path in zip(snippets, paths, strict=True):
+            assert snippet in (ROOT / path).read_text(), path

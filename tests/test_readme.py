@@ -74,6 +74,29 @@ def test_pipeline_example_runs_on_copies(tmp_path: Path) -> None:
     assert (tmp_path / "fixtures" / "x86_64-pie.o").read_bytes() != (FIXTURES / "x86_64-pie.o").read_bytes()
 
 
+def test_record_lines_run(tmp_path: Path) -> None:
+    """The clang example of "Recording __mcount_loc": the program's 8 sites come from the table, stripped too."""
+    import json
+
+    env = shell(tmp_path)
+    block = next(b for b in blocks("sh") if "ftpatch record --in-place prog-clang.o" in b)
+    for line in block.splitlines():
+        command = line.split("  #")[0].strip()
+        proc = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, (command, proc.stderr)
+    proc = subprocess.run(["readelf", "-SW", "prog-clang"], cwd=tmp_path, capture_output=True, text=True)
+    assert "__mcount_loc" in proc.stdout and ".symtab" not in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "ftpatch", "scan", "--json", "prog-clang"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    sites = json.loads(proc.stdout)["files"][0]["sites"]
+    assert len(sites) == 8 and {s["state"] for s in sites} == {"call"}
+
+
 def test_library_snippet_runs(tmp_path: Path) -> None:
     env = shell(tmp_path)
     code = blocks("python")[0]

@@ -257,7 +257,11 @@ def drive(data: bytes, workdir: Path) -> str:
     except ftpatch.FtpatchError as e:
         check_error(e)
     assert path.read_bytes() == data, "input changed"
-    for argv in (["scan", "--json", str(path)], ["nop", str(path), "-o", str(out)]):
+    for argv in (
+        ["scan", "--json", str(path)],
+        ["nop", str(path), "-o", str(out)],
+        ["record", str(path), "-o", str(out)],
+    ):
         code, _stdout, stderr = run_cli(argv)
         assert code in (0, 1, 3), (argv, code, stderr)
         for line in stderr.splitlines():
