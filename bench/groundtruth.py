@@ -2,7 +2,8 @@
 """Ground truth of profiling call sites in a linked x86 ELF file, independent of ftpatch.
 
 A site is a call instruction in an executable section whose target resolves to mcount, _mcount or
-__fentry__. The targets are worked out from binutils alone (`objdump -d -w`, `readelf`), never from ftpatch:
+__fentry__, or a direct jmp to one outside the PLT (a tail call: clang's LTO writes `jmp mcount@plt` where a
+function's last act was an inlined function's mcount call). The targets are worked out from binutils alone (`objdump -d -w`, `readelf`), never from ftpatch:
 
 - `call ADDR` where ADDR is a definition of a target (static programs), or a PLT stub whose indirect jmp
   goes through a profiling slot (lazy `.plt`, `.plt.sec`, `.plt.got`, i386 `jmp *abs32` and `jmp *d(%ebx)`);
@@ -234,6 +235,9 @@ def disassemble(path: Path) -> tuple[list[Insn], dict[int, Insn]]:
                 calls.append(insn)
             elif _JMP.match(insn.text) or insn.text.startswith("endbr"):
                 stubs[insn.address] = insn
+                # A direct jmp outside the PLT may be a tail call to a target (clang's LTO: jmp mcount@plt).
+                if not section.startswith(".plt") and (j := _JMP.match(insn.text)) and not j.group(1).startswith("*"):
+                    calls.append(insn)
     if proc.returncode:
         raise subprocess.CalledProcessError(proc.returncode, ["objdump", "-d", "-w", str(path)])
     return calls, stubs
@@ -372,7 +376,8 @@ def ground_truth(path: Path, reference: Path | None = None) -> GroundTruth:
     calls, stubs = disassemble(path)
     sites = []
     for insn in calls:
-        operand = _CALL.match(insn.text).group(1)  # type: ignore[union-attr]
+        call = _CALL.match(insn.text)
+        operand = (call or _JMP.match(insn.text)).group(1)  # type: ignore[union-attr]
         how = None
         if operand.startswith("*"):
             how = resolver.slot_kind(resolver.slot_of(operand))
@@ -385,6 +390,8 @@ def ground_truth(path: Path, reference: Path | None = None) -> GroundTruth:
             elif target not in resolver.stubs:
                 resolver.stubs[target] = resolver.stub_kind(target, stubs) or ""
             how = how or resolver.stubs.get(target) or None
+        if how and not call:
+            how = f"tail-{how}"  # jmp mcount: the call and the return at once
         if how:
             fn = function_at(functions, insn.address) if functions else insn.label
             sites.append(Site(insn.address, insn.length, insn.raw, insn.text, how, insn.section, fn))

@@ -109,7 +109,7 @@ class LiveCalls:
         """(offset, length, target) of each call to a target in `code`, which is loaded at `sh_addr`."""
         targets, x86_64 = self.targets, self.targets.arch.x86_64
         # Relative: e8 to a PLT entry or a definition (67 e8 holds one), x86-64 ff 15 to a GOT slot.
-        relative = [(b"\xe8", 5, dest, t.name) for dest, t in targets.rel32.items()]
+        relative = [(op, 5, dest, t.name) for dest, t in targets.rel32.items() for op in (b"\xe8", b"\xe9")]
         if x86_64:
             relative += [(b"\xff\x15", 6, slot, t.name) for slot, t in targets.slot.items()]
         for opcode, length, dest, name in relative:

@@ -107,9 +107,9 @@ class Targets:
     def call_at(self, code: bytes, va: int) -> Call | None:
         """The call to a target that `code`, the bytes at `va`, begins with, if any."""
         op = code[:1]
-        if op == b"\xe8" and len(code) >= 5:
+        if op in (b"\xe8", b"\xe9") and len(code) >= 5:
             target = self.rel32.get(va + 5 + int.from_bytes(code[1:5], "little", signed=True))
-            return Call(Form.REL32, target, code[:5]) if target else None
+            return Call(Form.REL32 if op == b"\xe8" else Form.TAIL, target, code[:5]) if target else None
         if len(code) < 6:
             return None
         op = code[:2]
@@ -130,13 +130,14 @@ class Targets:
 
         `entry` says whether the site is at a function's entry (True), inside one
         (False) or unknown (None); `form`, the form the site's nop says it replaced.
+        A tail jmp is only what a nop that says so replaced: its nop is a ret, not a nop.
         """
         found: dict[bytes, Call] = {}
         for t in self.targets:
             if entry is not None and t.entry != entry:
                 continue
             for call in self._encodings(t, va, length):
-                if form is None or call.form is form:
+                if call.form is form or (form is None and call.form is not Form.TAIL):
                     found.setdefault(call.code, call)
         return found
 
@@ -148,6 +149,7 @@ class Targets:
         if length == 5:
             for dest in (*sorted(t.plt), *([t.address] if t.address is not None else [])):
                 yield from near(Form.REL32, dest - (va + 5))
+                yield from near(Form.TAIL, dest - (va + 5))
             return
         if t.address is not None:
             yield from near(Form.ADDR32_REL32, t.address - (va + 6))

@@ -20,6 +20,7 @@ class Form(StrEnum):
     GOTPCREL = "gotpcrel"  # ff 15 disp32: call *mcount@GOTPCREL(%rip)
     GOT_EBX = "got-ebx"  # ff 93 disp32: call *mcount@GOT(%ebx), i386 PIC
     ADDR32_REL32 = "addr32-rel32"  # 67 e8 rel32: a GOT call the linker resolved locally (static)
+    TAIL = "tail-rel32"  # e9 rel32: jmp mcount@plt, where clang's LTO made a function's last call a tail call
     RECORDED = "mcount-loc"  # no call at all: gcc -mnop-mcount, listed in __mcount_loc
 
 
@@ -28,11 +29,12 @@ OPCODES = {
     Form.GOTPCREL: b"\xff\x15",
     Form.GOT_EBX: b"\xff\x93",
     Form.ADDR32_REL32: b"\x67\xe8",
+    Form.TAIL: b"\xe9",
 }
 
 
 # A RECORDED site is the one 5-byte nop gcc put there.
-SITE_LENGTH = {Form.REL32: 5, Form.GOTPCREL: 6, Form.GOT_EBX: 6, Form.ADDR32_REL32: 6, Form.RECORDED: 5}
+SITE_LENGTH = {Form.REL32: 5, Form.GOTPCREL: 6, Form.GOT_EBX: 6, Form.ADDR32_REL32: 6, Form.TAIL: 5, Form.RECORDED: 5}
 
 
 def disp_offset(form: Form) -> int:
@@ -162,6 +164,8 @@ class NopStyle:
 
     def nop(self, form: Form, entry: bool, tag: int = 0) -> bytes:
         """What `nop` writes over a site of this form, at a function's entry or inside it."""
+        if form is Form.TAIL:
+            return TAIL_RET
         return _MEMBERS[self.name](SITE_LENGTH[form], None if entry else form, tag)
 
     @property
@@ -206,6 +210,9 @@ def _lea(length: int, inner: Form | None, tag: int) -> bytes:
     return bytes((0x66, _LEA_SEGMENTS[inner], 0x8D, 0x74, sib, 0x00))
 
 
+# A jmp to mcount is mcount's call and the function's return at once: its nop is the return alone, whatever the
+# style. The filler never runs: int3, and an int1 that no compiler pads with, to mark it as ftpatch's.
+TAIL_RET = bytes.fromhex("c3cccccc f1")
 _P6_MARKS = {Form.REL32: 0xF1, Form.GOTPCREL: 0xF2, Form.GOT_EBX: 0xF3, Form.ADDR32_REL32: 0xF4}
 _SEGMENT = (0x66, 0x2E, 0x3E)  # by tag; 0x66 is no segment prefix at all
 _LEA_SEGMENTS = {Form.REL32: 0x3E, Form.GOTPCREL: 0x26, Form.GOT_EBX: 0x26, Form.ADDR32_REL32: 0x36}
@@ -267,6 +274,7 @@ def known_nops(arch: Arch) -> dict[bytes, Nop]:
                     if code:
                         places.setdefault(code, (style.name, tag, set()))[2].add(inner)
     found = dict(_FOREIGN)
+    found[TAIL_RET] = Nop("ret", False, Form.TAIL, 0, False)
     for code, (style, tag, inners) in places.items():
         entry = None if len(inners) > 1 and None in inners else None in inners
         form = next(iter(inners)) if len(inners) == 1 else None

@@ -138,6 +138,27 @@ def test_inlined_mcount_calls_of_clang_lto_are_sites(tmp: Path) -> None:
     assert back.read_bytes() == exe.read_bytes()
 
 
+def test_a_tail_jump_to_mcount_of_clang_lto_becomes_a_return(tmp: Path) -> None:
+    """clang's LTO makes an empty function's mcount call a tail call, `jmp mcount@plt`: the call and the return at
+    once. Its nop is the return alone (`c3`, then filler that never runs), and call makes it the jmp again."""
+    (tmp / "tail.c").write_text(
+        "#include <stdio.h>\nstatic void noop(int x) { (void)x; }\nvoid (*volatile hook)(int) = noop;\n"
+        'int main(void) { hook(1); puts("ok"); return 0; }\n'
+    )
+    exe = tmp / "tail"
+    run("clang", "-O2", "-pg", "-flto", "-fuse-ld=lld", tmp / "tail.c", "-o", exe)
+    truth = ground_truth(exe)
+    (result,) = lib.scan_path(str(exe))
+    assert site_addresses(result) == truth.addresses and len(truth.sites) == 2
+    assert {(s.function, s.form) for s in result.sites} == {("main", lib.Form.REL32), ("noop", lib.Form.TAIL)}
+    nopped, back = nop_and_back(exe, tmp)
+    (tail,) = [s for s in lib.scan_path(str(nopped))[0].sites if s.form is lib.Form.TAIL]
+    assert tail.code == bytes.fromhex("c3ccccccf1")
+    assert ground_truth(nopped).sites == []
+    assert execute(nopped, tmp / "n") == execute(exe, tmp / "o") == "ok\n"
+    assert back.read_bytes() == exe.read_bytes()
+
+
 def test_program_linked_from_nopped_fentry_pie_objects_is_traced_by_uftrace(tmp: Path) -> None:
     """A nop'd 6-byte entry site is `0f 1f 44 00 00` and a one-byte nop, which uftrace's `record -P` patches."""
     obj = tmp / "forms.o"
