@@ -287,7 +287,7 @@ class _Locator:
         start = self.functions.starts[i]
         code = self.elf.read(start, (self.functions.end(i) or start) - start)
         entry = start
-        for n, (va, size, mnemonic, _ops) in enumerate(decode_lite(code, self.arch, start)):
+        for n, (va, size, mnemonic, _ops) in enumerate(decode_lite(code, self.arch, start, batch=8)):
             at = va - start
             if n == _WINDOW:
                 return None
@@ -321,7 +321,7 @@ class _Locator:
             end = self.functions.end(i, span=None)
             end = min(end, sec.sh_addr + sec.sh_size) if end is not None else sec.sh_addr + sec.sh_size
             last = max(wanted)
-            for va, _size, _mnemonic, _ops in decode_lite(self.elf.read(start, end - start), self.arch, start):
+            for va, _size, _mnemonic, _ops in decode_lite(self.elf.read(start, end - start), self.arch, start, 64):
                 if va in wanted:
                     found.add(va)
                 if va >= last:
