@@ -41,7 +41,7 @@ from functools import partial
 
 from .elf import SHF_ALLOC, SHT_NOBITS, SHT_REL, SHT_RELA, STB_LOCAL, ElfFile, Section, words
 from .sites import ScanResult, SiteGroup, State
-from .targets import R_RELATIVE, Targets, dynamic_relocations, resolve
+from .targets import R_RELATIVE, Targets, dynamic_relocations, resolve, text_relocations
 from .unwind import unwind_starts
 from .x86 import Arch, Form, decode_lite, hexbytes, inner_form, marked_nops, nops, written_by_ftpatch, written_inside
 
@@ -56,6 +56,11 @@ RELINKED = (
     "holds {count} nops where profiling calls were, but nothing in it calls mcount, _mcount or __fentry__ any more "
     "(no PLT entry, GOT slot or definition): it was linked from objects whose sites were nop'd, so there is no "
     "call to restore here; run `ftpatch call` on the objects and link again"
+)
+TEXTREL = (
+    "has {count} calls to mcount that the dynamic loader writes at every start (text relocations, the first at "
+    "{first:#x}: -fno-pie code linked -pie, DT_TEXTREL), over any nop ftpatch would write there; build with -fpie, "
+    "or link with -no-pie"
 )
 STRIPPED_STATIC = (
     "is a stripped static program: only the calls still live at the sites __mcount_loc lists say where mcount "
@@ -453,6 +458,9 @@ def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
         found = list(locator.exact(recorded))
         if not elf.has_symtab and elf.is_static:
             blind = STRIPPED_STATIC
+    elif textrels := text_relocations(elf, names):
+        found = []
+        opaque = TEXTREL.format(count=len(textrels), first=textrels[0])
     elif not targets:
         found = []
         if not elf.has_symtab and elf.is_static:

@@ -269,6 +269,24 @@ def _dynamic_slots(elf: ElfFile, relocations: Relocations | None, names: list[st
     return slots
 
 
+def text_relocations(elf: ElfFile, names: Iterable[str]) -> list[int]:
+    """The addresses in code that a dynamic relocation against a target writes (-fno-pie code linked -pie on
+    i386: `e8` calls the dynamic loader fills in at every start, through DT_TEXTREL)."""
+    dynsym, relocations = elf.dynamic_symbols, dynamic_relocations(elf)
+    if relocations is None or dynsym is None:
+        return []
+    wanted, arch = dynsym.named(names), elf.arch
+    found = []
+    for r_info in relocations.values:
+        if arch.r_sym(r_info) in wanted and arch.r_type(r_info) not in (R_GLOB_DAT, R_JUMP_SLOT):
+            found += [
+                va
+                for va in (relocations.r_offset[i] for i in relocations.holding(r_info))
+                if (sec := elf.section_at(va)) is not None and sec.is_code
+            ]
+    return sorted(found)
+
+
 def _static_slots(elf: ElfFile, relocations: Relocations | None, addresses: dict[str, int]) -> dict[int, str]:
     """GOT slots the static linker filled with a target's address: in their word, or in the addend
     of the R_*_RELATIVE entry that relocates them (a static PIE)."""

@@ -304,3 +304,15 @@ def test_nop_bytes_across_two_instructions_are_no_site(tmp: Path) -> None:
             for action in ("nop", "call"):
                 proc = ftpatch(action, exe, "-o", tmp / f"{action}-out")
                 assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_calls_the_dynamic_loader_writes_are_refused(tmp: Path) -> None:
+    """-fno-pie i386 code linked -pie: each call to mcount is a text relocation, written at every start."""
+    obj, exe = tmp / "forms.o", tmp / "forms"
+    run("gcc", "-m32", "-O2", "-pg", "-fno-pie", "-c", FORMS, "-o", obj)
+    run("gcc", "-m32", "-pg", "-pie", obj, "-o", exe)  # ld warns: creating DT_TEXTREL in a PIE
+    for action in (["scan"], ["nop", "-o", tmp / "n"], ["call", "-o", tmp / "c"]):
+        proc = ftpatch(action[0], exe, *action[1:])
+        assert proc.returncode == 1
+        assert "has 6 calls to mcount that the dynamic loader writes at every start (text relocations" in proc.stderr
+    assert not (tmp / "n").exists() and not (tmp / "c").exists()
