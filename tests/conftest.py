@@ -58,6 +58,23 @@ def readelf_relocs(path: Path) -> list[tuple[str, int, str, str]]:
     return out
 
 
+def read_terminal(main: int) -> str:
+    """Everything written to a pseudo-terminal until its other side closes (`main` is the controlling end)."""
+    import os
+
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the terminal closed when the process exited
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main)
+    return seen.decode("utf-8", "replace")
+
+
 def call_graph(exe: Path, workdir: Path | None = None) -> subprocess.CompletedProcess[str]:
     """gprof's call graph of the run of `exe` in `workdir` (by default beside it), where gmon.out lies."""
     gmon = (workdir or exe.parent) / "gmon.out"

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, PG_OBJECTS, PROGRAM_OUTPUT, RELOCATED, ROOT, call_graph, ftpatch, run
+from conftest import FIXTURES, PG_OBJECTS, PROGRAM_OUTPUT, RELOCATED, ROOT, call_graph, ftpatch, read_terminal, run
 
 
 def tree(tmp: Path, copies: int = 3) -> list[Path]:
@@ -212,19 +212,9 @@ def test_progress_bar_only_on_a_terminal(tmp: Path) -> None:
         cwd=ROOT,
     )
     os.close(sub)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(main, 4096)
-        except OSError:  # the terminal closed when ftpatch exited
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(main)
+    text = read_terminal(main)
     assert proc.wait() == 0
     assert proc.stdout is not None and proc.stdout.read() == b""  # the bar goes to stderr only
-    text = seen.decode("utf-8", "replace")
     assert "patching" in text  # the bar's label, drawn on the terminal
     assert "ftpatch nop: 18 files, 144 sites patched" in text
     # Not a terminal: no bar, only the summary.

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ftpatch, run
+from conftest import ftpatch, read_terminal, run
 
 from ftpatch.demangle import demangle, without_parameters
 
@@ -159,18 +159,9 @@ def on_a_terminal(argv: list[str], columns: int) -> list[str]:
     env = {**os.environ, "COLUMNS": str(columns)}
     proc = subprocess.Popen([sys.executable, "-m", "ftpatch", *argv], stdout=sub, stderr=sub, env=env)
     os.close(sub)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(main, 65536)
-        except OSError:  # the terminal closed when ftpatch exited
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(main)
+    text = read_terminal(main)
     assert proc.wait() == 0
-    return seen.decode().splitlines()
+    return text.splitlines()
 
 
 def test_table_fits_100_columns_on_a_terminal_and_keeps_names_whole_in_a_pipe(cxx: Path) -> None:
