@@ -53,10 +53,6 @@ class Reloc:
     nop: bytes  # what ftpatch's nop leaves there
     tag: int  # what an i386 object's nop says of the relocation type
 
-    @property
-    def info_size(self) -> int:
-        return len(self.held)
-
 
 @dataclass(frozen=True)
 class Site:
