@@ -479,7 +479,7 @@ def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
     sites = {f.va: f for f in found}
     live_calls = None
     unclassified: tuple[str, ...] = ()
-    strays: list[str] = []
+    loose_nops: list[str] = []
     if targets:
         live_calls = LiveCalls(targets, tuple((s.sh_addr, s.sh_offset, s.sh_size) for s in elf.code_sections))
         calls = live_calls(elf.data)
@@ -498,12 +498,12 @@ def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
         )
         loose = [(va, nop) for va, nop in nopped if va not in sites]
         real = locator.on_instructions(va for va, _ in loose) if functions else set()
-        strays += [
+        loose_nops = [
             f"{locator.where(va)}: holds {hexbytes(nop)}, a nop ftpatch writes at a site, where no site is"
             for va, nop in loose
             if va in real
         ]
-    strays[:0] = [f.ambiguity for f in sites.values() if f.ambiguity]
+    strays = [f.ambiguity for f in sites.values() if f.ambiguity] + loose_nops
     names_of = {_file_offset(elf, f.va): functions.name(f.va) for f in sites.values()}
     return ScanResult(
         elf.path,
