@@ -164,7 +164,7 @@ def scan(
 
     With --only / --except, only the sites that `nop` and `call` would touch."""
     from .scan import scan_path
-    from .sites import State, chosen
+    from .sites import Action, State, chosen
 
     worst = EXIT_OK
     reports = []
@@ -183,19 +183,17 @@ def scan(
             reports.append((result, sites))
             if not as_json:
                 _print_sites(result, sites, len(result.sites) - len(sites) if only or exclude else None)
-            if result.opaque:
-                _error(f"{result.path}: {result.opaque}")
-                worst = max(worst, EXIT_INPUT)
-            elif result.blind:
-                _warning(f"{result.path}: `ftpatch call` refuses this file: it {result.blind}")
-            for warning in result.warnings:
-                _warning(f"{result.path}: {warning}")
+            for finding in result.findings:
+                if finding.error:
+                    _error(f"{result.path}: {finding.text}")
+                    worst = max(worst, EXIT_INPUT)
+                elif finding.stops:
+                    _warning(f"{result.path}: `ftpatch call` refuses this file: it {finding.text}")
+                else:
+                    _warning(f"{result.path}: {finding.text}")
             for stray in result.strays:
                 _error(f"{result.path}: {stray}")
                 worst = max(worst, EXIT_VERIFY)
-            for call in result.unclassified:
-                _error(f"{result.path}: {call}")
-                worst = max(worst, EXIT_INPUT)
             for site in sites:
                 if site.state is State.OTHER:
                     _error(
@@ -214,7 +212,8 @@ def scan(
                     "type": r.type,
                     "sites": [s.to_json() for s in sites],
                     "filtered": len(r.sites) - len(sites),
-                    "unclassified": list(r.unclassified),
+                    "located": r.located.value,
+                    "unclassified": [f.text for f in r.stopping(Action.NOP) if Action.CALL not in f.stops],
                     "warnings": list(r.warnings),
                 }
                 for r, sites in reports

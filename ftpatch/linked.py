@@ -37,17 +37,29 @@ import bisect
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 from .elf import SHF_ALLOC, SHT_NOBITS, SHT_REL, SHT_RELA, STB_LOCAL, ElfFile, Section, words
-from .sites import ScanResult, SiteGroup, State
+from .sites import Action, Checks, Finding, Located, ScanResult, SiteGroup, State
 from .targets import R_RELATIVE, Targets, dynamic_relocations, resolve, text_relocations
 from .unwind import unwind_starts
-from .x86 import Arch, Form, decode_lite, hexbytes, inner_form, marked_nops, nops, written_by_ftpatch, written_inside
+from .x86 import (
+    ENDBR,
+    Arch,
+    Form,
+    branch_destination,
+    decode_lite,
+    find_marked_nops,
+    hexbytes,
+    inner_form,
+    instruction_starts,
+    marked_nops,
+    nops,
+    written_by_ftpatch,
+    written_inside,
+)
 
 _WINDOW = 64  # instructions decoded from a function's entry, at most
 _SPAN = 512  # bytes decoded from a function's entry, at most
-_ENDBR = (bytes.fromhex("f30f1efa"), bytes.fromhex("f30f1efb"))
 OPAQUE = (
     "is a stripped static program: no symbol is left to say where mcount, _mcount or __fentry__ is, so ftpatch "
     "cannot tell its profiling calls from other calls; use the unstripped program, or one built with -mrecord-mcount"
@@ -204,7 +216,7 @@ class _Functions:
         if around is None:
             return None
         start = around[0]
-        return va == start or (va == start + 4 and elf.read(start, 4) in _ENDBR)
+        return va == start or (va == start + 4 and elf.read(start, 4) in ENDBR)
 
 
 class _Locator:
@@ -296,7 +308,7 @@ class _Locator:
             at = va - start
             if n == _WINDOW:
                 return None
-            if va == entry and code[at : at + 4] in _ENDBR:
+            if va == entry and code[at : at + 4] in ENDBR:
                 entry = va + size
                 continue
             found = self.classify(va, code[at : at + 6], va == entry, exact=False)
@@ -325,12 +337,7 @@ class _Locator:
                 continue
             end = self.functions.end(i, span=None)
             end = min(end, sec.sh_addr + sec.sh_size) if end is not None else sec.sh_addr + sec.sh_size
-            last = max(wanted)
-            for va, _size, _mnemonic, _ops in decode_lite(self.elf.read(start, end - start), self.arch, start, 64):
-                if va in wanted:
-                    found.add(va)
-                if va >= last:
-                    break
+            found |= instruction_starts(self.elf.read(start, end - start), self.arch, start, wanted)
         return found
 
     def inside(self, candidates: Iterable[int]) -> Iterator[Found]:
@@ -349,7 +356,7 @@ class _Locator:
         """An i386 PIC prologue's call: `call .+5` (clang) or `call __x86.get_pc_thunk.*` (gcc)."""
         if self.arch.x86_64 or size != 5 or code[at] != 0xE8:
             return False
-        dest = va + 5 + int.from_bytes(code[at + 1 : at + 5], "little", signed=True)
+        dest = branch_destination(code[at:], va, 5)
         thunk = self.elf.read(dest, 4)  # mov (%esp),%reg; ret
         return dest == va + 5 or (len(thunk) == 4 and thunk[0] == 0x8B and thunk[2] == 0x24 and thunk[3] == 0xC3)
 
@@ -450,52 +457,33 @@ def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
     recorded = _mcount_loc(elf)
     targets = resolve(elf, names, {va: functions.entry(elf, va) for va in recorded})
     locator = _Locator(elf, targets, functions)
-    blind = ""
-    emitted = _emitted(elf, names) if not recorded and targets else []
-    opaque = ""
-    walked = False
-    if recorded:
-        found = list(locator.exact(recorded))
-        if not elf.has_symtab and elf.is_static:
-            blind = STRIPPED_STATIC
-    elif textrels := text_relocations(elf, names):
-        found = []
-        opaque = TEXTREL.format(count=len(textrels), first=textrels[0])
-    elif not targets:
-        found = []
-        if not elf.has_symtab and elf.is_static:
-            opaque = OPAQUE
-        elif count := _nopped_without_targets(elf, functions, locator):
-            blind = RELINKED.format(count=count)
-    elif emitted:
-        found = list(locator.emitted(emitted))
-    elif functions:
-        found = [site for i in range(len(functions.starts)) if (site := locator.walk(i)) is not None]
-        walked = True
-    else:
-        found = list(locator.sweep())
-        if any(t.entry for t in targets.targets):
-            blind = SWEPT
+    located, found, refused, blind = _locate(elf, names, recorded, targets, functions, locator)
     sites = {f.va: f for f in found}
-    live_calls = None
-    unclassified: tuple[str, ...] = ()
+    findings: list[Finding] = []
+    if refused:
+        findings.append(Finding(refused, frozenset(Action)))
+    if blind:
+        findings.append(Finding(blind, frozenset({Action.CALL})))
     loose_nops: list[str] = []
+    live_calls = None
     if targets:
         live_calls = LiveCalls(targets, tuple((s.sh_addr, s.sh_offset, s.sh_size) for s in elf.code_sections))
         calls = live_calls(elf.data)
         nopped = _ftpatch_nops(elf)
-        if walked:
+        if located is Located.FUNCTIONS:
             # What the byte search finds beyond the walks' sites: sites deep in a function, once decoding confirms them.
             ends = _live_ends(elf, sites)
             candidates = [va for end in calls if end not in ends for va in (_va(elf, end) - 5, _va(elf, end) - 6)]
             candidates += [va for va, _ in nopped if va not in sites]
             sites.update((f.va, f) for f in locator.inside(candidates))
         ends = _live_ends(elf, sites)
-        unclassified = tuple(
-            f"{text}: a call to a profiling target that is not at a site ftpatch knows"
+        findings += [
+            Finding(
+                f"{text}: a call to a profiling target that is not at a site ftpatch knows", frozenset({Action.NOP})
+            )
             for end, text in sorted(calls.items())
             if end not in ends
-        )
+        ]
         loose = [(va, nop) for va, nop in nopped if va not in sites]
         real = locator.on_instructions(va for va, _ in loose) if functions else set()
         loose_nops = [
@@ -503,44 +491,86 @@ def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
             for va, nop in loose
             if va in real
         ]
-    strays = [f.ambiguity for f in sites.values() if f.ambiguity] + loose_nops
+    strays = tuple([f.ambiguity for f in sites.values() if f.ambiguity] + loose_nops)
     names_of = {_file_offset(elf, f.va): functions.name(f.va) for f in sites.values()}
+    exact = located in (Located.MCOUNT_LOC, Located.EMIT_RELOCS)
+    checks = LinkedChecks(names_of, strays, live_calls, locator if targets else None, exact)
     return ScanResult(
-        elf.path,
-        elf.type_name,
-        elf.arch,
-        elf.data,
-        _groups(elf, sites.values()),
-        find_strays=partial(tuple, strays),
-        unclassified=unclassified,
-        blind=blind,
-        opaque=opaque,
-        function_at=partial(_function_at, names_of),
-        live_calls=live_calls,
-        readback=partial(locator.readback, bool(recorded or emitted)) if targets else None,
+        elf.path, elf.type_name, elf.arch, elf.data, _groups(elf, sites.values()), located, tuple(findings), checks
     )
 
 
-def _ftpatch_nops(elf: ElfFile) -> list[tuple[int, bytes]]:
-    """(address, bytes) of every nop in the code that only ftpatch writes, by a search of its bytes.
+def _locate(
+    elf: ElfFile,
+    names: tuple[str, ...],
+    recorded: list[int],
+    targets: Targets,
+    functions: _Functions,
+    locator: _Locator,
+) -> tuple[Located, list[Found], str, str]:
+    """Where the sites are, by the first strategy the file allows: (how they were located, the sites found,
+    why every action refuses the file, why `call` does); the last two "" where nothing stops them."""
+    if recorded:
+        blind = STRIPPED_STATIC if not elf.has_symtab and elf.is_static else ""
+        return Located.MCOUNT_LOC, list(locator.exact(recorded)), "", blind
+    if textrels := text_relocations(elf, names):
+        return Located.NOWHERE, [], TEXTREL.format(count=len(textrels), first=textrels[0]), ""
+    if not targets:
+        if not elf.has_symtab and elf.is_static:
+            return Located.NOWHERE, [], OPAQUE, ""
+        count = _nopped_without_targets(elf, functions, locator)
+        return Located.NOWHERE, [], "", RELINKED.format(count=count) if count else ""
+    if emitted := _emitted(elf, names):
+        return Located.EMIT_RELOCS, list(locator.emitted(emitted)), "", ""
+    if functions:
+        return (
+            Located.FUNCTIONS,
+            [site for i in range(len(functions.starts)) if (site := locator.walk(i)) is not None],
+            "",
+            "",
+        )
+    blind = SWEPT if any(t.entry for t in targets.targets) else ""
+    return Located.SWEEP, list(locator.sweep()), "", blind
 
-    (Not the jmp nops: a tail jump over lld's int3 padding to the next function looks the same.)
-    A 6-byte nop that holds a 5-byte one (o16, lea) counts once.
-    """
-    found: dict[int, bytes] = {}
-    data = elf.data
-    for length in (6, 5):
-        for nop in marked_nops(length, elf.arch):
-            if nop[0] == 0xEB:
-                continue
-            for sec in elf.code_sections:
-                at, end = data.find(nop, sec.sh_offset, sec.sh_offset + sec.sh_size), sec.sh_offset + sec.sh_size
-                while at >= 0:
-                    va = sec.sh_addr + at - sec.sh_offset
-                    if va - 1 not in found or len(found[va - 1]) != 6:
-                        found[va] = nop
-                    at = data.find(nop, at + 1, end)
-    return sorted(found.items())
+
+class LinkedChecks(Checks):
+    """A linked file's checks: the names of its sites' functions, the byte search for live calls, and the
+    locator that reads a nop back as `call` would."""
+
+    def __init__(
+        self,
+        names: dict[int, str | None],
+        strays: tuple[str, ...],
+        live: LiveCalls | None,
+        locator: _Locator | None,
+        exact: bool,
+    ) -> None:
+        self.names = names  # the file offset of each site -> its function's name
+        self.found_strays = strays
+        self.live = live  # None where no target is reached: no call can be live
+        self.locator = locator
+        self.exact = exact  # the sites' addresses are known (__mcount_loc, --emit-relocs), not found by their bytes
+
+    def function_at(self, section: Section, offset: int) -> str | None:
+        return self.names.get(section.sh_offset + offset)
+
+    def strays(self) -> tuple[str, ...]:
+        return self.found_strays
+
+    def readback(self, group: SiteGroup, new: bytes, positions: Sequence[int]) -> list[int]:
+        return self.locator.readback(self.exact, group, new, positions) if self.locator else []
+
+    def live_calls(self, data: bytes | bytearray) -> dict[int, str]:
+        return self.live(data) if self.live else {}
+
+
+def _ftpatch_nops(elf: ElfFile) -> list[tuple[int, bytes]]:
+    """(address, bytes) of every nop in the code that only ftpatch writes, by a search of its bytes."""
+    return [
+        (sec.sh_addr + at - sec.sh_offset, nop)
+        for sec in elf.code_sections
+        for at, nop in find_marked_nops(elf.data, elf.arch, sec.sh_offset, sec.sh_offset + sec.sh_size).items()
+    ]
 
 
 def _nopped_without_targets(elf: ElfFile, functions: _Functions, locator: _Locator) -> int:
@@ -588,7 +618,3 @@ def _groups(elf: ElfFile, found: Iterable[Found]) -> tuple[SiteGroup, ...]:
         )
         for (form, target), group in grouped.items()
     )
-
-
-def _function_at(names: dict[int, str | None], section: Section, offset: int) -> str | None:
-    return names.get(section.sh_offset + offset)

@@ -8,23 +8,17 @@ it only ever touches the bytes a plan names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from itertools import chain, pairwise, repeat
 from operator import add, attrgetter, lt
 
 from .errors import InputError, VerifyError
 from .record import Recording, record_data
 from .scan import scan_data
-from .sites import DEFAULT_TARGETS, LiveCalls, ScanResult, Site, SiteGroup, State, chosen, site_state
+from .sites import DEFAULT_TARGETS, Action, Checks, ScanResult, Site, SiteGroup, State, chosen, site_state
 from .write import rewrite
 from .x86 import NOP_STYLES, Arch, Form, NopStyle, describe, hexbytes
-
-
-class Action(StrEnum):
-    NOP = "nop"
-    CALL = "call"
 
 
 @dataclass(frozen=True)
@@ -50,6 +44,19 @@ class Rewrite:
 
 
 @dataclass(frozen=True)
+class Proof:
+    """What the new bytes of one ELF image must show, found by its checks' own search for live calls,
+    independently of the sites: after a nop, no live call but those the filters kept; after a call,
+    a live call at every site restored. File offsets are the calls' ends, in the image."""
+
+    path: str
+    base: int  # where the image starts in the file: an archive member's offset
+    size: int
+    checks: Checks
+    live: frozenset[int]  # the calls that may stay live (nop), or must be live (call)
+
+
+@dataclass(frozen=True)
 class Plan:
     path: str
     action: Action
@@ -57,10 +64,7 @@ class Plan:
     patched: int  # sites that change
     already: int  # sites already in the requested state
     filtered: int  # sites left alone by --only / --except
-    # A linked file's independent check of the new bytes, and the file offsets where it may
-    # still find a live call's end: the sites --only / --except kept as calls.
-    live_calls: LiveCalls | None = None
-    kept_live: frozenset[int] = frozenset()
+    proofs: tuple[Proof, ...] = ()  # one per ELF image that changes
     warnings: tuple[str, ...] = ()  # what the user must know although the plan is sound
     matched: frozenset[str] = frozenset()  # the --only / --except globs that matched a function here
     recording: Recording | None = None  # what `nop --record` also did: the __mcount_loc tables written
@@ -103,18 +107,6 @@ _NO_CALL = {
 }
 
 
-def _pairs(group: SiteGroup) -> dict[tuple[bytes, bytes | None], Sequence[int]]:
-    """The positions of the sites holding each distinct (bytes held, call expected) pair."""
-    codes, calls = group.codes, group.calls
-    # An object's group expects one call of every site, and usually finds it at all of them.
-    if codes and codes.count(codes[0]) == len(codes) and calls.count(calls[0]) == len(calls):
-        return {(codes[0], calls[0]): range(len(codes))}
-    at: dict[tuple[bytes, bytes | None], list[int]] = {}
-    for i, pair in enumerate(zip(codes, calls, strict=True)):
-        at.setdefault(pair, []).append(i)
-    return at
-
-
 def _group_edits(
     group: SiteGroup,
     base: int,
@@ -122,7 +114,7 @@ def _group_edits(
     style: NopStyle,
     arch: Arch,
     edits: dict[tuple[bytes, bytes], list[int]],
-    readback: Callable[[SiteGroup, bytes, Sequence[int]], list[int]] | None = None,
+    checks: Checks,
 ) -> tuple[int, list[int], list[int]]:
     """Add to `edits` (old bytes, new bytes) -> file offsets what puts a group's sites in the
     requested state; return how many sites change, which (by position) cannot be put in it,
@@ -136,16 +128,18 @@ def _group_edits(
     """
     nop = action is Action.NOP
     offsets = group.file_offsets(base)
-    bad, unreadable, changed = [], [], 0
-    for (code, call), positions in _pairs(group).items():
+    bad: list[int] = []
+    unreadable: list[int] = []
+    changed = 0
+    for (code, call), positions in group.pairs().items():
         state = site_state(code, call, arch)
         if state is State.OTHER:
             bad += positions
         elif state is not (State.NOP if nop else State.CALL):
             new = style.nop(group.form, group.entry, group.tag) if nop else call
             assert new is not None  # only a RECORDED site has no call, and it never gets here as a call
-            if nop and readback is not None:
-                lost = readback(group, new, positions)
+            if nop:
+                lost = checks.readback(group, new, positions)
                 if lost:
                     unreadable += lost
                     continue
@@ -164,49 +158,45 @@ def plan(
 ) -> Plan:
     """Verify every chosen site and plan the patches; raise VerifyError if any site is wrong."""
     style = nop_style(nop, result.arch, result.path)
-    problems: list[str] = []
-    if result.opaque:
-        raise InputError(result.path, result.opaque)
-    if action is Action.CALL:
-        if result.blind:
-            raise InputError(result.path, result.blind)
-        problems += result.strays
-    elif result.unclassified:
-        more = f" (and {len(result.unclassified) - 1} more)" if len(result.unclassified) > 1 else ""
-        raise InputError(result.path, f"{result.unclassified[0]}{more}; nothing was written")
-    kept_live: list[int] = []
+    stopped = result.stopping(action)
+    if stopped:
+        more = f" (and {len(stopped) - 1} more)" if len(stopped) > 1 else ""
+        written = "; nothing was written" if action is Action.NOP and Action.CALL not in stopped[0].stops else ""
+        raise InputError(result.path, f"{stopped[0].text}{more}{written}")
+    problems = list(result.strays) if action is Action.CALL else []
+    live: list[int] = []  # nop: the calls --only / --except keep; call: every chosen site
     unrestorable: list[Site] = []
     edits: dict[tuple[bytes, bytes], list[int]] = {}
     bad: list[Site] = []
     patched = chosen_sites = filtered = 0
     matched: set[str] = set()
     for group in result.groups:
+        keep: Sequence[bool] = ()
         if only or exclude:
             places = zip(group.sections, group.starts, strict=True)
             keep = [chosen(result.function_at(section, start), only, exclude, matched) for section, start in places]
             filtered += len(group) - sum(keep)
-            if result.live_calls is not None and not all(keep):
-                starts = group.file_offsets(result.base)
-                kept_live += [
-                    start + len(code)
-                    for start, code, call, k in zip(starts, group.codes, group.calls, keep, strict=True)
-                    if not k and code == call
-                ]
-            if not any(keep):
-                continue
-            if not all(keep):
-                group = group.subset(keep)
+        if action is Action.NOP and keep and not all(keep):
+            live += [
+                start + len(code)
+                for start, code, call, k in zip(group.file_offsets(), group.codes, group.calls, keep, strict=True)
+                if not k and code == call
+            ]
+        if keep and not any(keep):
+            continue
+        if keep and not all(keep):
+            group = group.subset(keep)
         if action is Action.CALL and group.form is Form.RECORDED:
-            site = group.site(0, result.function_at(group.sections[0], group.starts[0]), result.arch)
+            site = result.site(group, 0)
             more = f" (and {len(group) - 1} more sites)" if len(group) > 1 else ""
             raise InputError(result.path, f"{site.where}: {_NO_CALL[result.type == 'ET_REL']}{more}")
-        changed, refused, lost = _group_edits(group, result.base, action, style, result.arch, edits, result.readback)
+        changed, refused, lost = _group_edits(group, result.base, action, style, result.arch, edits, result.checks)
         patched += changed
         chosen_sites += len(group)
-        bad += [group.site(i, result.function_at(group.sections[i], group.starts[i]), result.arch) for i in refused]
-        unrestorable += [
-            group.site(i, result.function_at(group.sections[i], group.starts[i]), result.arch) for i in lost
-        ]
+        bad += [result.site(group, i) for i in refused]
+        unrestorable += [result.site(group, i) for i in lost]
+        if action is Action.CALL:
+            live += [start + len(call or b"") for start, call in zip(group.file_offsets(), group.calls, strict=True)]
     if bad:
         bad.sort(key=attrgetter("file_offset"))
         problems.append(_problem(result, bad[0], action, style))
@@ -223,10 +213,10 @@ def plan(
         )
     # Offsets in file order: a rewrite whose offsets ascend is quick to check for overlaps.
     rewrites = tuple(Rewrite(old, new, tuple(sorted(offsets))) for (old, new), offsets in edits.items())
-    check = result.live_calls if action is Action.NOP else None
     warnings = result.warnings
-    if result.blind and patched:
-        warnings += (f"`ftpatch call` will refuse this file: it {result.blind}",)
+    if action is Action.NOP and patched:
+        warnings += tuple(f"`ftpatch call` will refuse this file: it {f.text}" for f in result.stopping(Action.CALL))
+    proofs = (Proof(result.path, result.base, len(result.data), result.checks, frozenset(live)),) if rewrites else ()
     return Plan(
         result.path,
         action,
@@ -234,8 +224,7 @@ def plan(
         patched,
         chosen_sites - patched,
         filtered,
-        check,
-        frozenset(kept_live),
+        proofs,
         warnings,
         frozenset(matched),
     )
@@ -287,13 +276,29 @@ def _patched(data: bytes, plan: Plan) -> bytearray:
         for offset in r.file_offsets:
             view[offset : offset + n] = new
     view.release()
-    if plan.live_calls is not None:
-        # The independent check: no call to a target is left live but those the filters kept.
-        left = [text for end, text in plan.live_calls(out).items() if end not in plan.kept_live]
+    for proof in plan.proofs:
+        _prove(proof, plan.action, out)
+    return out
+
+
+def _prove(proof: Proof, action: Action, out: bytearray) -> None:
+    """Raise unless the new bytes of the proof's image show what the plan promised."""
+    whole = proof.base == 0 and proof.size == len(out)
+    found = proof.checks.live_calls(out if whole else out[proof.base : proof.base + proof.size])
+    if action is Action.NOP:
+        left = [text for end, text in sorted(found.items()) if end not in proof.live]
         if left:
             more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
-            raise InputError(plan.path, f"{left[0]} would stay live after the nop{more}; nothing was written")
-    return out
+            raise InputError(proof.path, f"{left[0]} would stay live after the nop{more}; nothing was written")
+        return
+    missing = sorted(proof.live - found.keys())
+    if missing:
+        more = f" (and {len(missing) - 1} more sites)" if len(missing) > 1 else ""
+        raise InputError(
+            proof.path,
+            f"the call written to end at file offset {missing[0]:#x} is not a live call to a profiling target when the "
+            f"file is read again{more}; nothing was written",
+        )
 
 
 def plan_all(
@@ -314,6 +319,7 @@ def plan_all(
         sum(p.patched for p in plans),
         sum(p.already for p in plans),
         sum(p.filtered for p in plans),
+        tuple(proof for pl in plans for proof in pl.proofs),
         warnings=tuple(f"{pl.path}: {w}" if pl.path != path else w for pl in plans for w in pl.warnings),
         matched=frozenset().union(*(pl.matched for pl in plans)),
     )

@@ -46,7 +46,7 @@ from .elf import (
 )
 from .errors import InputError, VerifyError
 from .objects import scan_object
-from .sites import DEFAULT_TARGETS, ScanResult, State, site_state
+from .sites import DEFAULT_TARGETS, ScanResult
 from .write import rewrite
 from .x86 import describe, hexbytes
 
@@ -131,22 +131,14 @@ def verify(result: ScanResult) -> None:
     """
     problems = list(result.strays)
     for group in result.groups:
-        codes, calls = group.codes, group.calls
-        # An object's group usually holds one call at every site: one pair to class.
-        if codes and codes.count(codes[0]) == len(codes) and calls.count(calls[0]) == len(calls):
-            pairs = {(codes[0], calls[0])}
-        else:
-            pairs = set(zip(codes, calls, strict=True))
-        bad = {pair for pair in pairs if site_state(*pair, result.arch) is State.OTHER}
+        bad = group.wrong(result.arch)
         if not bad:
             continue
-        i = next(i for i, pair in enumerate(zip(group.codes, group.calls, strict=True)) if pair in bad)
-        site = group.site(i, result.function_at(group.sections[i], group.starts[i]), result.arch)
+        site = result.site(group, bad[0])
         want = f"{hexbytes(site.call)} or a nop" if site.call else "a nop"
-        count = sum(pair in bad for pair in zip(group.codes, group.calls, strict=True))
         problems.append(
             f"{site.where}: expected {want}, actual {hexbytes(site.code)} ({describe(site.code, result.arch)})"
-            + (f" (and {count - 1} more sites)" if count > 1 else "")
+            + (f" (and {len(bad) - 1} more sites)" if len(bad) > 1 else "")
         )
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""

@@ -9,7 +9,7 @@ plans over them without knowing which scanner made them.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -141,6 +141,23 @@ class SiteGroup:
             return [first + index * entsize for index in indices]
         return [word + rel.sh_offset + index * rel.sh_entsize for rel, index in zip(rels, indices, strict=True)]
 
+    def pairs(self) -> dict[tuple[bytes, bytes | None], Sequence[int]]:
+        """The positions of the sites holding each distinct (bytes held, call expected) pair."""
+        codes, calls = self.codes, self.calls
+        # An object's group expects one call of every site, and usually finds it at all of them.
+        if codes and codes.count(codes[0]) == len(codes) and calls.count(calls[0]) == len(calls):
+            return {(codes[0], calls[0]): range(len(codes))}
+        at: dict[tuple[bytes, bytes | None], list[int]] = {}
+        for i, pair in enumerate(zip(codes, calls, strict=True)):
+            at.setdefault(pair, []).append(i)
+        return at
+
+    def wrong(self, arch: Arch) -> list[int]:
+        """The positions of the sites that hold neither their call nor a known nop, in order."""
+        return sorted(
+            i for (code, call), at in self.pairs().items() if site_state(code, call, arch) is State.OTHER for i in at
+        )
+
     def subset(self, keep: Sequence[bool]) -> SiteGroup:
         """The sites for which `keep` is true."""
         columns = (self.sections, self.starts, self.codes, self.calls, self.rels, self.indices)
@@ -183,45 +200,81 @@ class SiteGroup:
         )
 
 
-def _no_function(section: Section, offset: int) -> str | None:
-    return None
+class Action(StrEnum):
+    NOP = "nop"
+    CALL = "call"
 
 
-# The live profiling calls left in some bytes, by address, each described. A linked file's scanner
-# finds its sites one way (function by function); this finds calls another (every call encoding
-# in the code, by its bytes), so that `nop` can prove no call was left behind.
-LiveCalls = Callable[[bytes], dict[int, str]]
+@dataclass(frozen=True)
+class Finding:
+    """What a scan concluded about a file besides its sites, decided once: a sentence that follows the
+    file's name, and the actions it stops.
+
+    `scan` reports a finding that stops `nop` as an error, and one that stops only `call`, or
+    nothing, as a warning; `nop` warns of one that stops only `call` when it nops a site.
+    """
+
+    text: str
+    stops: frozenset[Action] = frozenset()
+
+    @property
+    def error(self) -> bool:
+        return Action.NOP in self.stops
+
+
+class Located(StrEnum):
+    """Where a file's sites were found: the one strategy its scan used, chosen from what the file holds."""
+
+    RELOCATIONS = "relocations"  # an object: its relocation entries against a target
+    MCOUNT_LOC = "mcount-loc"  # a linked file's __mcount_loc table (gcc -mrecord-mcount, ftpatch record)
+    EMIT_RELOCS = "emit-relocs"  # relocations against a target that ld --emit-relocs kept
+    FUNCTIONS = "functions"  # each function decoded from its entry (.symtab, .dynsym, unwind tables)
+    SWEEP = "sweep"  # a linear decode of the code: nothing says where a function starts
+    NOWHERE = "nowhere"  # no target is reached, or the file is refused: no site to look for
+
+
+class Checks:
+    """The questions about a scanned file that need its bytes again, asked by `plan` and `apply`.
+
+    One for objects (objects.ObjectChecks) and one for linked files
+    (linked.LinkedChecks); this base answers for a file with nothing to
+    check. A result keeps its checks, and so does every plan made from it,
+    one per ELF image, so none is lost when results are combined.
+    """
+
+    def function_at(self, section: Section, offset: int) -> str | None:
+        """The name of the function holding a place, if the file tells."""
+        return None
+
+    def strays(self) -> tuple[str, ...]:
+        """What makes `call` refuse the file: nop'd sites it cannot restore exactly, each said once.
+        Looked for only when asked: `nop` needs none of it."""
+        return ()
+
+    def readback(self, group: SiteGroup, new: bytes, positions: Sequence[int]) -> list[int]:
+        """Of these sites of a group (by position), those `call` would not restore exactly, were `new`
+        written over them."""
+        return []
+
+    def live_calls(self, data: bytes | bytearray) -> dict[int, str]:
+        """Every live profiling call in the file's bytes `data`, found independently of the sites:
+        file offset of the call's end -> what it is. `apply` runs it on the new bytes."""
+        return {}
 
 
 @dataclass(frozen=True)
 class ScanResult:
+    """What a scan of one ELF image found: its sites, how they were found, and what it concluded."""
+
     path: str
     type: str
     arch: Arch
     data: bytes
     groups: tuple[SiteGroup, ...]
+    located: Located
+    findings: tuple[Finding, ...] = ()
+    checks: Checks = field(default_factory=Checks, repr=False, compare=False)
     base: int = 0  # where this ELF file starts in the file read: an archive member's offset
-    # What makes `call` refuse the file: nop'd sites it cannot restore exactly, each said once. Looked for
-    # only when asked (ScanResult.strays): `nop` needs none of it.
-    find_strays: Callable[[], tuple[str, ...]] = field(default=tuple, repr=False, compare=False)
-    # Profiling calls found in the code but not at a site: `nop` refuses to leave them live.
-    unclassified: tuple[str, ...] = ()
-    # Why nop'd sites of this (linked) file cannot be found; `call` refuses it. "" when they can.
-    blind: str = ""
-    # Why ftpatch cannot tell this file's profiling calls from other calls, or why it holds none that
-    # patching would change (a slim LTO object); every action refuses it.
-    opaque: str = ""
-    # The name of the function holding a place (section, offset), if the file tells.
-    function_at: Callable[[Section, int], str | None] = field(default=_no_function, repr=False, compare=False)
-    # The live profiling calls left in patched bytes, by address, where the file needs this check.
-    live_calls: LiveCalls | None = field(default=None, repr=False, compare=False)
-    # Of these sites of a group (by position), those `call` would not restore exactly, were these nop
-    # bytes written over them.
-    readback: Callable[[SiteGroup, bytes, Sequence[int]], list[int]] | None = field(
-        default=None, repr=False, compare=False
-    )
-    # What the user must know although the file can be patched (a fat LTO object); every action says it.
-    warnings: tuple[str, ...] = ()
 
     @property
     def machine(self) -> str:
@@ -229,16 +282,27 @@ class ScanResult:
 
     @cached_property
     def strays(self) -> tuple[str, ...]:
-        return self.find_strays()
+        return self.checks.strays()
+
+    def stopping(self, action: Action) -> list[Finding]:
+        """The findings that stop `action` on this file."""
+        return [f for f in self.findings if action in f.stops]
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the user must know although every action works (a fat LTO object)."""
+        return tuple(f.text for f in self.findings if not f.stops)
+
+    def function_at(self, section: Section, offset: int) -> str | None:
+        return self.checks.function_at(section, offset)
+
+    def site(self, group: SiteGroup, i: int) -> Site:
+        return group.site(i, self.function_at(group.sections[i], group.starts[i]), self.arch)
 
     @cached_property
     def sites(self) -> tuple[Site, ...]:
         """Every site, in file order."""
-        sites = [
-            group.site(i, self.function_at(section, start), self.arch)
-            for group in self.groups
-            for i, (section, start) in enumerate(zip(group.sections, group.starts, strict=True))
-        ]
+        sites = [self.site(group, i) for group in self.groups for i in range(len(group))]
         sites.sort(key=attrgetter("file_offset"))
         return tuple(sites)
 

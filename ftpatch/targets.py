@@ -37,11 +37,10 @@ from .elf import (
     SymbolTable,
 )
 from .sites import DEFAULT_TARGETS, at_entry
-from .x86 import Arch, Form, call_bytes, decode_lite
+from .x86 import ENDBR, Arch, Form, branch_destination, call_bytes, decode_lite
 
 # Dynamic relocation types, the same numbers on x86-64 and i386.
 R_GLOB_DAT, R_JUMP_SLOT, R_RELATIVE = 6, 7, 8
-_ENDBR = (bytes.fromhex("f30f1efa"), bytes.fromhex("f30f1efb"))
 
 
 @dataclass(frozen=True)
@@ -108,13 +107,13 @@ class Targets:
         """The call to a target that `code`, the bytes at `va`, begins with, if any."""
         op = code[:1]
         if op in (b"\xe8", b"\xe9") and len(code) >= 5:
-            target = self.rel32.get(va + 5 + int.from_bytes(code[1:5], "little", signed=True))
+            target = self.rel32.get(branch_destination(code, va, 5))
             return Call(Form.REL32 if op == b"\xe8" else Form.TAIL, target, code[:5]) if target else None
         if len(code) < 6:
             return None
         op = code[:2]
         if op == b"\x67\xe8":
-            target = self.addr32.get(va + 6 + int.from_bytes(code[2:6], "little", signed=True))
+            target = self.addr32.get(branch_destination(code, va, 6))
             return Call(Form.ADDR32_REL32, target, code[:6]) if target else None
         disp = int.from_bytes(code[2:6], "little", signed=True)
         if op == b"\xff\x15" and self.arch.x86_64:
@@ -209,9 +208,9 @@ def _recorded_targets(elf: ElfFile, recorded: Mapping[int, bool | None], got_bas
         code = elf.read(va, 6)
         dest = None
         if code[:1] == b"\xe8" and len(code) >= 5:
-            dest = va + 5 + int.from_bytes(code[1:5], "little", signed=True)
+            dest = branch_destination(code, va, 5)
         elif code[:2] == b"\x67\xe8" and len(code) == 6:
-            dest = va + 6 + int.from_bytes(code[2:6], "little", signed=True)
+            dest = branch_destination(code, va, 6)
         elif code[:2] in (b"\xff\x15", b"\xff\x93") and len(code) == 6:  # through a slot the static linker filled
             disp = int.from_bytes(code[2:6], "little", signed=True)
             slot = va + 6 + disp if elf.arch.x86_64 else (got_base + disp if got_base is not None else None)
@@ -331,7 +330,7 @@ def _plt_entries(elf: ElfFile, slots: dict[int, str], got_base: int | None) -> d
                 else:
                     slot = va + size + disp if arch.x86_64 else disp & 0xFFFFFFFF
             if slot in slots:
-                endbr = previous_end == va and code[previous_start - sec.sh_addr : at] in _ENDBR
+                endbr = previous_end == va and code[previous_start - sec.sh_addr : at] in ENDBR
                 entries[previous_start if endbr else va] = slots[slot]
             previous_start, previous_end = va, va + size
     return entries

@@ -7,7 +7,8 @@ functions that decode, so that importing this module stays cheap.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -35,6 +36,16 @@ OPCODES = {
 
 # A RECORDED site is the one 5-byte nop gcc put there.
 SITE_LENGTH = {Form.REL32: 5, Form.GOTPCREL: 6, Form.GOT_EBX: 6, Form.ADDR32_REL32: 6, Form.TAIL: 5, Form.RECORDED: 5}
+
+
+# endbr64 and endbr32, which -fcf-protection puts at an address-taken function's entry, before its __fentry__ call.
+ENDBR = (bytes.fromhex("f30f1efa"), bytes.fromhex("f30f1efb"))
+
+
+def branch_destination(code: bytes, va: int, length: int) -> int:
+    """Where the relative call or jmp of `length` bytes at `va`, whose rel32 ends `code`'s first `length`
+    bytes, goes: its next instruction's address plus the displacement."""
+    return va + length + int.from_bytes(code[length - 4 : length], "little", signed=True)
 
 
 def disp_offset(form: Form) -> int:
@@ -293,6 +304,46 @@ def marked_nops(length: int, arch: Arch) -> frozenset[bytes]:
     """The nops of `length` bytes that only ftpatch writes: where nothing says a site is, these still
     mark one, as no assembler or compiler pads or patches with them."""
     return frozenset(code for code in nops(length, arch) if not known_nops(arch)[code].padding)
+
+
+@cache
+def _marked_pattern(arch: Arch) -> re.Pattern[bytes]:
+    """Every nop only ftpatch writes, longest first, as one pattern the search runs in C; a lookahead, so
+    that a match inside other bytes hides no nop that begins a byte later.
+
+    (Not the jmp nops: a tail jump over int3 padding to the next function looks the same.)
+    """
+    marked = sorted((n for length in (6, 5) for n in marked_nops(length, arch) if n[0] != 0xEB), key=len, reverse=True)
+    return re.compile(b"(?=(" + b"|".join(re.escape(n) for n in marked) + b"))")
+
+
+def find_marked_nops(code: bytes | memoryview, arch: Arch, start: int = 0, end: int | None = None) -> dict[int, bytes]:
+    """Offset -> bytes of every nop in `code[start:end]` that only ftpatch writes, found by its bytes alone:
+    they may lie inside other instructions (see instruction_starts). A 6-byte nop that holds a 5-byte one
+    (o16, lea) counts once."""
+    found: dict[int, bytes] = {}
+    for m in _marked_pattern(arch).finditer(code, start, len(code) if end is None else end):
+        at, nop = m.start(), m.group(1)
+        if len(found.get(at - 1, b"")) != 6:
+            found[at] = nop
+    return found
+
+
+def instruction_starts(code: bytes | memoryview, arch: Arch, address: int, wanted: Iterable[int]) -> set[int]:
+    """The addresses among `wanted` at which an instruction begins, decoding `code` (loaded at `address`)
+    from its first byte: bytes a search found may lie inside another instruction (`eb 2e` then gas's
+    `8d 74 26 00` hold `2e 8d 74 26 00`)."""
+    wanted = set(wanted)
+    if not wanted:
+        return set()
+    last, found = max(wanted), set()
+    # Up to the longest instruction that can begin at the last address.
+    for va, _size, _mnemonic, _ops in decode_lite(bytes(code[: last - address + 15]), arch, address, 64):
+        if va in wanted:
+            found.add(va)
+        if va >= last:
+            break
+    return found
 
 
 def inner_form(code: bytes, arch: Arch) -> Form | None:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, ftpatch, nop_as_before_records
 
+import ftpatch as lib
+
 PIE = FIXTURES / "x86_64-pie.o"
 
 
@@ -72,19 +74,26 @@ def test_call_on_unexpected_bytes(tmp: Path) -> None:
 
 
 def test_call_on_unexpected_bytes_nopped_before_records(tmp: Path) -> None:
-    """A zeroed entry with addend -4 and no nop where its displacement ends: it may have been a site."""
+    """Zeroed entries with addend -4 and no record: each is named, the one with no nop where its displacement
+    ends (int3 over fib's site) as such, and call refuses the file."""
     nopped = tmp / "nop.o"
     nop_as_before_records(PIE, nopped)
     int3_over_fib(nopped)
     proc = ftpatch("call", nopped, "-o", tmp / "x.o")
     assert proc.returncode == 3
     assert one_error_line(proc.stderr) == (
-        f"ftpatch: error: {nopped}: .text+0xcf: relocation .rela.text[7] has r_info 0 and addend -4, "
-        "but no known nop ends at its displacement"
+        f"ftpatch: error: {nopped}: .text+0x6: relocation .rela.text[0] has r_info 0 and addend -4, and "
+        "0f:1f:44:00:00 ends at its displacement: a site nop'd without the record every nop of this ftpatch writes, "
+        "which `call` cannot restore exactly; rebuild the object (and 7 more sites)"
     )
     assert not (tmp / "x.o").exists()
+    (result,) = lib.scan_path(str(nopped))
+    assert (
+        ".text+0xcf: relocation .rela.text[7] has r_info 0 and addend -4, but no known nop ends at its displacement"
+        in result.strays
+    )
     assert ftpatch("scan", nopped).returncode == 3
-    # nop leaves that relocation alone, so it still works.
+    # nop leaves those relocations alone, so it still works.
     assert ftpatch("nop", nopped, "-o", tmp / "y.o").returncode == 0
 
 

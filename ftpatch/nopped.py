@@ -1,0 +1,192 @@
+"""How a nop'd object remembers its sites, on disk: what `nop` leaves in a site's relocation entry, and
+the pass that finds those sites again.
+
+A nop'd site keeps its entry, made harmless: type NONE and symbol 0, the only
+relocation against a profiling call that GNU ld links everywhere (docs/facts.md).
+What `call` needs to restore the entry and the bytes exactly, the nop'd object
+alone carries:
+
+- x86-64 (RELA): the entry's r_addend, which bfd, gold and lld ignore in a NONE
+  entry, holds a record: "FT" in its top 16 bits, the relocation type, and the
+  CRC-32 of the target's name (a name, not an index, since `ld -r` renumbers the
+  symbols and keeps the addend). The type gives the form, so the site's length.
+- i386 (REL): an entry has no addend, so the nop's own bytes say which of the
+  form's two relocation types the site had (x86.NopStyle's tag), and the length;
+  the symbol is the object's one target symbol of the site's kind (an object that
+  names two is refused by `nop`, which reads every nop back before writing it).
+
+An entry zeroed without a record (r_info 0 and r_addend -4 on RELA, an untagged
+nop on REL) is no entry this release writes: it is refused, never restored by
+a guess.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+
+from .elf import SHT_NOBITS, ElfFile, Relocations
+from .relocated import SiteEntries
+from .sites import at_entry
+from .x86 import SITE_LENGTH, TAGS, Form, disp_offset, known_nops, nops
+
+RECORD = 0x4654  # "FT": the top 16 bits of the r_addend of an entry ftpatch nop'd
+# Per form, the relocation types a tag names (tag 1, tag 2) in an i386 object: gcc's first, clang's or
+# `as -mrelax-relocations=no`'s second.
+TAG_TYPES = {Form.REL32: (2, 4), Form.GOT_EBX: (43, 3)}  # R_386_PC32, R_386_PLT32; R_386_GOT32X, R_386_GOT32
+
+
+def name_hash(name: str) -> int:
+    return zlib.crc32(name.encode())
+
+
+def record(r_type: int, name: str) -> int:
+    """The r_addend of a nop'd entry: what restores it, the -4 of every call relocation aside."""
+    return RECORD << 48 | r_type << 32 | name_hash(name)
+
+
+def nop_entry(elf: ElfFile, r_type: int, name: str) -> bytes:
+    """What a nop'd site's entry holds after r_offset: r_info 0, and on RELA the record."""
+    word = elf.arch.word
+    return bytes(word) + (record(r_type, name).to_bytes(word, "little") if elf.arch.rela else b"")
+
+
+def tag(elf: ElfFile, form: Form, r_type: int) -> int:
+    """What an i386 object's nop says of its entry's relocation type; 0 on RELA, whose record says it."""
+    return 1 + TAG_TYPES[form].index(r_type) if not elf.arch.rela else 0
+
+
+# What `call` cannot restore, each said once: (section index, where the entry's displacement ends) -> why.
+Strays = dict[tuple[int, int], str]
+
+
+def nopped(elf: ElfFile, entries: Relocations, targets: Mapping[int, str]) -> tuple[list[SiteEntries], Strays]:
+    """The sites whose zeroed entry says what they were, and a sentence for each zeroed entry that
+    looks like a nop'd site but cannot be restored exactly."""
+    if 0 not in entries.values:
+        return [], {}
+    zeroed = entries.holding(0)
+    if elf.arch.rela:
+        return _recorded(elf, entries, zeroed, targets)
+    return _tagged(elf, entries, zeroed, targets)
+
+
+def _recorded(
+    elf: ElfFile, entries: Relocations, zeroed: Sequence[int], targets: Mapping[int, str]
+) -> tuple[list[SiteEntries], Strays]:
+    arch = elf.arch
+    by_record: dict[int, list[int]] = {}
+    unrecorded = []
+    for i in zeroed:
+        if entries.r_addend[i] >> 48 == RECORD:
+            by_record.setdefault(entries.r_addend[i], []).append(i)
+        elif entries.r_addend[i] == arch.call_addend(Form.REL32) and entries.section(i).sh_type != SHT_NOBITS:
+            unrecorded.append(i)
+    hashes: dict[int, list[int]] = {}
+    for symbol, name in targets.items():
+        hashes.setdefault(name_hash(name), []).append(symbol)
+    found: list[SiteEntries] = []
+    strays: Strays = {}
+    for value, positions in by_record.items():
+        r_type, wanted, i = value >> 32 & 0xFFFF, value & 0xFFFFFFFF, positions[0]
+        form = arch.call_forms.get(r_type)
+        symbols = hashes.get(wanted, [])
+        if form is None or len(symbols) != 1:
+            why = (
+                f"its record names {arch.reloc_name(r_type)}, which is no call"
+                if form is None
+                else "its record names a symbol that is not one of the targets (was it nop'd with a --symbol?)"
+                if not symbols
+                else "its record names a symbol that more than one target symbol could be"
+            )
+            strays[_end(entries, i)] = f"{_where(entries, i)}: relocation {entries.name(i)} was nop'd, but {why}"
+            continue
+        found.append(SiteEntries(positions, form, symbols[0], r_type, bytes(arch.word) + value.to_bytes(8, "little")))
+    for i in unrecorded:
+        nop = _nop_ending_at(elf, entries, i)
+        strays[_end(entries, i)] = (
+            f"{_where(entries, i)}: relocation {entries.name(i)} has r_info 0 and addend -4, "
+            + (
+                f"and {nop.hex(':')} ends at its displacement: a site nop'd without the record every nop of this "
+                "ftpatch writes, which `call` cannot restore exactly; rebuild the object"
+                if nop
+                else "but no known nop ends at its displacement"
+            )
+        )
+    return found, strays
+
+
+def _tagged(
+    elf: ElfFile, entries: Relocations, zeroed: Sequence[int], targets: Mapping[int, str]
+) -> tuple[list[SiteEntries], Strays]:
+    """One SiteEntries per form, type and symbol, from the tags of the nops over zeroed REL entries."""
+    arch, data, known = elf.arch, elf.data, known_nops(elf.arch)
+    by_call: dict[tuple[Form, int, int], list[int]] = {}
+    strays: Strays = {}
+    for i in zeroed:
+        sec, r_offset = entries.section(i), entries.r_offset[i]
+        end = sec.sh_offset + r_offset + 4
+        ending = [
+            (form, code)
+            for form in (Form.REL32, arch.pic_form)
+            if sec.sh_type != SHT_NOBITS
+            and disp_offset(form) <= r_offset
+            and r_offset + 4 <= sec.sh_size
+            and (code := data[end - SITE_LENGTH[form] : end]) in known
+        ]
+        tagged = [(form, known[code]) for form, code in ending if known[code].tag in TAGS]
+        if not tagged:
+            if ending:
+                strays[_end(entries, i)] = (
+                    f"{_where(entries, i)}: relocation {entries.name(i)} has r_info 0, and the untagged nop "
+                    f"{ending[0][1].hex(':')} ends at its displacement: a site nop'd without the tag every nop of "
+                    "this ftpatch writes, which `call` cannot restore exactly; rebuild the object"
+                )
+            continue
+        (form, nop), *more = tagged
+        symbols = [s for s, name in targets.items() if nop.entry is None or at_entry(name) == nop.entry]
+        if more or len(symbols) != 1:
+            why = (
+                "a 5-byte and a 6-byte tagged nop end there"
+                if more
+                else f"it could have called {len(symbols)} target symbols"
+            )
+            strays[_end(entries, i)] = f"{_where(entries, i)}: relocation {entries.name(i)} was nop'd, but {why}"
+            continue
+        by_call.setdefault((form, TAG_TYPES[form][nop.tag - 1], symbols[0]), []).append(i)
+    found = [
+        SiteEntries(positions, form, symbol, r_type, bytes(arch.word))
+        for (form, r_type, symbol), positions in by_call.items()
+    ]
+    return found, strays
+
+
+def restorable(elf: ElfFile, targets: Mapping[int, str], target: str | None, new: bytes) -> bool:
+    """Whether `call` would restore a site of `target` exactly were `new` written over it: on RELA the
+    record says all; on REL the nop must name the type, and the symbol be the one of its kind."""
+    if elf.arch.rela or target is None:
+        return True
+    nop = known_nops(elf.arch).get(new)
+    kind = [name for name in targets.values() if nop is not None and nop.entry in (None, at_entry(name))]
+    return nop is not None and nop.tag in TAGS and kind == [target]
+
+
+def _nop_ending_at(elf: ElfFile, entries: Relocations, i: int) -> bytes:
+    """The known nop of a call form that ends where entry i's displacement ends, if any."""
+    sec, r_offset = entries.section(i), entries.r_offset[i]
+    end = sec.sh_offset + r_offset + 4
+    for form in (Form.REL32, elf.arch.pic_form):
+        length = SITE_LENGTH[form]
+        if disp_offset(form) <= r_offset and r_offset + 4 <= sec.sh_size:
+            code = elf.data[end - length : end]
+            if code in nops(length, elf.arch):
+                return code
+    return b""
+
+
+def _end(entries: Relocations, i: int) -> tuple[int, int]:
+    return entries.section(i).index, entries.r_offset[i] + 4
+
+
+def _where(entries: Relocations, i: int) -> str:
+    return entries.section(i).where(entries.r_offset[i])

@@ -1,0 +1,82 @@
+"""An object's live sites: the relocation entries against a target, one set of sites per r_info value.
+
+A pass over an object's relocation columns returns what it found as SiteEntries,
+which objects.py turns into SiteGroups: the live sites here, the nop'd ones in
+nopped.py. Neither pass depends on which ran first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+
+from .elf import ElfFile, Relocations
+from .errors import InputError
+from .x86 import Form
+
+
+@dataclass(frozen=True)
+class SiteEntries:
+    """Entries (positions in the relocation columns) that make sites of one form, against one target
+    symbol with one relocation type, and what each of their entries holds after r_offset now."""
+
+    positions: Sequence[int]
+    form: Form
+    symbol: int
+    r_type: int
+    held: bytes
+
+
+def live(elf: ElfFile, entries: Relocations, targets: Mapping[int, str]) -> list[SiteEntries]:
+    """One SiteEntries per r_info value against a target: one symbol and one type, so one form.
+
+    Every value is checked before any is kept, so that the error raised is the
+    one of the first bad entry in table order.
+    """
+    arch = elf.arch
+    found: list[SiteEntries] = []
+    problems: list[tuple[int, InputError]] = []
+    call_addend = arch.call_addend(Form.REL32)
+    for r_info in entries.values:
+        symbol, r_type = arch.r_sym(r_info), arch.r_type(r_info)
+        if r_info == 0 or symbol not in targets:
+            continue
+        positions = entries.holding(r_info)
+        form = arch.call_forms.get(r_type)
+        i = positions[0]
+        where = entries.section(i).where
+        if form is None:
+            # -mcmodel=large: gcc's R_X86_64_PLTOFF64, clang's R_X86_64_GOT64, no single call instruction.
+            problems.append(
+                (
+                    i,
+                    elf.fail(
+                        f"{arch.reloc_name(r_type)} against {targets[symbol]} at {where(entries.r_offset[i])} is not a call ftpatch patches (-mcmodel=large, or a reference that is no call), relocation {entries.name(i)}"
+                    ),
+                )
+            )
+            continue
+        if arch.rela and (odd := next((j for j in positions if entries.r_addend[j] != call_addend), None)) is not None:
+            problems.append(
+                (
+                    odd,
+                    elf.fail(
+                        f"{arch.reloc_name(r_type)} against {targets[symbol]} at {entries.section(odd).where(entries.r_offset[odd])} has addend {entries.r_addend[odd]}, where a call's is {call_addend}: not a call ftpatch patches, relocation {entries.name(odd)}"
+                    ),
+                )
+            )
+            continue
+        found.append(SiteEntries(positions, form, symbol, r_type, call_entry(elf, symbol, r_type)))
+    if problems:
+        raise min(problems, key=itemgetter(0))[1]
+    return found
+
+
+def call_entry(elf: ElfFile, symbol: int, r_type: int) -> bytes:
+    """What a live call's entry holds after r_offset: r_info, and on RELA the call's addend."""
+    arch = elf.arch
+    r_info = (symbol << arch.r_sym_shift | r_type).to_bytes(arch.word, "little")
+    if not arch.rela:
+        return r_info
+    return r_info + arch.call_addend(Form.REL32).to_bytes(arch.word, "little", signed=True)
