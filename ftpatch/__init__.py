@@ -5,10 +5,10 @@ FtpatchError. capstone and pyelftools are imported only when a file needs them.
 """
 
 from .errors import FtpatchError, InputError, OutputError, VerifyError
-from .patch import Action, Patch, Plan, Rewrite, apply, patch_file, plan, plan_all
+from .patch import Patch, Plan, Proof, Rewrite, apply, patch_file, plan, plan_all
 from .record import Recording, record_file
 from .scan import scan, scan_path
-from .sites import DEFAULT_TARGETS, ScanResult, Site, SiteGroup, State
+from .sites import DEFAULT_TARGETS, Action, Checks, Finding, Located, ScanResult, Site, SiteGroup, State
 from .x86 import NOP_STYLES, Arch, Form, NopStyle
 
 __version__ = "0.1.0"
@@ -18,13 +18,17 @@ __all__ = [
     "NOP_STYLES",
     "Action",
     "Arch",
+    "Checks",
+    "Finding",
     "Form",
     "FtpatchError",
     "InputError",
+    "Located",
     "NopStyle",
     "OutputError",
     "Patch",
     "Plan",
+    "Proof",
     "Recording",
     "Rewrite",
     "ScanResult",

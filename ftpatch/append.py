@@ -140,12 +140,12 @@ class _Appender:
 
     def move(self, section: Section, blob: bytes) -> None:
         """Give `section` new contents, as a copy at the end of the file."""
-        header = self.headers[section.index]
+        header = self.headers[section.shndx]
         align = header[_SH_ADDRALIGN]
         # The copy starts at a multiple of sh_addralign, which ELF wants a power of two; the tables
         # copied here have 1, 4 or 8, and a file that says 2**40 must not make ftpatch write that much.
         if align & (align - 1) or align > _MAX_ALIGN:
-            raise self.elf.fail(f"section {section.name} [{section.index}] has sh_addralign {align:#x}, sh_addralign")
+            raise self.elf.fail(f"section {section.name} [{section.shndx}] has sh_addralign {align:#x}, sh_addralign")
         header[_SH_OFFSET] = self.put(blob, align)
         header[_SH_SIZE] = len(blob)
 
@@ -160,20 +160,20 @@ class _Appender:
             if shndx is not None:
                 new.append(shndx)
         names = self._names([s.name for s in new])
-        for section, sh_name in zip(new, names, strict=True):
-            offset = self.put(section.data, section.sh_addralign)
+        for made, sh_name in zip(new, names, strict=True):
+            offset = self.put(made.data, made.sh_addralign)
             self.headers.append(
                 [
                     sh_name,
-                    section.sh_type,
-                    section.sh_flags,
+                    made.sh_type,
+                    made.sh_flags,
                     0,
                     offset,
-                    len(section.data),
-                    section.sh_link,
-                    section.sh_info,
-                    section.sh_addralign,
-                    section.sh_entsize,
+                    len(made.data),
+                    made.sh_link,
+                    made.sh_info,
+                    made.sh_addralign,
+                    made.sh_entsize,
                 ]
             )
         total = len(self.headers)
@@ -193,8 +193,8 @@ class _Appender:
         return self.out
 
     def _shstrndx(self) -> int:
-        ehdr = EHDR[self.elfclass].unpack_from(self.elf.data, 16)
-        return self.headers[0][_SH_LINK] if ehdr[-1] == SHN_XINDEX else ehdr[-1]
+        e_shstrndx: int = EHDR[self.elfclass].unpack_from(self.elf.data, 16)[-1]
+        return self.headers[0][_SH_LINK] if e_shstrndx == SHN_XINDEX else e_shstrndx
 
     def _names(self, names: Sequence[str]) -> list[int]:
         """The sh_name of each new section: an existing string of the name table, or one appended to a copy of it.
@@ -239,10 +239,10 @@ class _Appender:
         table = elf.section_data(symtab)
         count = len(elf.symbols)
         self.move(symtab, bytes(table[: first * size]) + b"".join(entries) + bytes(table[first * size : count * size]))
-        self.headers[symtab.index][_SH_INFO] = first + k
+        self.headers[symtab.shndx][_SH_INFO] = first + k
         shndx_words = array.array("I", [i if i >= SHN_LORESERVE else 0 for i in created])
         made = None
-        existing = [s for s in elf.sections if s.sh_type == SHT_SYMTAB_SHNDX and s.sh_link == symtab.index]
+        existing = [s for s in elf.sections if s.sh_type == SHT_SYMTAB_SHNDX and s.sh_link == symtab.shndx]
         if existing:
             old = words(elf.section_data(existing[0]), 4)[:count]
             if len(old) < count:
@@ -250,9 +250,9 @@ class _Appender:
             self.move(existing[0], packed(old[:first] + shndx_words + old[first:]))
         elif any(created_index >= SHN_LORESERVE for created_index in created):
             column = array.array("I", bytes(4 * first)) + shndx_words + array.array("I", bytes(4 * (count - first)))
-            made = NewSection(".symtab_shndx", SHT_SYMTAB_SHNDX, 0, packed(column), symtab.index, 0, 4, 4)
+            made = NewSection(".symtab_shndx", SHT_SYMTAB_SHNDX, 0, packed(column), symtab.shndx, 0, 4, 4)
         for section in elf.sections:
-            if section.sh_link != symtab.index:
+            if section.sh_link != symtab.shndx:
                 continue
             if section.sh_type in (SHT_REL, SHT_RELA):
                 copy = self._renumbered_relocations(section, first, k)
@@ -261,7 +261,7 @@ class _Appender:
             elif section.sh_type == SHT_GROUP:
                 # A group's signature symbol is its header's sh_info.
                 if first <= section.sh_info < count:
-                    self.headers[section.index][_SH_INFO] = section.sh_info + k
+                    self.headers[section.shndx][_SH_INFO] = section.sh_info + k
             elif section.sh_type == SHT_LLVM_ADDRSIG:
                 indices = _uleb128s(bytes(elf.section_data(section)), elf, section)
                 self.move(section, b"".join(_uleb128(i + k if i >= first else i) for i in indices))
@@ -273,7 +273,7 @@ class _Appender:
         elf = self.elf
         relocated = {s.sh_info for s in elf.sections if s.sh_type in (SHT_REL, SHT_RELA)}
         for section in elf.sections:
-            if section.sh_type == SHT_LLVM_CALL_GRAPH_PROFILE and section.index not in relocated and section.sh_size:
+            if section.sh_type == SHT_LLVM_CALL_GRAPH_PROFILE and section.shndx not in relocated and section.sh_size:
                 raise elf.fail(
                     f"section {section.name} names symbols by index, and a section symbol must be created "
                     "before them: rebuild with a newer clang, or with unwind tables (-fasynchronous-unwind-tables)"

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from functools import partial
 
 from .errors import FtpatchError
-from .patch import Action, patch_file
+from .patch import patch_file
 from .record import record_file
+from .sites import Action
 from .write import sync_directory
 
 

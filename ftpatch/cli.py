@@ -13,7 +13,6 @@ parameter's annotation from its text at each start, 2 ms of a one-object run.
 import atexit
 import gc
 import os
-import re
 import shutil
 import signal
 import sys
@@ -30,11 +29,11 @@ import typer
 
 from . import __version__
 from .errors import FtpatchError, VerifyError, printable
+from .x86 import NOP_STYLES
 
 if TYPE_CHECKING:
-    from . import batch
-    from .batch import Outcome
-    from .sites import ScanResult, Site
+    from . import batch, report
+    from .sites import Action
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_VERIFY, EXIT_INTERNAL = 0, 1, 2, 3, 70
 EXIT_CODES_HELP = (
@@ -53,11 +52,8 @@ app = typer.Typer(
 _debug = False
 
 
-class NopChoice(StrEnum):
-    p6 = "p6"
-    o16 = "o16"
-    jmp = "jmp"
-    lea = "lea"
+# The --nop choices are the styles' names: x86.py is pure tables, cheap to import at every start.
+NopChoice = StrEnum("NopChoice", {name: name for name in NOP_STYLES})  # type: ignore[misc]
 
 
 def _exit_code(error: FtpatchError) -> int:
@@ -163,8 +159,9 @@ def scan(
     """List the profiling call sites of each file: section+offset, form, state, function.
 
     With --only / --except, only the sites that `nop` and `call` would touch."""
+    from . import report
     from .scan import scan_path
-    from .sites import Action, State, chosen
+    from .sites import State, chosen
 
     worst = EXIT_OK
     reports = []
@@ -182,7 +179,9 @@ def scan(
             sites = [s for s in result.sites if not (only or exclude) or chosen(s.function, only, exclude, matched)]
             reports.append((result, sites))
             if not as_json:
-                _print_sites(result, sites, len(result.sites) - len(sites) if only or exclude else None)
+                filtered = len(result.sites) - len(sites) if only or exclude else None
+                for line in report.site_table(result, sites, filtered, _width()):
+                    print(line)
             for finding in result.findings:
                 if finding.error:
                     _error(f"{result.path}: {finding.text}")
@@ -196,115 +195,20 @@ def scan(
                 worst = max(worst, EXIT_VERIFY)
             for site in sites:
                 if site.state is State.OTHER:
-                    _error(
-                        f"{result.path}: {site.where}: holds {site.code.hex(':')}, neither the {site.form.value} call nor a known nop"
-                    )
+                    _error(report.wrong_site(result, site))
                     worst = max(worst, EXIT_VERIFY)
-    warnings = _unmatched(only, exclude, matched, scanned)
+    warnings = report.unmatched(only, exclude, matched, scanned)
     for warning in warnings:
         _warning(warning)
     if as_json:
-        doc = {
-            "files": [
-                {
-                    "path": r.path,
-                    "machine": r.machine,
-                    "type": r.type,
-                    "sites": [s.to_json() for s in sites],
-                    "filtered": len(r.sites) - len(sites),
-                    "located": r.located.value,
-                    "unclassified": [f.text for f in r.stopping(Action.NOP) if Action.CALL not in f.stops],
-                    "warnings": list(r.warnings),
-                }
-                for r, sites in reports
-            ],
-            "warnings": warnings,
-        }
-        _print_json(doc)
+        _print_json({"files": [report.scan_entry(r, sites) for r, sites in reports], "warnings": warnings})
     raise typer.Exit(worst)
 
 
-def _unmatched(only: list[str], exclude: list[str], matched: set[str], files: int) -> list[str]:
-    """A warning for each glob that matched no function with a site in the whole run, said once: in a batch,
-    most files not matching a glob is normal, and no file matching it is a typo or a name written another way."""
-    if not files:
-        return []  # every file failed, and its error says so
-    from . import demangle
-
-    where = "the file" if files == 1 else f"any of the {files} files"
-    warnings = []
-    for option, globs in (("--only", only), ("--except", exclude)):
-        for glob in dict.fromkeys(globs):
-            if glob in matched:
-                continue
-            hint = (
-                "; C++ names cannot be demangled here (libstdc++.so.6 did not load): match their symbols"
-                if "::" in glob and not demangle.available()
-                else ""
-            )
-            warnings.append(
-                f"{option} {glob!r} matched no function with a site in {where}; a glob matches a function's symbol, its "
-                f"demangled name, or that name without parameters (`ftpatch scan --json` lists both){hint}"
-            )
-    return warnings
-
-
-# A section of one function's own, named after its symbol or a C++ one (an alias: a destructor's
-# D2 section holds D1 too): C++ inline functions and templates, -ffunction-sections.
-_OWN_SECTION = re.compile(r"(\.text(?:\.unlikely|\.hot|\.startup|\.exit)?)\.(.+)")
-
-
-def _where(site: "Site") -> str:
-    section = site.section
-    # Such a section's name is as long as a mangled symbol, and the table shows the function demangled:
-    # `.text.*` says it in 7 columns (--json has the name).
-    own = _OWN_SECTION.fullmatch(section)
-    if own and (own[2] == site.function or own[2].startswith("_Z")):
-        section = f"{own[1]}.*"
-    return f"{section}+{site.offset:#x}"
-
-
-def _print_sites(result: "ScanResult", sites: "list[Site]", filtered: int | None) -> None:
-    from .demangle import demangle
-
-    calls = sum(s.state.value == "call" for s in sites)
-    left_out = f", {filtered} filtered out" if filtered is not None else ""
-    print(
-        f"{result.path}: {result.machine} {result.type}, {len(sites)} sites ({calls} call, {len(sites) - calls} not){left_out}"
-    )
-    if not sites:
-        return
-    # The function comes last: the one column with no bound, it pushes no other column when long.
-    # (A site's length is its form's: --json has it.)
-    rows = [("where", "file_offset", "form", "target", "state", "function")]
-    rows += [
-        (
-            _where(s),
-            f"{s.file_offset:#x}",
-            s.form.value,
-            s.target or "-",
-            s.state.value,
-            demangle(s.function) if s.function else "?",
-        )
-        for s in sites
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    # On a terminal a row fits its width, as ps does; piped, every name is whole, for grep.
-    room = shutil.get_terminal_size().columns - sum(widths) - 2 * len(rows[0]) if sys.stdout.isatty() else None
-    for r in rows:
-        cells = [*(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)), _fit(r[-1], room)]
-        print(printable("  " + "  ".join(cells)))
-
-
-def _fit(name: str, room: int | None) -> str:
-    """A demangled name in `room` columns: whole, else without its parameters, else cut."""
-    from .demangle import without_parameters
-
-    if room is None or len(name) <= room:
-        return name
-    bare = without_parameters(name)
-    short = f"{bare}(...)" if bare != name else name
-    return short if len(short) <= room else short[: max(room - 3, 12)] + "..."
+def _width() -> int | None:
+    """The terminal's width, for the site table: on a terminal a row fits it, as ps does; piped, every name
+    is whole, for grep."""
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
 
 
 def _progress(total: int, label: str) -> Callable[[], None] | None:
@@ -337,83 +241,36 @@ def _paths(files: list[str] | None, files_from: str | None, output: str | None, 
 
 
 @dataclass(frozen=True)
-class _Words:
-    """How a command that writes files reports: its JSON keys and its lines."""
+class _Batch:
+    """How a command that writes files runs and reports: the options nop, call and record share."""
 
-    action: str
-    label: str  # the progress bar's
-    changed: str  # a changed file's status
-    counts: dict[str, str]  # JSON key -> the Outcome field it reports
-    line: Callable[["Outcome"], str]  # one file's line, after its path
-    summary: Callable[[dict[str, int]], str]  # the run's line on stderr, from the JSON summary
-
-
-def _patch_words(action: str, record: bool) -> _Words:
-    counts = {"patched": "patched", "already": "already", "filtered": "filtered"}
-
-    def line(o: "Outcome") -> str:
-        text = f"{o.patched} patched, {o.already} already {action}, {o.filtered} filtered out"
-        return f"{text}; {_table(o) or 'no sites to record'}" if record else text
-
-    def summary(t: dict[str, int]) -> str:
-        text = f"{t['patched']} sites patched, {t['already']} already {action}, {t['filtered']} filtered out"
-        return f"{text}, {_RECORD_WORDS.summary(t)}" if record else text
-
-    return _Words(action, "patching", "patched", counts | _RECORD_WORDS.counts if record else counts, line, summary)
-
-
-def _table(o: "Outcome") -> str:
-    """What record wrote into a file, or found there; "" if it has no sites."""
-    kept = o.already_recorded
-    if o.recorded:
-        left = f", {kept} objects already had __mcount_loc and were left as they were" if kept else ""
-        return f"{o.recorded} sites recorded in __mcount_loc{left}"
-    if kept:
-        return "already has __mcount_loc" if kept == 1 else f"{kept} objects already have __mcount_loc"
-    return ""
-
-
-def _record_line(o: "Outcome") -> str:
-    if o.recorded:
-        return _table(o)
-    return f"{_table(o) or 'no profiling call sites'}, left as it was"
-
-
-_RECORD_WORDS = _Words(
-    "record",
-    "recording",
-    "recorded",
-    {"recorded": "recorded", "already_recorded": "already_recorded"},
-    _record_line,
-    lambda t: f"{t['recorded']} sites recorded, {t['already_recorded']} objects already had __mcount_loc",
-)
+    output: str | None
+    jobs: int | None
+    fail_fast: bool
+    as_json: bool
+    quiet: bool
 
 
 def _run(
-    words: _Words,
+    words: "report.Words",
     job: "batch.Job | batch.RecordJob",
     paths: list[str],
-    *,
-    output: str | None,
-    jobs: int | None,
-    fail_fast: bool,
-    as_json: bool,
-    quiet: bool,
+    how: _Batch,
     only: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
 ) -> NoReturn:
     """Run a command that writes files over `paths`, print what became of each, and exit with the worst code.
     `only`, `exclude`: the run's globs, each warned of once if no function of any file matched it."""
-    from . import batch
+    from . import batch, report
 
     started = time.monotonic()
     advance = _progress(len(paths), words.label)
     worst = EXIT_OK
-    report = []
+    entries = []
     totals = {"files": 0, **dict.fromkeys(words.counts, 0), "failed": 0}
     matched: set[str] = set()
     try:
-        for outcome in batch.run(paths, job, jobs or os.cpu_count() or 1, fail_fast):
+        for outcome in batch.run(paths, job, how.jobs or os.cpu_count() or 1, how.fail_fast):
             totals["files"] += 1
             if advance:
                 advance()
@@ -422,43 +279,27 @@ def _run(
                 worst = max(worst, code)
                 totals["failed"] += 1
                 _error(str(outcome.error))
-                report.append(
-                    {
-                        "path": outcome.path,
-                        "output": output or outcome.path,
-                        "status": "failed",
-                        "error": str(outcome.error),
-                        "exit_code": code,
-                    }
-                )
+                entries.append(report.failed_entry(outcome, how.output, code))
                 continue
             matched |= outcome.matched
             for warning in outcome.warnings:
                 _warning(f"{outcome.path}: {warning}")
-            counts = {key: getattr(outcome, field) for key, field in words.counts.items()}
-            for key, value in counts.items():
-                totals[key] += value
-            report.append(
-                {
-                    "path": outcome.path,
-                    "output": output or outcome.path,
-                    "status": words.changed if outcome.changed else "unchanged",
-                    **counts,
-                    "warnings": list(outcome.warnings),
-                }
-            )
-            if not (quiet or as_json):
-                dest = f" -> {output}" if output else ""
+            entry = report.done_entry(outcome, how.output, words)
+            for key in words.counts:
+                totals[key] += entry[key]
+            entries.append(entry)
+            if not (how.quiet or how.as_json):
+                dest = f" -> {how.output}" if how.output else ""
                 print(f"{outcome.path}{dest}: {words.line(outcome)}")
     except FtpatchError as e:  # syncing the output directories at the end failed
         _error(str(e))
         worst = max(worst, _exit_code(e))
-    warnings = _unmatched(list(only), list(exclude), matched, totals["files"] - totals["failed"])
+    warnings = report.unmatched(only, exclude, matched, totals["files"] - totals["failed"])
     for warning in warnings:
         _warning(warning)
-    if as_json:
-        _print_json({"action": words.action, "files": report, "summary": totals, "warnings": warnings})
-    elif len(paths) > 1 or quiet:
+    if how.as_json:
+        _print_json({"action": words.action, "files": entries, "summary": totals, "warnings": warnings})
+    elif len(paths) > 1 or how.quiet:
         print(
             f"ftpatch {words.action}: {totals['files']} files, {words.summary(totals)}, "
             f"{totals['failed']} failed, {time.monotonic() - started:.2f} s",
@@ -468,44 +309,22 @@ def _run(
 
 
 def _patch(
-    action_name: str,
+    action: "Action",
+    paths: list[str],
+    how: _Batch,
     *,
-    files: list[str] | None,
-    files_from: str | None,
-    output: str | None,
-    in_place: bool,
     style: NopChoice | None,
     only: list[str],
     exclude: list[str],
     symbol: list[str],
-    jobs: int | None,
-    fail_fast: bool,
-    as_json: bool,
-    quiet: bool,
     no_fsync: bool,
     record: bool,
-) -> None:
-    """nop and call: their parameters, by the same names (each passes its own locals())."""
-    paths = _paths(files, files_from, output, in_place)
-    from . import batch
-    from .patch import Action
+) -> NoReturn:
+    from . import batch, report
 
     nop = style.value if style else None
-    job = batch.Job(
-        Action(action_name), output, nop, tuple(only), tuple(exclude), _targets(symbol), not no_fsync, record
-    )
-    _run(
-        _patch_words(action_name, record),
-        job,
-        paths,
-        output=output,
-        jobs=jobs,
-        fail_fast=fail_fast,
-        as_json=as_json,
-        quiet=quiet,
-        only=job.only,
-        exclude=job.exclude,
-    )
+    job = batch.Job(action, how.output, nop, tuple(only), tuple(exclude), _targets(symbol), not no_fsync, record)
+    _run(report.patch_words(action.value, record), job, paths, how, job.only, job.exclude)
 
 
 @app.command()
@@ -536,7 +355,13 @@ def nop(
     ] = False,
 ) -> None:
     """Turn every profiling call into a nop, after verifying every site."""
-    _patch("nop", **locals())
+    from .sites import Action
+
+    paths = _paths(files, files_from, output, in_place)
+    how = _Batch(output, jobs, fail_fast, as_json, quiet)
+    _patch(
+        Action.NOP, paths, how, style=style, only=only, exclude=exclude, symbol=symbol, no_fsync=no_fsync, record=record
+    )
 
 
 @app.command()
@@ -555,7 +380,13 @@ def call(
     no_fsync: NoFsync = False,
 ) -> None:
     """Turn nop'd profiling sites back into the exact calls, after verifying every site."""
-    _patch("call", style=None, record=False, **locals())
+    from .sites import Action
+
+    paths = _paths(files, files_from, output, in_place)
+    how = _Batch(output, jobs, fail_fast, as_json, quiet)
+    _patch(
+        Action.CALL, paths, how, style=None, only=only, exclude=exclude, symbol=symbol, no_fsync=no_fsync, record=False
+    )
 
 
 @app.command()
@@ -576,10 +407,10 @@ def record(
     Objects (and archive members) that already have __mcount_loc, or no sites, are left as they are.
     """
     paths = _paths(files, files_from, output, in_place)
-    from . import batch
+    from . import batch, report
 
     job = batch.RecordJob(output, _targets(symbol), not no_fsync)
-    _run(_RECORD_WORDS, job, paths, output=output, jobs=jobs, fail_fast=fail_fast, as_json=as_json, quiet=quiet)
+    _run(report.RECORD_WORDS, job, paths, _Batch(output, jobs, fail_fast, as_json, quiet))
 
 
 @app.command()

@@ -59,7 +59,7 @@ class Section(NamedTuple):
     an object built with -ffunction-sections has tens of thousands of each, and a
     frozen dataclass costs four times as much to make."""
 
-    index: int
+    shndx: int  # its index in the section header table
     name: str
     sh_type: int
     sh_flags: int
@@ -84,7 +84,7 @@ class Section(NamedTuple):
 
 
 class Symbol(NamedTuple):
-    index: int
+    symndx: int  # its index in the symbol table
     name: str
     st_value: int
     st_size: int
@@ -318,7 +318,7 @@ def read_fd(path: str, fd: int) -> bytes:
     """All the bytes of the open regular file `fd`, from its start."""
     try:
         size = os.fstat(fd).st_size
-        chunks = []
+        chunks: list[bytes] = []
         offset = 0
         while True:
             chunk = os.pread(fd, max(size - offset, 1 << 16), offset)
@@ -364,7 +364,7 @@ class ElfFile:
 
     def section_data(self, section: Section) -> memoryview:
         if section.sh_type == SHT_NOBITS:
-            raise self.fail(f"section {section.name} [{section.index}] has no file bytes (SHT_NOBITS)")
+            raise self.fail(f"section {section.name} [{section.shndx}] has no file bytes (SHT_NOBITS)")
         return memoryview(self.data)[section.sh_offset : section.sh_offset + section.sh_size]
 
     def section_named(self, name: str) -> Section | None:
@@ -501,7 +501,7 @@ class ElfFile:
     def _symtab_shndx(self, table: Section) -> Callable[[int], list[int]]:
         def extended(count: int) -> list[int]:
             """The SHT_SYMTAB_SHNDX words for `table`: the real section index of each symbol."""
-            found = [s for s in self.sections if s.sh_type == SHT_SYMTAB_SHNDX and s.sh_link == table.index]
+            found = [s for s in self.sections if s.sh_type == SHT_SYMTAB_SHNDX and s.sh_link == table.shndx]
             if len(found) != 1:
                 raise self.fail(
                     f"a symbol has st_shndx SHN_XINDEX but there are {len(found)} SHT_SYMTAB_SHNDX sections for {table.name}"

@@ -434,7 +434,7 @@ def _emitted(elf: ElfFile, names: Iterable[str]) -> list[int]:
         for s in elf.sections
         if s.sh_type in (SHT_REL, SHT_RELA)
         and not s.sh_flags & SHF_ALLOC
-        and s.sh_link == elf.symtab.index
+        and s.sh_link == elf.symtab.shndx
         and (sec := elf.applied_to(s)).is_code
     ]
     if not tables:

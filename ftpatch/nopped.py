@@ -185,7 +185,7 @@ def _nop_ending_at(elf: ElfFile, entries: Relocations, i: int) -> bytes:
 
 
 def _end(entries: Relocations, i: int) -> tuple[int, int]:
-    return entries.section(i).index, entries.r_offset[i] + 4
+    return entries.section(i).shndx, entries.r_offset[i] + 4
 
 
 def _where(entries: Relocations, i: int) -> str:

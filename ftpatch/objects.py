@@ -69,10 +69,11 @@ def scan_object(elf: ElfFile, targets: Iterable[str], base: int = 0) -> ScanResu
     strays: Strays = {}
     if symbols:
         entries = _read(elf, tables)
+        found, problems = live(elf, entries, symbols)
         kept, strays = nopped(elf, entries, symbols)
-        groups = _groups(elf, entries, symbols, [*live(elf, entries, symbols), *kept])
-    known = {(section.index, start) for g in groups for section, start in zip(g.sections, g.starts, strict=True)}
-    listed = [(sec, start) for sec, start in _listed(elf) if (sec.index, start) not in known]
+        groups = _groups(elf, entries, symbols, [*found, *kept], problems)
+    known = {(section.shndx, start) for g in groups for section, start in zip(g.sections, g.starts, strict=True)}
+    listed = [(sec, start) for sec, start in _listed(elf) if (sec.shndx, start) not in known]
     if listed:
         groups.append(_recorded(elf, listed))
     checks = ObjectChecks(elf, symbols, tables, tuple(groups), strays)
@@ -93,17 +94,22 @@ def _lto(elf: ElfFile) -> str:
 
 def _read(elf: ElfFile, tables: Sequence[tuple[Section, Section | None]]) -> Relocations:
     for rel, _ in tables:
-        if rel.sh_link != elf.symtab.index:
+        if rel.sh_link != elf.symtab.shndx:
             raise elf.fail(f"relocation section {rel.name} links to section [{rel.sh_link}], not the symbol table")
     return elf.relocations(tables, len(elf.symbols))
 
 
 def _groups(
-    elf: ElfFile, entries: Relocations, symbols: Mapping[int, str], found: Sequence[SiteEntries]
+    elf: ElfFile,
+    entries: Relocations,
+    symbols: Mapping[int, str],
+    found: Sequence[SiteEntries],
+    problems: list[tuple[int, InputError]],
 ) -> list[SiteGroup]:
-    """A SiteGroup for each set of entries; the first entry, in table order, whose site does not fit in
-    its section's bytes is refused."""
-    groups, misfits = [], []
+    """A SiteGroup for each set of entries. Every entry is checked before any group is kept: of the bad
+    ones (`problems`, and those whose site does not fit in its section's bytes), the first in table order
+    is refused."""
+    groups, misfits = [], list(problems)
     for e in found:
         group = _group(elf, entries, symbols, e)
         if group is None:
@@ -184,7 +190,7 @@ def _listed(elf: ElfFile) -> list[tuple[Section, int]]:
     loc = elf.section_named("__mcount_loc")
     if loc is None:
         return []
-    rels = [(s, loc) for s in elf.sections if s.sh_type in (SHT_REL, SHT_RELA) and s.sh_info == loc.index]
+    rels = [(s, loc) for s in elf.sections if s.sh_type in (SHT_REL, SHT_RELA) and s.sh_info == loc.shndx]
     if not rels:
         return []
     entries = _read(elf, rels)
@@ -244,7 +250,7 @@ class ObjectChecks(Checks):
         self.found_strays = found_strays  # what the scan itself met that `call` cannot restore
 
     def function_at(self, section: Section, offset: int) -> str | None:
-        symbol = self.elf.symbols.function_at(section.index, offset)
+        symbol = self.elf.symbols.function_at(section.shndx, offset)
         return symbol.name if symbol else None
 
     def readback(self, group: SiteGroup, new: bytes, positions: Sequence[int]) -> list[int]:
@@ -277,7 +283,7 @@ class ObjectChecks(Checks):
         """What `call` cannot restore: what the scan met, and nops only ftpatch writes, or nops at a
         function's entry, where no relocation entry says a site is (`ld -r` by gold drops NONE entries)."""
         elf = self.elf
-        sites = {(s.index, start) for g in self.groups for s, start in zip(g.sections, g.starts, strict=True)}
+        sites = {(s.shndx, start) for g in self.groups for s, start in zip(g.sections, g.starts, strict=True)}
         found = list(self.found_strays.values())
         said = self.found_strays.keys()  # a zeroed entry said so already: its nop is said once
         for sec in (s for s in elf.sections if s.is_exec and s.sh_type != SHT_NOBITS):
@@ -285,7 +291,7 @@ class ObjectChecks(Checks):
             loose = {
                 at: nop
                 for at, nop in find_marked_nops(code, elf.arch).items()
-                if (sec.index, at) not in sites and (sec.index, at + len(nop)) not in said
+                if (sec.shndx, at) not in sites and (sec.shndx, at + len(nop)) not in said
             }
             found += [
                 f"{sec.where(at)}: holds {loose[at].hex(':')}, a nop ftpatch writes, with no relocation entry to restore"
@@ -301,9 +307,9 @@ class ObjectChecks(Checks):
                     continue
                 text = elf.section_data(sec)
                 at = row.st_value + 4 if text[row.st_value : row.st_value + 4] in ENDBR else row.st_value
-                code = bytes(text[at : at + 6])
-                nop = next((c for c in (code, code[:5]) if written_by_ftpatch(c, elf.arch)), None)
-                if nop is not None and (sec.index, at) not in sites and (sec.index, at + len(nop)) not in said:
+                entry = bytes(text[at : at + 6])
+                nop = next((c for c in (entry, entry[:5]) if written_by_ftpatch(c, elf.arch)), None)
+                if nop is not None and (sec.shndx, at) not in sites and (sec.shndx, at + len(nop)) not in said:
                     found.append(
                         f"{sec.where(at)}: holds {nop.hex(':')} at a function's entry, a nop ftpatch writes, with no relocation entry to restore"
                     )
@@ -314,7 +320,7 @@ class ObjectChecks(Checks):
         each (or of the section, in an object without symbols)."""
         starts = {0}
         if self.elf.has_symtab:
-            starts |= {row.st_value for _, row in self.elf.symbols.function_rows() if row.st_shndx == sec.index}
+            starts |= {row.st_value for _, row in self.elf.symbols.function_rows() if row.st_shndx == sec.shndx}
         ordered = sorted(starts)
         by_start: dict[int, set[int]] = {}
         for at in offsets:

@@ -201,8 +201,8 @@ def plan(
         bad.sort(key=attrgetter("file_offset"))
         problems.append(_problem(result, bad[0], action, style))
     if problems:
-        more = len(problems) - 1 + len(bad) - bool(bad)
-        raise VerifyError(result.path, problems[0] + (f" (and {more} more sites)" if more else ""))
+        others = len(problems) - 1 + len(bad) - bool(bad)
+        raise VerifyError(result.path, problems[0] + (f" (and {others} more sites)" if others else ""))
     if unrestorable:
         site = min(unrestorable, key=attrgetter("file_offset"))
         more = f" (and {len(unrestorable) - 1} more sites)" if len(unrestorable) > 1 else ""

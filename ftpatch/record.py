@@ -103,7 +103,7 @@ def _groups(elf: ElfFile) -> dict[int, int]:
     for group in elf.sections:
         if group.sh_type == SHT_GROUP:
             # A flag word (GRP_COMDAT), then the members' section indices.
-            member_of.update(dict.fromkeys(words(elf.section_data(group), 4)[1:], group.index))
+            member_of.update(dict.fromkeys(words(elf.section_data(group), 4)[1:], group.shndx))
     return member_of
 
 
@@ -116,10 +116,10 @@ def _places(result: ScanResult) -> dict[int, list[int]]:
     for group in result.groups:
         sections = group.sections
         if sections and sections.count(sections[0]) == len(sections):
-            by_section.setdefault(sections[0].index, []).extend(group.starts)
+            by_section.setdefault(sections[0].shndx, []).extend(group.starts)
         else:
             for section, start in zip(sections, group.starts, strict=True):
-                by_section.setdefault(section.index, []).append(start)
+                by_section.setdefault(section.shndx, []).append(start)
     return {index: sorted(set(starts)) for index, starts in sorted(by_section.items())}
 
 
@@ -160,6 +160,7 @@ def _tables(
     for shndx, starts in places.items():
         r_info += array.array(code, [symbols.index[shndx] << shift | R_ABSOLUTE]) * len(starts)
         addends += array.array(code, starts)
+    columns: tuple[array.array[int], ...]
     if arch.rela:
         # The addend is in the entry; the word relocated holds 0, as gas leaves it.
         loc = bytes(word * count)
@@ -174,7 +175,7 @@ def _tables(
     return [
         NewSection(MCOUNT_LOC, SHT_PROGBITS, SHF_ALLOC | SHF_WRITE | flags, loc, 0, 0, word, word),
         NewSection(
-            name, sh_type, SHF_INFO_LINK | flags, packed(rel), elf.symtab.index, index, word, word * len(columns)
+            name, sh_type, SHF_INFO_LINK | flags, packed(rel), elf.symtab.shndx, index, word, word * len(columns)
         ),
     ]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 
 from .elf import ElfFile, Relocations
 from .errors import InputError
@@ -28,12 +27,12 @@ class SiteEntries:
     held: bytes
 
 
-def live(elf: ElfFile, entries: Relocations, targets: Mapping[int, str]) -> list[SiteEntries]:
-    """One SiteEntries per r_info value against a target: one symbol and one type, so one form.
-
-    Every value is checked before any is kept, so that the error raised is the
-    one of the first bad entry in table order.
-    """
+def live(
+    elf: ElfFile, entries: Relocations, targets: Mapping[int, str]
+) -> tuple[list[SiteEntries], list[tuple[int, InputError]]]:
+    """One SiteEntries per r_info value against a target: one symbol and one type, so one form; and, for
+    each value that is no call ftpatch patches, its first bad entry and why, so that the caller can refuse
+    the first in table order."""
     arch = elf.arch
     found: list[SiteEntries] = []
     problems: list[tuple[int, InputError]] = []
@@ -68,9 +67,7 @@ def live(elf: ElfFile, entries: Relocations, targets: Mapping[int, str]) -> list
             )
             continue
         found.append(SiteEntries(positions, form, symbol, r_type, call_entry(elf, symbol, r_type)))
-    if problems:
-        raise min(problems, key=itemgetter(0))[1]
-    return found
+    return found, problems
 
 
 def call_entry(elf: ElfFile, symbol: int, r_type: int) -> bytes:

@@ -9,7 +9,7 @@ plans over them without knowing which scanner made them.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -141,7 +141,7 @@ class SiteGroup:
             return [first + index * entsize for index in indices]
         return [word + rel.sh_offset + index * rel.sh_entsize for rel, index in zip(rels, indices, strict=True)]
 
-    def pairs(self) -> dict[tuple[bytes, bytes | None], Sequence[int]]:
+    def pairs(self) -> Mapping[tuple[bytes, bytes | None], Sequence[int]]:
         """The positions of the sites holding each distinct (bytes held, call expected) pair."""
         codes, calls = self.codes, self.calls
         # An object's group expects one call of every site, and usually finds it at all of them.
@@ -160,17 +160,15 @@ class SiteGroup:
 
     def subset(self, keep: Sequence[bool]) -> SiteGroup:
         """The sites for which `keep` is true."""
-        columns = (self.sections, self.starts, self.codes, self.calls, self.rels, self.indices)
-        sections, starts, codes, calls, rels, indices = (tuple(compress(c, keep)) for c in columns)
         return SiteGroup(
             self.form,
             self.target,
-            sections,
-            starts,
-            codes,
-            calls,
-            rels,
-            indices,
+            tuple(compress(self.sections, keep)),
+            tuple(compress(self.starts, keep)),
+            tuple(compress(self.codes, keep)),
+            tuple(compress(self.calls, keep)),
+            tuple(compress(self.rels, keep)),
+            tuple(compress(self.indices, keep)),
             self.held,
             self.call_entry,
             self.nop_entry,

@@ -244,7 +244,7 @@ def dynamic_relocations(elf: ElfFile) -> Relocations | None:
     """The dynamic relocation tables, as columns: those linked to .dynsym, and those of only
     R_*_RELATIVE and R_*_IRELATIVE entries that link to no symbol table (a static program's)."""
     dynsym = elf.dynamic_symbols
-    dynsym_index = next((s.index for s in elf.sections if s.sh_type == SHT_DYNSYM), None)
+    dynsym_index = next((s.shndx for s in elf.sections if s.sh_type == SHT_DYNSYM), None)
     tables: list[tuple[Section, Section | None]] = [
         (s, None)
         for s in elf.sections
@@ -261,7 +261,7 @@ def _dynamic_slots(elf: ElfFile, relocations: Relocations | None, names: list[st
     if relocations is None or dynsym is None:
         return {}
     wanted = dynsym.named(names)
-    arch, slots = elf.arch, {}
+    arch, slots = elf.arch, dict[str, set[int]]()
     for r_info in relocations.values:
         if arch.r_type(r_info) in (R_GLOB_DAT, R_JUMP_SLOT) and (name := wanted.get(arch.r_sym(r_info))):
             slots.setdefault(name, set()).update(relocations.r_offset[i] for i in relocations.holding(r_info))

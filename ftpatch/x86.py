@@ -286,10 +286,10 @@ def known_nops(arch: Arch) -> dict[bytes, Nop]:
                         places.setdefault(code, (style.name, tag, set()))[2].add(inner)
     found = dict(_FOREIGN)
     found[TAIL_RET] = Nop("ret", False, Form.TAIL, 0, False)
-    for code, (style, tag, inners) in places.items():
+    for code, (name, tag, inners) in places.items():
         entry = None if len(inners) > 1 and None in inners else None in inners
-        form = next(iter(inners)) if len(inners) == 1 else None
-        found[code] = Nop(style, entry, form, tag, code in _PADDING)
+        named = next(iter(inners)) if len(inners) == 1 else None
+        found[code] = Nop(name, entry, named, tag, code in _PADDING)
     return found
 
 

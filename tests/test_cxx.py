@@ -189,13 +189,13 @@ def test_a_c_name_is_its_own_demangled_name() -> None:
 
 
 def test_without_libstdcxx_names_stay_symbols_and_the_warning_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ftpatch import cli
+    from ftpatch import report
     from ftpatch import demangle as demangler
 
     monkeypatch.setattr(demangler, "_demangler", lambda: None)
     for cached in ("demangle", "names"):  # no answer cached from before
         monkeypatch.setattr(demangler, cached, getattr(demangler, cached).__wrapped__)
     assert demangler.names("_ZNK3geo5Shape5sidesEv") == ("_ZNK3geo5Shape5sidesEv",)
-    (warning,) = cli._unmatched(["geo::Shape::sides"], [], set(), 1)
+    (warning,) = report.unmatched(["geo::Shape::sides"], [], set(), 1)
     assert warning.startswith("--only 'geo::Shape::sides' matched no function with a site in the file;")
     assert warning.endswith("C++ names cannot be demangled here (libstdc++.so.6 did not load): match their symbols")

@@ -1,0 +1,194 @@
+"""What the command line reports, as text: the site table, the lines of a run, the JSON documents.
+
+Pure functions of results: cli.py prints what they return and decides the exit code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .demangle import available, demangle, without_parameters
+from .errors import printable
+from .sites import Action, ScanResult, Site, State
+
+if TYPE_CHECKING:
+    from .batch import Outcome
+
+
+def scan_entry(result: ScanResult, sites: Sequence[Site]) -> dict[str, object]:
+    """One file of `scan --json`: its sites, how they were located, and what the scan concluded."""
+    return {
+        "path": result.path,
+        "machine": result.machine,
+        "type": result.type,
+        "located": result.located.value,
+        "sites": [s.to_json() for s in sites],
+        "filtered": len(result.sites) - len(sites),
+        "unclassified": [f.text for f in result.stopping(Action.NOP) if Action.CALL not in f.stops],
+        "warnings": list(result.warnings),
+    }
+
+
+def wrong_site(result: ScanResult, site: Site) -> str:
+    return (
+        f"{result.path}: {site.where}: holds {site.code.hex(':')}, neither the {site.form.value} call nor a known nop"
+    )
+
+
+def unmatched(only: Sequence[str], exclude: Sequence[str], matched: set[str], files: int) -> list[str]:
+    """A warning for each glob that matched no function with a site in the whole run, said once: in a batch,
+    most files not matching a glob is normal, and no file matching it is a typo or a name written another way."""
+    if not files:
+        return []  # every file failed, and its error says so
+    where = "the file" if files == 1 else f"any of the {files} files"
+    warnings = []
+    for option, globs in (("--only", only), ("--except", exclude)):
+        for glob in dict.fromkeys(globs):
+            if glob in matched:
+                continue
+            hint = (
+                "; C++ names cannot be demangled here (libstdc++.so.6 did not load): match their symbols"
+                if "::" in glob and not available()
+                else ""
+            )
+            warnings.append(
+                f"{option} {glob!r} matched no function with a site in {where}; a glob matches a function's symbol, its "
+                f"demangled name, or that name without parameters (`ftpatch scan --json` lists both){hint}"
+            )
+    return warnings
+
+
+# A section of one function's own, named after its symbol or a C++ one (an alias: a destructor's
+# D2 section holds D1 too): C++ inline functions and templates, -ffunction-sections.
+_OWN_SECTION = re.compile(r"(\.text(?:\.unlikely|\.hot|\.startup|\.exit)?)\.(.+)")
+
+
+def _where(site: Site) -> str:
+    section = site.section
+    # Such a section's name is as long as a mangled symbol, and the table shows the function demangled:
+    # `.text.*` says it in 7 columns (--json has the name).
+    own = _OWN_SECTION.fullmatch(section)
+    if own and (own[2] == site.function or own[2].startswith("_Z")):
+        section = f"{own[1]}.*"
+    return f"{section}+{site.offset:#x}"
+
+
+def site_table(result: ScanResult, sites: Sequence[Site], filtered: int | None, width: int | None) -> list[str]:
+    """A file's summary line, then a row a site; `width`: the terminal's, None when piped (every name whole)."""
+
+    calls = sum(s.state is State.CALL for s in sites)
+    left_out = f", {filtered} filtered out" if filtered is not None else ""
+    lines = [
+        f"{result.path}: {result.machine} {result.type}, {len(sites)} sites ({calls} call, {len(sites) - calls} not){left_out}"
+    ]
+    if not sites:
+        return lines
+    # The function comes last: the one column with no bound, it pushes no other column when long.
+    # (A site's length is its form's: --json has it.)
+    rows = [("where", "file_offset", "form", "target", "state", "function")]
+    rows += [
+        (
+            _where(s),
+            f"{s.file_offset:#x}",
+            s.form.value,
+            s.target or "-",
+            s.state.value,
+            demangle(s.function) if s.function else "?",
+        )
+        for s in sites
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    # On a terminal a row fits its width, as ps does; piped, every name is whole, for grep.
+    room = width - sum(widths) - 2 * len(rows[0]) if width is not None else None
+    for r in rows:
+        cells = [*(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)), _fit(r[-1], room)]
+        lines.append(printable("  " + "  ".join(cells)))
+    return lines
+
+
+def _fit(name: str, room: int | None) -> str:
+    """A demangled name in `room` columns: whole, else without its parameters, else cut."""
+
+    if room is None or len(name) <= room:
+        return name
+    bare = without_parameters(name)
+    short = f"{bare}(...)" if bare != name else name
+    return short if len(short) <= room else short[: max(room - 3, 12)] + "..."
+
+
+@dataclass(frozen=True)
+class Words:
+    """How a command that writes files reports: its JSON keys and its lines."""
+
+    action: str
+    label: str  # the progress bar's
+    changed: str  # a changed file's status
+    counts: dict[str, str]  # JSON key -> the Outcome field it reports
+    line: Callable[[Outcome], str]  # one file's line, after its path
+    summary: Callable[[dict[str, int]], str]  # the run's line on stderr, from the JSON summary
+
+
+def patch_words(action: str, record: bool) -> Words:
+    counts = {"patched": "patched", "already": "already", "filtered": "filtered"}
+
+    def line(o: Outcome) -> str:
+        text = f"{o.patched} patched, {o.already} already {action}, {o.filtered} filtered out"
+        return f"{text}; {_table(o) or 'no sites to record'}" if record else text
+
+    def summary(t: dict[str, int]) -> str:
+        text = f"{t['patched']} sites patched, {t['already']} already {action}, {t['filtered']} filtered out"
+        return f"{text}, {RECORD_WORDS.summary(t)}" if record else text
+
+    return Words(action, "patching", "patched", counts | RECORD_WORDS.counts if record else counts, line, summary)
+
+
+def _table(o: Outcome) -> str:
+    """What record wrote into a file, or found there; "" if it has no sites."""
+    kept = o.already_recorded
+    if o.recorded:
+        left = f", {kept} objects already had __mcount_loc and were left as they were" if kept else ""
+        return f"{o.recorded} sites recorded in __mcount_loc{left}"
+    if kept:
+        return "already has __mcount_loc" if kept == 1 else f"{kept} objects already have __mcount_loc"
+    return ""
+
+
+def _record_line(o: Outcome) -> str:
+    if o.recorded:
+        return _table(o)
+    return f"{_table(o) or 'no profiling call sites'}, left as it was"
+
+
+RECORD_WORDS = Words(
+    "record",
+    "recording",
+    "recorded",
+    {"recorded": "recorded", "already_recorded": "already_recorded"},
+    _record_line,
+    lambda t: f"{t['recorded']} sites recorded, {t['already_recorded']} objects already had __mcount_loc",
+)
+
+
+def failed_entry(outcome: Outcome, output: str | None, exit_code: int) -> dict[str, object]:
+    """A file of a run's JSON that failed: its error, as one line, and the exit code it gave."""
+    return {
+        "path": outcome.path,
+        "output": output or outcome.path,
+        "status": "failed",
+        "error": str(outcome.error),
+        "exit_code": exit_code,
+    }
+
+
+def done_entry(outcome: Outcome, output: str | None, words: Words) -> dict[str, Any]:
+    """A file of a run's JSON that succeeded: its status and its counts, by the command's words."""
+    return {
+        "path": outcome.path,
+        "output": output or outcome.path,
+        "status": words.changed if outcome.changed else "unchanged",
+        **{key: getattr(outcome, field) for key, field in words.counts.items()},
+        "warnings": list(outcome.warnings),
+    }
