@@ -3,7 +3,7 @@
 A site is live when a relocation against a target symbol (mcount, _mcount,
 __fentry__ or a --symbol) applies to it. A nop'd site keeps its entry, made
 harmless: type NONE and symbol 0, the only relocation against a profiling call
-that GNU ld links everywhere (FACTS.md). What `call` needs to restore the entry
+that GNU ld links everywhere (docs/facts.md). What `call` needs to restore the entry
 and the bytes exactly, the nop'd object alone carries:
 
 - x86-64 (RELA): the entry's r_addend, which bfd, gold and lld ignore in a NONE
@@ -78,7 +78,7 @@ def record(r_type: int, name: str) -> int:
     return RECORD << 48 | r_type << 32 | name_hash(name)
 
 
-# gcc -flto writes GIMPLE into .gnu.lto_* sections, and the link compiles it to machine code (FACTS.md).
+# gcc -flto writes GIMPLE into .gnu.lto_* sections, and the link compiles it to machine code (docs/facts.md).
 SLIM_LTO = (
     "a slim LTO object (gcc -flto): it holds GIMPLE, not machine code, so no profiling call is here to patch; "
     "the link compiles it, so patch the linked program"

@@ -13,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
+# The documentation: the front page, then the pages it links to. tests/test_readme.py runs their examples.
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 # Object fixture -> (is x86-64, how to link it into the program; see fixtures/README.md).
 OBJECTS = {
@@ -140,8 +142,9 @@ def tmp(tmp_path: Path) -> Path:
 
 
 def _loose_files() -> set[Path]:
-    """The files at the top of the checkout and in fixtures/ and tests/: where a stray gmon.out or output would land."""
-    return {p for d in (ROOT, FIXTURES, ROOT / "tests") for p in d.iterdir() if p.is_file()}
+    """The files at the top of the checkout and in docs/, fixtures/ and tests/: where a stray gmon.out or output
+    would land."""
+    return {p for d in (ROOT, ROOT / "docs", FIXTURES, ROOT / "tests") for p in d.iterdir() if p.is_file()}
 
 
 @pytest.fixture(scope="session", autouse=True)
