@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, PG_OBJECTS, ROOT, temporaries
-from fuzz.mutate import run_cli
+from conftest import FIXTURES, PG_OBJECTS, ROOT, run_cli, temporaries
 
 import ftpatch
 

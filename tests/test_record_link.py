@@ -7,8 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, PROGRAM_OUTPUT, run
-from fuzz.mutate import run_cli
+from conftest import FIXTURES, PROGRAM_OUTPUT, run, run_cli
 
 import ftpatch
 
