@@ -22,6 +22,7 @@
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ELFSITES="$BENCH_DIR/../tests/oracles/elfsites.py"  # the tests' stdlib reader of objects
 CACHE=${FTPATCH_BENCH_CACHE:-/var/tmp/ftpatch-bench}
 FORCE=${FTPATCH_BENCH_FORCE:-0}
 KBUILD_PKG=linux-kbuild-6.1
@@ -91,9 +92,9 @@ if ! done_stamp modules || [ ! -d "$CACHE/modules-pristine" ] || [ ! -s "$CACHE/
         esac
     done < <(find "$moddir" -type f \( -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' -o -name '*.ko.gz' \) -print0)
     log "decompressed: xz=$n_xz zst=$n_zst gz=$n_gz"
-    before=$(python3 "$BENCH_DIR/elfsites.py" count modules-pristine.tmp)
+    before=$(python3 "$ELFSITES" count modules-pristine.tmp)
     log "keeping the shipped __mcount_loc tables in modules-shipped-mcount-loc.json"
-    python3 "$BENCH_DIR/elfsites.py" loc modules-pristine.tmp > modules-shipped-mcount-loc.json.tmp
+    python3 "$ELFSITES" loc modules-pristine.tmp > modules-shipped-mcount-loc.json.tmp
     log "stripping __mcount_loc with objcopy (2 parallel)"
     find modules-pristine.tmp -name '*.ko' -print0 |
         xargs -0 -P2 -n50 sh -c 'for f; do objcopy -R __mcount_loc -R .rela__mcount_loc "$f"; done' sh
@@ -150,9 +151,9 @@ if ! done_stamp corpus || [ ! -s "$CACHE/corpus.txt" ] \
         echo "kbuild_package: $(cat kbuild.version)"
         cat modules.info
         echo "modules_pristine: $CACHE/modules-pristine"
-        echo "modules_counts: $(python3 "$BENCH_DIR/elfsites.py" count modules-pristine)"
+        echo "modules_counts: $(python3 "$ELFSITES" count modules-pristine)"
         echo "big20k: $CACHE/big20k.o ($(gcc --version | head -1))"
-        echo "big20k_counts: $(python3 "$BENCH_DIR/elfsites.py" count big20k.o)"
+        echo "big20k_counts: $(python3 "$ELFSITES" count big20k.o)"
         echo "disk_use: $(du -sh "$CACHE" | cut -f1)"
     } > corpus.txt.tmp
     mv corpus.txt.tmp corpus.txt

@@ -2,7 +2,7 @@
 
 A linked file has no relocation at its sites, so a site is recognised by
 where it calls. That is resolved here, once per file and before any site is
-looked for, from what ftpatch never changes (FACTS.md):
+looked for, from what ftpatch never changes (docs/facts.md):
 
 - a GOT slot that the dynamic linker fills with the target (R_*_GLOB_DAT,
   R_*_JUMP_SLOT), or that the static linker filled with its address (a

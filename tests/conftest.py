@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
-import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from oracles import elfsites
+from oracles.groundtruth import relocations
+from oracles.groundtruth import run as run  # the tests run every tool through it
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
+# The documentation: the front page, then the pages it links to. tests/test_readme.py runs their examples.
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 # Object fixture -> (is x86-64, how to link it into the program; see fixtures/README.md).
 OBJECTS = {
@@ -42,20 +49,37 @@ def temporaries(directory: Path) -> list[str]:
     return sorted(name for name in os.listdir(directory) if ".ftpatch-" in name)
 
 
-def run(*cmd: str | Path, cwd: Path | None = None) -> str:
-    return subprocess.run(list(map(str, cmd)), capture_output=True, text=True, check=True, cwd=cwd).stdout
-
-
 def readelf_relocs(path: Path) -> list[tuple[str, int, str, str]]:
     """(relocation section, r_offset, type, symbol) for every entry `readelf -rW` prints."""
-    out = []
-    section = ""
-    for line in run("readelf", "-rW", path).splitlines():
-        if m := re.match(r"Relocation section '([^']+)'", line):
-            section = m.group(1)
-        elif m := re.match(r"([0-9a-f]{8,16})\s+[0-9a-f]+\s+(R_\w+)\s*(?:[0-9a-f]+\s+(\S+))?", line):
-            out.append((section, int(m.group(1), 16), m.group(2), m.group(3) or ""))
-    return out
+    return [(r.section, r.offset, r.type, r.symbol) for r in relocations(path)]
+
+
+def execute(exe: Path, workdir: Path) -> str:
+    """The program's output, run in its own directory (a -pg program writes gmon.out where it runs)."""
+    workdir.mkdir(exist_ok=True)
+    return subprocess.run([exe], capture_output=True, text=True, check=True, cwd=workdir).stdout
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """ftpatch.cli.main in this process, as `ftpatch argv...`: (exit code, stdout, stderr). `ftpatch()` runs it
+    in a process of its own, as a user does; this is for the many runs a test makes on one file."""
+    from ftpatch import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv
+    sys.argv = ["ftpatch", *argv]
+    code: int | str | None = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli.main()
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = saved
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGHUP):
+        # The CLI turned a signal meant for this process into an exit code: pass it on.
+        raise KeyboardInterrupt(err.getvalue())
+    return (code if isinstance(code, int) else 1 if code else 0), out.getvalue(), err.getvalue()
 
 
 def read_terminal(main: int) -> str:
@@ -140,8 +164,9 @@ def tmp(tmp_path: Path) -> Path:
 
 
 def _loose_files() -> set[Path]:
-    """The files at the top of the checkout and in fixtures/ and tests/: where a stray gmon.out or output would land."""
-    return {p for d in (ROOT, FIXTURES, ROOT / "tests") for p in d.iterdir() if p.is_file()}
+    """The files at the top of the checkout and in docs/, fixtures/ and tests/: where a stray gmon.out or output
+    would land."""
+    return {p for d in (ROOT, ROOT / "docs", FIXTURES, ROOT / "tests") for p in d.iterdir() if p.is_file()}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -154,61 +179,12 @@ def checkout_stays_clean() -> Iterator[None]:
 
 
 def table_places(path: Path, data: bytes | None = None) -> list[tuple[str, int]] | None:
-    """Where the entries of __mcount_loc point, as sorted (section name, offset), read with pyelftools, not ftpatch;
-    None if the object has no __mcount_loc. `data`, if given, is read instead of the file."""
-    import io
-
-    from elftools.elf.elffile import ELFFile
-    from elftools.elf.sections import SymbolTableIndexSection
-
-    elf = ELFFile(io.BytesIO(data if data is not None else path.read_bytes()))
-    index = elf.get_section_index("__mcount_loc")
-    if index is None:
-        return None
-    contents = elf.get_section(index).data()
-    word = 8 if elf.elfclass == 64 else 4
-    names: dict[int, str] = {}  # section index -> name; pyelftools parses a header again on each get_section
-    places: dict[int, tuple[int, int]] = {}  # symbol index -> (its section index, st_value)
-    found = []
-    for rel in (s for s in elf.iter_sections() if s["sh_type"] in ("SHT_REL", "SHT_RELA") and s["sh_info"] == index):
-        symtab = elf.get_section(rel["sh_link"])
-        extended = next((s for s in elf.iter_sections() if isinstance(s, SymbolTableIndexSection)), None)
-        for r in rel.iter_relocations():
-            n = r["r_info_sym"]
-            if n not in places:
-                symbol = symtab.get_symbol(n)
-                shndx = symbol["st_shndx"]
-                if shndx in (0xFFFF, "SHN_XINDEX"):  # pyelftools leaves SHN_XINDEX unresolved
-                    assert extended is not None
-                    shndx = extended.get_section_index(n)
-                places[n] = (int(shndx), symbol["st_value"])
-            shndx, value = places[n]
-            if shndx not in names:
-                names[shndx] = elf.get_section(shndx).name
-            if rel.is_RELA():
-                addend = r["r_addend"]
-            else:
-                addend = int.from_bytes(contents[r["r_offset"] : r["r_offset"] + word], "little", signed=True)
-            found.append((names[shndx], value + addend))
-    return sorted(found)
+    """Where the entries of __mcount_loc point, as sorted (section name, offset), read by tests/oracles/elfsites.py,
+    not ftpatch; None if the object has no __mcount_loc. `data`, if given, is read instead of the file."""
+    return elfsites.mcount_loc_places(elfsites.Elf(data if data is not None else path.read_bytes()))
 
 
 def call_places(path: Path) -> list[tuple[str, int]]:
     """Where the calls to mcount, _mcount and __fentry__ start, as sorted (section name, offset), from the call
-    relocations, read with pyelftools, not ftpatch."""
-    from elftools.elf.elffile import ELFFile
-    from elftools.elf.relocation import RelocationSection
-
-    with path.open("rb") as f:
-        elf = ELFFile(f)
-        places = []
-        for rel in elf.iter_sections():
-            if not isinstance(rel, RelocationSection):
-                continue
-            target = elf.get_section(rel["sh_info"])
-            symtab = elf.get_section(rel["sh_link"])
-            for r in rel.iter_relocations():
-                if r["r_info_type"] and symtab.get_symbol(r["r_info_sym"]).name in TARGETS:
-                    disp = 1 if r["r_info_type"] in (2, 4) else 2  # PC32/PLT32: e8; GOT forms: ff 15 / ff 93
-                    places.append((target.name, r["r_offset"] - disp))
-        return sorted(places)
+    relocations, read by tests/oracles/elfsites.py, not ftpatch."""
+    return elfsites.call_places(elfsites.Elf(path.read_bytes()))

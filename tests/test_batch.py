@@ -10,7 +10,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, PG_OBJECTS, PROGRAM_OUTPUT, RELOCATED, ROOT, call_graph, ftpatch, read_terminal, run
+from conftest import (
+    DOC_PAGES,
+    FIXTURES,
+    PG_OBJECTS,
+    PROGRAM_OUTPUT,
+    RELOCATED,
+    ROOT,
+    call_graph,
+    ftpatch,
+    read_terminal,
+    run,
+)
 
 
 def tree(tmp: Path, copies: int = 3) -> list[Path]:
@@ -225,16 +236,15 @@ def test_progress_bar_only_on_a_terminal(tmp: Path) -> None:
     ]
 
 
-def test_readme_shows_the_examples_as_they_are() -> None:
+def test_docs_show_the_examples_as_they_are() -> None:
     import re
 
-    readme = (ROOT / "README.md").read_text()
     examples = {
         "cmake": ["examples/cmake/CMakeLists.txt"],
         "make": ["examples/make/Makefile", "examples/record/Makefile"],
     }
     for lang, paths in examples.items():
-        snippets = re.findall(rf"```{lang}\n(.*?)```", readme, re.S)
+        snippets = [s for page in DOC_PAGES for s in re.findall(rf"```{lang}\n(.*?)```", page.read_text(), re.S)]
         assert len(snippets) == len(paths)
         for snippet, path in zip(snippets, paths, strict=True):
             assert snippet in (ROOT / path).read_text(), path

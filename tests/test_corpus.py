@@ -1,8 +1,8 @@
 """ftpatch on real code nobody here wrote: Debian's zlib, tinyxml2 and sqlite3, built with -pg at test time.
 
-`bench/corpus.py` fetches the sources (`apt-get source`, private deb-src list), builds them in the cache
+`tests/oracles/corpus.py` (run as `python3 bench/corpus.py`) fetches the sources (`apt-get source`, private deb-src list), builds them in the cache
 (${FTPATCH_CORPUS_CACHE:-/var/tmp/ftpatch-corpus}) and checks each linked file against a ground truth taken from
-objdump and readelf alone (`bench/groundtruth.py`). These tests assert each check on a representative subset of
+objdump and readelf alone (`tests/oracles/groundtruth.py`). These tests assert each check on a representative subset of
 the matrix (CI_CELLS); the other cells are marked corpus_full and deselected by default
 (`pytest -m 'corpus_full or not corpus_full' tests/test_corpus.py` runs every cell); `python3 bench/corpus.py` prints
 the same checks as a table.
@@ -13,13 +13,8 @@ the build and the check that failed, with the file, addresses, functions and byt
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import corpus  # bench/ is not a package
+from oracles import corpus
 
 C = corpus.Cell
 # The CI subset: gcc and clang, bfd, gold and lld, PIE, -no-pie, -m32, -static, -shared, -mfentry, -O0, LTO,

@@ -2,7 +2,7 @@
 
 forms.c has one function per prologue that once hid a site (`add $-128,%rsp`, a stack-clash probe loop, spilled
 and moved arguments, a `.cold` piece). Each build's sites must be exactly the calls that objdump and readelf alone
-show (bench/groundtruth.py); the nop'd program must hold none of them and print the same; `call` must give back
+show (tests/oracles/groundtruth.py); the nop'd program must hold none of them and print the same; `call` must give back
 the identical file. The cases a site cannot be found or restored in are refused, each with its reason.
 """
 
@@ -11,16 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, HIDES_A_NOP, ROOT, ftpatch, run
+from conftest import FIXTURES, HIDES_A_NOP, execute, ftpatch, run
+from oracles.groundtruth import ground_truth
 
 import ftpatch as lib
-
-sys.path.insert(0, str(ROOT / "bench"))
-from groundtruth import ground_truth  # bench/ is not a package
 
 FORMS = FIXTURES / "forms.c"
 OUTPUT = "-9632 0 50 42 6765\n"
@@ -63,12 +60,6 @@ def build(out: Path, variant: str, cc: str, ld: str, source: Path = FORMS, extra
     flags = [*VARIANTS[variant], f"-fuse-ld={ld}", *(CET_PLT[ld] if variant == "cet" else []), *extra]
     run(cc, *flags, source, "-o", exe)
     return exe
-
-
-def execute(exe: Path, workdir: Path) -> str:
-    """The program's output, run in its own directory (a -pg program writes gmon.out where it runs)."""
-    workdir.mkdir(exist_ok=True)
-    return subprocess.run([exe], capture_output=True, text=True, check=True, cwd=workdir).stdout
 
 
 def site_addresses(result: lib.ScanResult) -> set[int]:

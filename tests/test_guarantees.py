@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, PG_OBJECTS, ROOT, temporaries
-from fuzz.mutate import run_cli
+from conftest import FIXTURES, PG_OBJECTS, ROOT, run_cli, temporaries
 
 import ftpatch
 
@@ -235,12 +234,15 @@ def test_concurrent_nop_and_call_never_corrupt(tmp: Path) -> None:
     assert temporaries(tmp) == []
 
 
-def test_readme_guarantees_name_real_tests() -> None:
+def test_docs_guarantees_name_real_tests() -> None:
+    """docs/guarantees.md names a test for each guarantee, and every test any page names exists."""
     import re
 
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## What ftpatch guarantees") : text.index("## Library")]
-    refs = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", section)
+    from conftest import DOC_PAGES
+
+    refs = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", (ROOT / "docs" / "guarantees.md").read_text())
     assert len(refs) >= 10
+    for page in DOC_PAGES:
+        refs += re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", page.read_text())
     for path, name in refs:
         assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M), f"{path}::{name}"

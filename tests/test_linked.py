@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, PROGRAM_OUTPUT, call_graph, ftpatch, run
+from conftest import FIXTURES, PROGRAM_OUTPUT, call_graph, execute, ftpatch, run
 
 FUNCTIONS = {"next_rand", "gcd", "report", "checksum.constprop.0", "fib", "is_prime", "sort_values", "main"}
 STATIC_FUNCTIONS = {"next_rand", "gcd", "report", "checksum.constprop.0"}  # no endbr64 under -fcf-protection
@@ -75,11 +75,6 @@ def scan_json(path: Path) -> list[dict[str, object]]:
     proc = ftpatch("scan", "--json", path)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)["files"][0]["sites"]
-
-
-def execute(exe: Path, workdir: Path) -> str:
-    workdir.mkdir(exist_ok=True)
-    return subprocess.run([exe], capture_output=True, text=True, check=True, cwd=workdir).stdout
 
 
 def uftraced(exe: Path, workdir: Path, *options: str) -> set[str]:

@@ -16,8 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
-from fuzz.mutate import run_cli
+from conftest import FIXTURES, run_cli
 
 import ftpatch
 

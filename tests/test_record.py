@@ -13,8 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, PROGRAM_OUTPUT, call_places, ftpatch, run, table_places
-from fuzz.mutate import run_cli
+from conftest import FIXTURES, PROGRAM_OUTPUT, call_places, ftpatch, run, run_cli, table_places
 
 import ftpatch as lib
 from ftpatch.record import record_data

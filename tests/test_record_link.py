@@ -7,8 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, PROGRAM_OUTPUT, run
-from fuzz.mutate import run_cli
+from conftest import FIXTURES, PROGRAM_OUTPUT, run, run_cli
 
 import ftpatch
 
@@ -131,7 +130,7 @@ def test_stripped_static_program_nops_but_call_needs_symbols(tmp: Path) -> None:
 @pytest.mark.parametrize("linker", LINKERS)
 def test_gcc_record_mcount_needs_a_text_relocation(tmp: Path, linker: str) -> None:
     """Why ftpatch's __mcount_loc is writable: gcc's own, read-only, makes bfd warn and create DT_TEXTREL in a PIE,
-    gold create one without a word, and lld refuse the link (FACTS.md)."""
+    gold create one without a word, and lld refuse the link (docs/facts.md)."""
     obj = tmp / "prog.o"
     run("gcc", "-O2", "-c", "-pg", "-mrecord-mcount", FIXTURES / "prog.c", "-o", obj)
     proc = subprocess.run(["gcc", "-pg", f"-fuse-ld={linker}", obj, "-o", tmp / "prog"], capture_output=True, text=True)

@@ -16,8 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import table_places
-from fuzz.mutate import run_cli
+from conftest import run_cli, table_places
 
 from ftpatch.record import record_data
 

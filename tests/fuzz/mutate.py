@@ -10,13 +10,13 @@ FtpatchError naming the file.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import random
 import signal
 import struct
-import sys
 from pathlib import Path
+
+from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = sorted([*(ROOT / "fixtures").glob("*.o"), *(ROOT / "fixtures").glob("*-prog")])
@@ -195,27 +195,6 @@ def time_cap(seconds: float):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """ftpatch.cli.main in this process, as `ftpatch argv...`: (exit code, stdout, stderr)."""
-    from ftpatch import cli
-
-    out, err = io.StringIO(), io.StringIO()
-    saved = sys.argv
-    sys.argv = ["ftpatch", *argv]
-    code: int | str | None = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli.main()
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = saved
-    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGHUP):
-        # The CLI turned a signal meant for this process into an exit code: pass it on.
-        raise KeyboardInterrupt(err.getvalue())
-    return (code if isinstance(code, int) else 1 if code else 0), out.getvalue(), err.getvalue()
 
 
 def drive(data: bytes, workdir: Path) -> str:

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Small stdlib-only ELF helper for the benchmarks (not part of ftpatch).
+"""The tests' and the benchmarks' stdlib reader of objects (not part of ftpatch, and sharing nothing with it).
 
 Finds mcount/__fentry__ call sites (relocations naming one of those symbols,
-in REL/RELA sections that apply to executable sections) and checks, after a
-tool ran, whether each site is still a call or was changed (nopped), and how
-many entries ended up in __mcount_loc.
+in REL/RELA sections that apply to executable sections), where __mcount_loc's
+entries point (tests/conftest.py's call_places and table_places), and checks,
+after a tool ran, whether each site is still a call or was changed (nopped),
+and how many entries ended up in __mcount_loc (bench/bench_recordmcount.py).
 
 CLI:
   elfsites.py count PATH...         totals for files / directories (recursive)
@@ -143,8 +144,8 @@ def sites(elf):
     return out
 
 
-def mcount_loc(elf):
-    """The places __mcount_loc's entries point at, as "section+0xoffset" strings, sorted; None without a table.
+def mcount_loc_places(elf):
+    """Where __mcount_loc's entries point, as sorted (section name, offset); None without a table.
 
     Each entry is resolved through its relocation: the symbol's section and value
     plus the addend (RELA), or plus the word relocated (REL).
@@ -174,8 +175,21 @@ def mcount_loc(elf):
             if shndx == 0xFFFF:  # SHN_XINDEX: the index is in the .symtab_shndx word of this symbol
                 x = next(t for t in elf.sh if t[1] == 18 and t[6] == s[6])
                 (shndx,) = struct.unpack_from("<I", data, x[4] + 4 * index)
-            out.append(f"{elf.names[shndx].decode()}+{value + addend:#x}")
+            out.append((elf.names[shndx].decode(), value + addend))
     return sorted(out)
+
+
+def mcount_loc(elf):
+    """The places of mcount_loc_places() as "section+0xoffset" strings, sorted; None without a table."""
+    places = mcount_loc_places(elf)
+    return None if places is None else sorted(f"{name}+{offset:#x}" for name, offset in places)
+
+
+def call_places(elf):
+    """Where the live calls to a target start, as sorted (section name, offset): each relocation that names
+    one of MCOUNT_NAMES (and has a type: a nop'd entry has neither), less the bytes before its field."""
+    table = X86_64_SITE if elf.machine == 62 else I386_SITE
+    return sorted((elf.names[t].decode(), off - table.get(ty, (2, 6))[0]) for t, off, ty in sites(elf) if ty)
 
 
 def loc(path):

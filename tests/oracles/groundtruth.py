@@ -19,7 +19,7 @@ or, in a static program, a word of `.got`/`.got.plt` whose contents read from th
 A stripped file is read with a `reference`: the unstripped file it was made from. `strip` moves no allocated
 section, so that file's symbols, relocations and GOT base name the same addresses.
 
-CLI: `groundtruth.py FILE [--reference UNSTRIPPED] [--json]`.
+CLI: `python3 tests/oracles/groundtruth.py FILE [--reference UNSTRIPPED] [--json]`.
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ _EBX = re.compile(r"^\*(-?)(?:0x([0-9a-f]+))?\(%ebx\)$")
 _ABS = re.compile(r"^\*(?:%ds:)?0x([0-9a-f]+)$")
 
 
-def run(*cmd: str | Path) -> str:
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=True).stdout
+def run(*cmd: str | Path, cwd: Path | None = None) -> str:
+    """A tool's stdout; it must exit 0."""
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=True, cwd=cwd).stdout
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class ElfInfo:
         header = run("readelf", "-hW", path)
         bits = 64 if re.search(r"Class:\s+ELF64", header) else 32
         etype = re.search(r"Type:\s+(\S+)", header).group(1)  # type: ignore[union-attr]
-        return cls(path, bits, etype, _sections(path), _symbols(path), _relocs(path), _dynamic(path))
+        return cls(path, bits, etype, _sections(path), _symbols(path), relocations(path), _dynamic(path))
 
     def section(self, name: str) -> Section | None:
         return next((s for s in self.sections if s.name == name), None)
@@ -165,7 +166,8 @@ def _symbols(path: Path) -> list[Symbol]:
     return out
 
 
-def _relocs(path: Path) -> list[Reloc]:
+def relocations(path: Path) -> list[Reloc]:
+    """Every entry `readelf -rW` prints, its symbol without @VERSION."""
     out = []
     section = ""
     for line in run("readelf", "-rW", path).splitlines():
