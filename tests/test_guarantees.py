@@ -1,6 +1,6 @@
 """The no-loss guarantees: inputs untouched, in-place replacement atomic under failure, signals and races.
 
-See README, "What ftpatch guarantees": each guarantee there names its test here.
+See docs/guarantees.md: each guarantee there names its test here.
 """
 
 from __future__ import annotations

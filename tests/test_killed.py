@@ -4,7 +4,7 @@ A SIGKILLed worker stays a zombie until its parent, or init, reaps it; in a
 container whose PID 1 never reaps, it stays one for ever. The kill test makes
 this process a child subreaper that reaps nothing until the test ends, so the
 killed runs' workers are zombies under it when the next run starts, as under
-such an init. See README, "What ftpatch guarantees".
+such an init. See docs/guarantees.md.
 """
 
 from __future__ import annotations

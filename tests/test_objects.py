@@ -1,7 +1,7 @@
 """Objects: nop then call gives back the identical file, for every compiler, flag, nop style and strip.
 
 The objects are built here from fixtures/prog.c with gcc 12 and clang 14. A nop'd object must carry everything
-`call` needs, whatever was nop'd and whatever is left in its symbol table (README, "How a nop'd object keeps its
+`call` needs, whatever was nop'd and whatever is left in its symbol table (docs/forms-and-nops.md, "How a nop'd object keeps its
 relocation"), and must still link with bfd, gold and lld, as PIE, -no-pie, -shared and -static, and run.
 """
 

@@ -226,7 +226,7 @@ def test_sites_already_nopped_are_sites(tmp: Path, objects: dict[str, tuple[Path
         else:
             assert nop_rec.read_bytes() == rec_nop.read_bytes(), name
         # and call restores the recorded object as exactly as it restores the object itself: clang -m32's
-        # R_386_PLT32 comes back as gcc's R_386_PC32 once every site is nop'd (README, "How a nop'd site keeps...").
+        # R_386_PLT32 comes back as gcc's R_386_PC32 once every site is nop'd (docs/facts.md, "Linking a patched object").
         back, plain = tmp / f"{name}-back.o", tmp / f"{name}-plain.o"
         assert run_cli(["call", str(rec_nop), "-o", str(back)])[0] == 0
         assert run_cli(["call", str(nopped), "-o", str(plain)])[0] == 0

@@ -117,7 +117,7 @@ def test_garbage_at_a_site_of_a_stripped_program_is_caught(tmp: Path) -> None:
 
 def test_stripped_static_program_nops_but_call_needs_symbols(tmp: Path) -> None:
     """A stripped static program names mcount nowhere: its live calls at the listed sites say where it is,
-    so nop works, and once they are nops nothing does; call refuses, as README says."""
+    so nop works, and once they are nops nothing does; call refuses, as docs/linked.md says."""
     linked, _ = link(tmp, "gcc", "bfd", "static")
     stripped, nopped = tmp / "stripped", tmp / "nopped"
     run("strip", linked, "-o", stripped)
