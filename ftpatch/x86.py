@@ -266,7 +266,7 @@ _PADDING = {
     for h in ("0f1f440000", "660f1f440000", "0f1f44000090", "8db600000000", "0f1f440008", "0f1f44000890", "3e8d742600")
 }
 # Nops others write at profiling sites, which ftpatch takes as nop'd sites where a site is known to be:
-# the kernel's and gcc -mnop-mcount's, ftpatch's before 0.2, and uftrace's `record -U`'s.
+# the kernel's and gcc -mnop-mcount's, and uftrace's `record -U`'s.
 _FOREIGN = {
     bytes.fromhex("0f1f440000"): Nop("p6", None, None, 0, True),
     bytes.fromhex("660f1f440000"): Nop("p6", None, None, 0, True),
