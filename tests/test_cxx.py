@@ -189,8 +189,8 @@ def test_a_c_name_is_its_own_demangled_name() -> None:
 
 
 def test_without_libstdcxx_names_stay_symbols_and_the_warning_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ftpatch import report
     from ftpatch import demangle as demangler
+    from ftpatch import report
 
     monkeypatch.setattr(demangler, "_demangler", lambda: None)
     for cached in ("demangle", "names"):  # no answer cached from before
