@@ -75,6 +75,9 @@ class Targets:
     arch: Arch
     targets: tuple[Target, ...]
     got_base: int | None  # i386: what %ebx holds in PIC code, the base of ff 93's displacement
+    # No symbol names a target: where they are was read from the live calls at the sites __mcount_loc
+    # lists, and a nop'd site says nothing of it (a stripped static program).
+    from_calls: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.targets)
@@ -170,8 +173,9 @@ def resolve(elf: ElfFile, names: Iterable[str], recorded: Mapping[int, bool | No
     tables = [t for t in (elf.symbols if elf.has_symtab else None, elf.dynamic_symbols) if t is not None]
     addresses = _defined(elf, tables, ordered)
     got_base = _got_base(elf, tables) if not elf.arch.x86_64 else None
-    if recorded and not addresses and not (elf.dynamic_symbols and elf.dynamic_symbols.named(ordered)):
-        addresses = _recorded_targets(elf, recorded, got_base)
+    from_calls = bool(recorded and not addresses and not (elf.dynamic_symbols and elf.dynamic_symbols.named(ordered)))
+    if from_calls:
+        addresses = _recorded_targets(elf, recorded or {}, got_base)
         ordered = [name for name in DEFAULT_TARGETS if name in addresses]
     relocations = dynamic_relocations(elf)
     slots = _dynamic_slots(elf, relocations, ordered)
@@ -188,7 +192,7 @@ def resolve(elf: ElfFile, names: Iterable[str], recorded: Mapping[int, bool | No
         raise elf.fail(
             "a profiling target has a GOT slot but the file has no GOT base (_GLOBAL_OFFSET_TABLE_, DT_PLTGOT)"
         )
-    return Targets(elf.arch, tuple(targets), got_base)
+    return Targets(elf.arch, tuple(targets), got_base, from_calls)
 
 
 def _defined(elf: ElfFile, tables: list[SymbolTable], names: list[str]) -> dict[str, int]:
