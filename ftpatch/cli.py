@@ -119,7 +119,9 @@ FilesFrom = Annotated[
 Jobs = Annotated[int | None, typer.Option("-j", "--jobs", min=1, help="Files processed in parallel [default: CPUs].")]
 FailFast = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first file that fails.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print a JSON report instead of one line per file.")]
-Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No line per file; errors and the summary only.")]
+Quiet = Annotated[
+    bool, typer.Option("-q", "--quiet", help="No line per file; errors, and the summary of a run over several files.")
+]
 NoFsync = Annotated[
     bool,
     typer.Option(
@@ -159,6 +161,7 @@ def scan(
     symbol: Symbols = [],  # noqa: B006 - typer reads the default, never mutates it
     only: Only = [],  # noqa: B006
     exclude: Except = [],  # noqa: B006
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No line per file or site; errors only.")] = False,
 ) -> None:
     """List the profiling call sites of each file: section+offset, form, state, function.
 
@@ -167,7 +170,7 @@ def scan(
     from .sites import State, chosen
 
     worst = EXIT_OK
-    reports = []
+    reports: list[dict[str, object]] = []
     matched: set[str] = set()
     scanned = 0
     for path in _inputs(files, files_from):
@@ -176,52 +179,53 @@ def scan(
         except FtpatchError as e:
             _error(str(e))
             worst = max(worst, _exit_code(e))
+            reports.append({"path": e.path, "error": str(e), "exit_code": _exit_code(e)})
             continue
         scanned += 1
         for result in results:
             sites = [s for s in result.sites if not (only or exclude) or chosen(s.function, only, exclude, matched)]
-            reports.append((result, sites))
-            if not as_json:
+            if not (as_json or quiet):
                 _print_sites(result, sites, len(result.sites) - len(sites) if only or exclude else None)
+            # What makes this file's scan fail, each with its exit code, the first of the worst said in the JSON.
+            failures: list[tuple[str, int]] = []
             if result.opaque:
-                _error(f"{result.path}: {result.opaque}")
-                worst = max(worst, EXIT_INPUT)
+                failures.append((result.opaque, EXIT_INPUT))
             elif result.blind:
                 _warning(f"{result.path}: `ftpatch call` refuses this file: it {result.blind}")
             for warning in result.warnings:
                 _warning(f"{result.path}: {warning}")
-            for stray in result.strays:
-                _error(f"{result.path}: {stray}")
-                worst = max(worst, EXIT_VERIFY)
-            for call in result.unclassified:
-                _error(f"{result.path}: {call}")
-                worst = max(worst, EXIT_INPUT)
-            for site in sites:
-                if site.state is State.OTHER:
-                    _error(
-                        f"{result.path}: {site.where}: holds {site.code.hex(':')}, neither the {site.form.value} call nor a known nop"
-                    )
-                    worst = max(worst, EXIT_VERIFY)
+            failures += [(stray, EXIT_VERIFY) for stray in result.strays]
+            failures += [(call, EXIT_INPUT) for call in result.unclassified]
+            failures += [
+                (
+                    f"{site.where}: holds {site.code.hex(':')}, neither the {site.form.value} call nor a known nop",
+                    EXIT_VERIFY,
+                )
+                for site in sites
+                if site.state is State.OTHER
+            ]
+            for text, _code in failures:
+                _error(f"{result.path}: {text}")
+            report: dict[str, object] = {
+                "path": result.path,
+                "machine": result.machine,
+                "type": result.type,
+                "sites": [s.to_json() for s in sites],
+                "filtered": len(result.sites) - len(sites),
+                "unclassified": list(result.unclassified),
+                "warnings": list(result.warnings),
+            }
+            if failures:
+                code = max(c for _, c in failures)
+                text = next(t for t, c in failures if c == code)
+                report |= {"error": printable(f"{result.path}: {text}"), "exit_code": code}
+                worst = max(worst, code)
+            reports.append(report)
     warnings = _unmatched(only, exclude, matched, scanned)
     for warning in warnings:
         _warning(warning)
     if as_json:
-        doc = {
-            "files": [
-                {
-                    "path": r.path,
-                    "machine": r.machine,
-                    "type": r.type,
-                    "sites": [s.to_json() for s in sites],
-                    "filtered": len(r.sites) - len(sites),
-                    "unclassified": list(r.unclassified),
-                    "warnings": list(r.warnings),
-                }
-                for r, sites in reports
-            ],
-            "warnings": warnings,
-        }
-        _print_json(doc)
+        _print_json({"files": reports, "warnings": warnings})
     raise typer.Exit(worst)
 
 
@@ -459,7 +463,7 @@ def _run(
         _warning(warning)
     if as_json:
         _print_json({"action": words.action, "files": report, "summary": totals, "warnings": warnings})
-    elif len(paths) > 1 or quiet:
+    elif len(paths) > 1:
         print(
             f"ftpatch {words.action}: {totals['files']} files, {words.summary(totals)}, "
             f"{totals['failed']} failed, {time.monotonic() - started:.2f} s",
