@@ -67,6 +67,11 @@ _DEFAULT_TYPE = {
     I386.name: {Form.REL32: 2, Form.GOT_EBX: 43},
 }
 _ENDBR = (bytes.fromhex("f30f1efa"), bytes.fromhex("f30f1efb"))
+# Why a nop of ftpatch's has no entry left, and what works (FACTS.md: gold's -r drops NONE entries).
+_LOST = (
+    ": a partial link by gold (`ld.gold -r`) drops the NONE entries that say what call each nop was; run "
+    "`ftpatch call` on the objects before the partial link, or link them with bfd (`ld -r`) or lld, which keep them"
+)
 
 
 def name_hash(name: str) -> int:
@@ -466,7 +471,8 @@ class _Scanner:
             code = elf.section_data(sec)
             loose = {m.start(): m.group() for m in pattern.finditer(code) if (sec.index, m.start()) not in sites}
             found += [
-                f"{sec.where(at)}: holds {loose[at].hex(':')}, a nop ftpatch writes, with no relocation entry to restore"
+                f"{sec.where(at)}: holds {loose[at].hex(':')}, a nop ftpatch writes, with no relocation entry to "
+                f"restore{_LOST}"
                 for at in sorted(self._on_instructions(sec, loose))
             ]
         # clang's -fpatchable-function-entry writes ftpatch's entry nop too, and lists where.
@@ -483,7 +489,8 @@ class _Scanner:
                 nop = next((c for c in (code, code[:5]) if written_by_ftpatch(c, self.arch)), None)
                 if nop is not None and (sec.index, at) not in sites:
                     found.append(
-                        f"{sec.where(at)}: holds {nop.hex(':')} at a function's entry, a nop ftpatch writes, with no relocation entry to restore"
+                        f"{sec.where(at)}: holds {nop.hex(':')} at a function's entry, a nop ftpatch writes, with no "
+                        f"relocation entry to restore{_LOST}"
                     )
         return tuple(dict.fromkeys(found))
 
@@ -501,7 +508,9 @@ class _Scanner:
             by_start.setdefault(ordered[bisect.bisect_right(ordered, at) - 1], set()).add(at)
         code = bytes(self.elf.section_data(sec)) if by_start else b""
         for start, wanted in by_start.items():
-            for at, _size, _mnemonic, _ops in decode_lite(code[start : max(wanted) + 1], self.arch, start):
+            # Through the whole of the last instruction wanted (15 bytes at most): cut inside it, it would not
+            # decode, and the last nop of each function, where ftpatch puts an mcount site's, went unseen.
+            for at, _size, _mnemonic, _ops in decode_lite(code[start : max(wanted) + 15], self.arch, start):
                 if at in wanted:
                     found.add(at)
         return found
