@@ -43,7 +43,7 @@ from functools import partial
 
 from .elf import SHF_ALLOC, SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, STB_LOCAL, ElfFile, Section, words
 from .sites import ScanResult, SiteGroup, State
-from .targets import R_RELATIVE, Targets, dynamic_relocations, resolve, text_relocations
+from .targets import R_RELATIVE, Targets, dynamic_relocations, profiling_runtime, resolve, text_relocations
 from .unwind import unwind_starts
 from .x86 import Arch, Form, decode_lite, hexbytes, inner_form, marked_nops, nops, written_by_ftpatch, written_inside
 
@@ -55,12 +55,7 @@ OPAQUE = (
     "profiling runtime (gmon: __monstartup, _mcleanup) is linked in, so ftpatch cannot tell its profiling calls "
     "from other calls; use the unstripped program, or one built with -mrecord-mcount"
 )
-# glibc's profiling runtime, gmon.o: __monstartup and _mcleanup, which every -pg link calls (gcrt1.o) and which
-# glibc's mcount, _mcount and __fentry__ bring in wherever they are linked (mcount.o needs gmon.o's _gmonparam).
-# In a stripped file their messages are what is left of them; a program built without -pg has neither
-# (glibc's tunables name "gmon" in every static program, so the word alone says nothing).
-_GMON_FUNCTIONS = ("__monstartup", "_mcleanup")
-_GMON_MESSAGES = (b"monstartup: out of memory", b"_mcleanup: gmon.out")
+
 RELINKED = (
     "holds {count} nops where profiling calls were, but nothing in it calls mcount, _mcount or __fentry__ any more "
     "(no PLT entry, GOT slot or definition): it was linked from objects whose sites were nop'd, so there is no "
@@ -510,7 +505,7 @@ def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
         # Nothing imports or defines a target by name. With .symtab, a definition would have one; without
         # it, one can hide only in a profiling runtime linked in, and glibc's says it is there.
         found = []
-        if not elf.has_symtab and _profiling_runtime(elf):
+        if not elf.has_symtab and profiling_runtime(elf):
             opaque = OPAQUE
         elif count := _nopped_without_targets(elf, functions, locator):
             blind = RELINKED.format(count=count)
@@ -566,16 +561,6 @@ def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
         live_calls=live_calls,
         readback=partial(locator.readback, bool(recorded or emitted)) if targets else None,
     )
-
-
-def _profiling_runtime(elf: ElfFile) -> bool:
-    """Whether glibc's profiling runtime is linked into this file: defined in .dynsym, or its messages in the image."""
-    dynsym = elf.dynamic_symbols
-    if dynsym is not None and any(dynsym.place(i)[0] != SHN_UNDEF for i in dynsym.named(_GMON_FUNCTIONS)):
-        return True
-    loaded = [s for s in elf.sections if s.sh_flags & SHF_ALLOC and s.sh_type != SHT_NOBITS and not s.is_exec]
-    data = elf.data
-    return any(data.find(m, s.sh_offset, s.sh_offset + s.sh_size) >= 0 for s in loaded for m in _GMON_MESSAGES)
 
 
 def _ftpatch_nops(elf: ElfFile) -> list[tuple[int, bytes]]:
