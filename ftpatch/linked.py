@@ -41,6 +41,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from .demangle import demangle
 from .elf import SHF_ALLOC, SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, STB_LOCAL, ElfFile, Section, words
 from .sites import ScanResult, SiteGroup, State
 from .targets import R_RELATIVE, Targets, dynamic_relocations, profiling_runtime, resolve, text_relocations
@@ -299,7 +300,7 @@ class _Locator:
         sec = self.elf.section_at(va)
         around = self.functions.containing(va)
         place = sec.where(va - sec.sh_addr) if sec else f"{va:#x}"
-        return f"{around[1]} ({place})" if around and around[1] else place
+        return f"{demangle(around[1])} ({place})" if around and around[1] else place
 
     def walk(self, i: int) -> Found | None:
         """The site of the i-th function: the first call to a target, or nop in a site's place, from its entry."""

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Sequence
 from functools import cache, partial
 from operator import itemgetter
 
+from .demangle import demangle
 from .elf import SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Relocations, Section
 from .errors import FtpatchError, InputError, VerifyError
 from .sites import ScanResult, SiteGroup, at_entry
@@ -439,7 +440,7 @@ class _Scanner:
         if len(fits) != 1:
             raise VerifyError(
                 self.elf.path,
-                f"site ending at {sec.where(r_offset + 4)} may be a 5-byte or a 6-byte nop, and decoding {function.name if function else 'its function'} does not tell, relocation {entries.name(i)}",
+                f"site ending at {sec.where(r_offset + 4)} may be a 5-byte or a 6-byte nop, and decoding {demangle(function.name) if function else 'its function'} does not tell, relocation {entries.name(i)}",
             )
         return fits[0]
 
