@@ -69,7 +69,7 @@ def _entries(path: str, data: bytes) -> Iterator[tuple[int, str, int]]:
 def members(path: str, data: bytes) -> list[Member]:
     """Every ELF member of the archive, in archive order."""
     if is_thin(data):
-        raise InputError(path, "thin archive: its members live in other files (archive.thin_members)")
+        raise InputError(path, "is a thin archive: its members live in the files it names, read them with read_thin")
     out: list[Member] = []
     names = b""
     for pos, raw_name, size in _entries(path, data):
