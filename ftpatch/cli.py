@@ -115,7 +115,9 @@ FilesFrom = Annotated[
 Jobs = Annotated[int | None, typer.Option("-j", "--jobs", min=1, help="Files processed in parallel [default: CPUs].")]
 FailFast = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first file that fails.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print a JSON report instead of one line per file.")]
-Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No line per file; errors and the summary only.")]
+Quiet = Annotated[
+    bool, typer.Option("-q", "--quiet", help="No line per file; errors, and the summary of a run over several files.")
+]
 NoFsync = Annotated[
     bool,
     typer.Option(
@@ -155,16 +157,17 @@ def scan(
     symbol: Symbols = [],  # noqa: B006 - typer reads the default, never mutates it
     only: Only = [],  # noqa: B006
     exclude: Except = [],  # noqa: B006
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No line per file or site; errors only.")] = False,
 ) -> None:
     """List the profiling call sites of each file: section+offset, form, state, function.
 
     With --only / --except, only the sites that `nop` and `call` would touch."""
     from . import report
     from .scan import scan_path
-    from .sites import State, chosen
+    from .sites import chosen
 
     worst = EXIT_OK
-    reports = []
+    entries: list[dict[str, object]] = []
     matched: set[str] = set()
     scanned = 0
     for path in _inputs(files, files_from):
@@ -173,35 +176,30 @@ def scan(
         except FtpatchError as e:
             _error(str(e))
             worst = max(worst, _exit_code(e))
+            entries.append(report.unreadable_entry(e, _exit_code(e)))
             continue
         scanned += 1
         for result in results:
             sites = [s for s in result.sites if not (only or exclude) or chosen(s.function, only, exclude, matched)]
-            reports.append((result, sites))
-            if not as_json:
+            if not (as_json or quiet):
                 filtered = len(result.sites) - len(sites) if only or exclude else None
                 for line in report.site_table(result, sites, filtered, _width()):
                     print(line)
-            for finding in result.findings:
-                if finding.error:
-                    _error(f"{result.path}: {finding.text}")
-                    worst = max(worst, EXIT_INPUT)
-                elif finding.stops:
-                    _warning(f"{result.path}: `ftpatch call` refuses this file: it {finding.text}")
-                else:
-                    _warning(f"{result.path}: {finding.text}")
-            for stray in result.strays:
-                _error(f"{result.path}: {stray}")
-                worst = max(worst, EXIT_VERIFY)
-            for site in sites:
-                if site.state is State.OTHER:
-                    _error(report.wrong_site(result, site))
-                    worst = max(worst, EXIT_VERIFY)
+            verdict = report.scan_verdict(result, sites)
+            for warning in verdict.warnings:
+                _warning(warning)
+            for text, _verify in verdict.errors:
+                _error(text)
+            # The JSON names the first error of the worst kind, with the exit code it gives.
+            codes = [(EXIT_VERIFY if verify else EXIT_INPUT, text) for text, verify in verdict.errors]
+            failure = max(codes, key=lambda c: c[0]) if codes else None
+            worst = max(worst, failure[0] if failure else EXIT_OK)
+            entries.append(report.scan_entry(result, sites, failure))
     warnings = report.unmatched(only, exclude, matched, scanned)
     for warning in warnings:
         _warning(warning)
     if as_json:
-        _print_json({"files": [report.scan_entry(r, sites) for r, sites in reports], "warnings": warnings})
+        _print_json({"files": entries, "warnings": warnings})
     raise typer.Exit(worst)
 
 
@@ -299,7 +297,7 @@ def _run(
         _warning(warning)
     if how.as_json:
         _print_json({"action": words.action, "files": entries, "summary": totals, "warnings": warnings})
-    elif len(paths) > 1 or how.quiet:
+    elif len(paths) > 1:
         print(
             f"ftpatch {words.action}: {totals['files']} files, {words.summary(totals)}, "
             f"{totals['failed']} failed, {time.monotonic() - started:.2f} s",

@@ -43,7 +43,7 @@ SHF_INFO_LINK, SHF_GROUP = 0x40, 0x200
 SHN_UNDEF, SHN_LORESERVE, SHN_XINDEX = 0, 0xFF00, 0xFFFF
 STT_FUNC, STT_SECTION = 2, 3
 STB_LOCAL = 0
-DT_NULL, DT_NEEDED, DT_PLTGOT = 0, 1, 3
+DT_NULL, DT_PLTGOT = 0, 3
 
 E_TYPE_NAMES = {ET_REL: "ET_REL", ET_EXEC: "ET_EXEC", ET_DYN: "ET_DYN"}
 SUPPORTED_TYPES = (ET_REL, ET_EXEC, ET_DYN)
@@ -613,8 +613,3 @@ class ElfFile:
     def dynamic_entry(self, tag: int) -> int | None:
         """The value of a DT_* tag in .dynamic, if the file has one."""
         return next((d_val for d_tag, d_val in self._dynamic if d_tag == tag), None)
-
-    @property
-    def is_static(self) -> bool:
-        """Linked with no shared library (-static, -static-pie): what it calls, it defines."""
-        return all(d_tag != DT_NEEDED for d_tag, _ in self._dynamic)

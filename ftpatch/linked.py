@@ -4,8 +4,10 @@ A linked file has no relocation at its sites (unless linked with --emit-relocs),
 so a site is recognised by what it calls (targets.py resolves that first, for
 the whole file). Sites are then located by the first of these the file has:
 
-1. `__mcount_loc` (gcc -mrecord-mcount, or ftpatch record): each entry is a
-   site's address (in a PIE, the addend of its R_*_RELATIVE);
+1. `__mcount_loc` (gcc -mrecord-mcount, or ftpatch record), or in a kernel
+   image the table its linker script puts between `__start_mcount_loc` and
+   `__stop_mcount_loc`: each entry is a site's address (in a PIE, the addend of
+   its R_*_RELATIVE);
 2. relocations against a target kept by `ld --emit-relocs`;
 3. function starts, from .symtab, .dynsym and the unwind tables (.eh_frame_hdr,
    or .eh_frame in a static program), which a stripped file keeps: capstone
@@ -38,9 +40,10 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from .elf import SHF_ALLOC, SHT_NOBITS, SHT_REL, SHT_RELA, STB_LOCAL, ElfFile, Section, words
+from .demangle import demangle
+from .elf import SHF_ALLOC, SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, STB_LOCAL, ElfFile, Section, words
 from .sites import Action, Checks, Finding, Located, ScanResult, SiteGroup, State
-from .targets import R_RELATIVE, Targets, dynamic_relocations, resolve, text_relocations
+from .targets import R_RELATIVE, Targets, dynamic_relocations, profiling_runtime, resolve, text_relocations
 from .unwind import unwind_starts
 from .x86 import (
     ENDBR,
@@ -61,8 +64,9 @@ from .x86 import (
 _WINDOW = 64  # instructions decoded from a function's entry, at most
 _SPAN = 512  # bytes decoded from a function's entry, at most
 OPAQUE = (
-    "is a stripped static program: no symbol is left to say where mcount, _mcount or __fentry__ is, so ftpatch "
-    "cannot tell its profiling calls from other calls; use the unstripped program, or one built with -mrecord-mcount"
+    "is a stripped static program: no symbol is left to say where mcount, _mcount or __fentry__ is, and glibc's "
+    "profiling runtime (gmon: __monstartup, _mcleanup) is linked in, so ftpatch cannot tell its profiling calls "
+    "from other calls; use the unstripped program, or one built with -mrecord-mcount"
 )
 RELINKED = (
     "holds {count} nops where profiling calls were, but nothing in it calls mcount, _mcount or __fentry__ any more "
@@ -202,21 +206,31 @@ class _Functions:
         return bisect.bisect_right(self.starts, va) - 1
 
     def name(self, va: int) -> str | None:
+        """The name of the function holding `va`; None past the end its symbol's size gives (code no symbol names)."""
         around = self.containing(va)
-        return around[1] if around else None
+        if around is None or 0 < self.sizes.get(around[0], 0) <= va - around[0]:
+            return None
+        return around[1]
 
     def containing(self, va: int) -> tuple[int, str | None] | None:
         """(start, name) of the function whose start is the last at or before `va`."""
         i = self.index(va)
         return (self.starts[i], self.names.get(self.starts[i])) if i >= 0 else None
 
-    def entry(self, elf: ElfFile, va: int) -> bool | None:
-        """Whether `va` is where a function's __fentry__ call sits; None where no function is known."""
+    def entry(self, elf: ElfFile, va: int, listed: bool = False) -> bool | None:
+        """Whether `va` is where a function's __fentry__ call sits; None where no function is known.
+
+        `listed`: a site table lists `va`. Past the end of the function before it (by its symbol's size),
+        it is in code no symbol names, at the entry of a function without one: Debian's vmlinux has 615 such
+        sites, and no unwind tables to say where those functions start.
+        """
         around = self.containing(va)
         if around is None:
             return None
         start = around[0]
-        return va == start or (va == start + 4 and elf.read(start, 4) in ENDBR)
+        if va == start or (va == start + 4 and elf.read(start, 4) in ENDBR):
+            return True
+        return listed and 0 < self.sizes.get(start, 0) <= va - start
 
 
 class _Locator:
@@ -269,7 +283,7 @@ class _Locator:
         for i in positions:
             va = group.sections[i].sh_addr + group.starts[i]
             window = new + self.elf.read(va + len(new), 6 - len(new))
-            entry = self.functions.entry(self.elf, va) if self.functions else False
+            entry = self.functions.entry(self.elf, va, listed=exact) if self.functions else False
             found = self.classify(va, window, entry, exact)
             if found is None or found.state is not State.NOP or found.ambiguity or found.call != group.calls[i]:
                 lost.append(i)
@@ -297,7 +311,7 @@ class _Locator:
         sec = self.elf.section_at(va)
         around = self.functions.containing(va)
         place = sec.where(va - sec.sh_addr) if sec else f"{va:#x}"
-        return f"{around[1]} ({place})" if around and around[1] else place
+        return f"{demangle(around[1])} ({place})" if around and around[1] else place
 
     def walk(self, i: int) -> Found | None:
         """The site of the i-th function: the first call to a target, or nop in a site's place, from its entry."""
@@ -375,11 +389,11 @@ class _Locator:
                     end = at + size
                 pos = end + 1  # past the byte capstone could not decode
 
-    def exact(self, addresses: Iterable[int]) -> Iterator[Found]:
+    def exact(self, table: str, addresses: Iterable[int]) -> Iterator[Found]:
         for va in addresses:
             if not _in_code(self.elf, va):
-                raise self.elf.fail(f"site {va:#x}, listed in __mcount_loc, is not in the file's executable code")
-            found = self.classify(va, self.elf.read(va, 6), self.functions.entry(self.elf, va), exact=True)
+                raise self.elf.fail(f"site {va:#x}, listed in {table}, is not in the file's executable code")
+            found = self.classify(va, self.elf.read(va, 6), self.functions.entry(self.elf, va, listed=True), exact=True)
             assert found is not None  # an exact address always classifies
             yield found
 
@@ -406,23 +420,49 @@ def _in_code(elf: ElfFile, va: int) -> bool:
     return sec is not None and sec.is_code
 
 
-def _mcount_loc(elf: ElfFile) -> list[int]:
-    """The addresses __mcount_loc lists, if the file has one; in a PIE, from its R_*_RELATIVE addends."""
+_KERNEL_TABLE = ("__start_mcount_loc", "__stop_mcount_loc")
+
+
+def _site_table(elf: ElfFile) -> tuple[str, list[int]]:
+    """The file's site table, named as errors name it, and the addresses it lists: __mcount_loc, or a kernel
+    image's table between __start_mcount_loc and __stop_mcount_loc (vmlinux.lds.h gathers __mcount_loc and
+    __patchable_function_entries there, inside .init.data); in a PIE, from the R_*_RELATIVE addends."""
     sec = elf.section_named("__mcount_loc")
-    if sec is None or sec.sh_type == SHT_NOBITS:
-        return []
-    raw = elf.section_data(sec)
+    bounds = _kernel_table(elf) if sec is None or sec.sh_type == SHT_NOBITS else None
+    if sec is not None and sec.sh_type != SHT_NOBITS:
+        name, start, raw = "__mcount_loc", sec.sh_addr, bytes(elf.section_data(sec))
+    elif bounds is not None:
+        name, (start, stop) = "the table between __start_mcount_loc and __stop_mcount_loc", bounds
+        raw = elf.read(start, stop - start)
+        if len(raw) != stop - start:
+            raise elf.fail(f"{name} ({start:#x} to {stop:#x}) is not all in one loaded section with file bytes")
+    else:
+        return "", []
     word = elf.arch.word
     if len(raw) % word:
-        raise elf.fail(f"__mcount_loc is {len(raw):#x} bytes, not a multiple of {word}")
-    listed = dict(zip(range(sec.sh_addr, sec.sh_addr + len(raw), word), words(raw, word), strict=True))
+        raise elf.fail(f"{name} is {len(raw):#x} bytes, not a multiple of {word}")
+    listed = dict(zip(range(start, start + len(raw), word), words(raw, word), strict=True))
     relocations = dynamic_relocations(elf)
     if relocations is not None and elf.arch.rela and R_RELATIVE in relocations.values:
         for i in relocations.holding(R_RELATIVE):
             if relocations.r_offset[i] in listed:
                 listed[relocations.r_offset[i]] = relocations.r_addend[i]
     # The entry of a function the link discarded (--gc-sections) is 0.
-    return sorted({va for va in listed.values() if va})
+    return name, sorted({va for va in listed.values() if va})
+
+
+def _kernel_table(elf: ElfFile) -> tuple[int, int] | None:
+    """Where a kernel image's site table starts and stops, if its symbols say so."""
+    if not elf.has_symtab:
+        return None
+    symbols = elf.symbols
+    places = {name: symbols.place(i) for i, name in symbols.named(_KERNEL_TABLE).items()}
+    if len(places) != 2 or any(shndx == SHN_UNDEF for shndx, _ in places.values()):
+        return None
+    start, stop = (places[name][1] for name in _KERNEL_TABLE)
+    if stop < start:
+        raise elf.fail(f"__stop_mcount_loc ({stop:#x}) is before __start_mcount_loc ({start:#x})")
+    return start, stop
 
 
 def _emitted(elf: ElfFile, names: Iterable[str]) -> list[int]:
@@ -454,10 +494,10 @@ def _emitted(elf: ElfFile, names: Iterable[str]) -> list[int]:
 def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
     names = tuple(names)
     functions = _Functions(elf)
-    recorded = _mcount_loc(elf)
-    targets = resolve(elf, names, {va: functions.entry(elf, va) for va in recorded})
+    table, recorded = _site_table(elf)
+    targets = resolve(elf, names, {va: functions.entry(elf, va, listed=True) for va in recorded})
     locator = _Locator(elf, targets, functions)
-    located, found, refused, blind = _locate(elf, names, recorded, targets, functions, locator)
+    located, found, refused, blind = _locate(elf, names, table, recorded, targets, functions, locator)
     sites = {f.va: f for f in found}
     findings: list[Finding] = []
     if refused:
@@ -503,6 +543,7 @@ def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
 def _locate(
     elf: ElfFile,
     names: tuple[str, ...],
+    table: str,
     recorded: list[int],
     targets: Targets,
     functions: _Functions,
@@ -511,12 +552,14 @@ def _locate(
     """Where the sites are, by the first strategy the file allows: (how they were located, the sites found,
     why every action refuses the file, why `call` does); the last two "" where nothing stops them."""
     if recorded:
-        blind = STRIPPED_STATIC if not elf.has_symtab and elf.is_static else ""
-        return Located.MCOUNT_LOC, list(locator.exact(recorded)), "", blind
+        blind = STRIPPED_STATIC if targets.from_calls else ""
+        return Located.MCOUNT_LOC, list(locator.exact(table, recorded)), "", blind
     if textrels := text_relocations(elf, names):
         return Located.NOWHERE, [], TEXTREL.format(count=len(textrels), first=textrels[0]), ""
     if not targets:
-        if not elf.has_symtab and elf.is_static:
+        # Nothing imports or defines a target by name. With .symtab, a definition would have one; without
+        # it, one can hide only in a profiling runtime linked in, and glibc's says it is there.
+        if not elf.has_symtab and profiling_runtime(elf):
             return Located.NOWHERE, [], OPAQUE, ""
         count = _nopped_without_targets(elf, functions, locator)
         return Located.NOWHERE, [], "", RELINKED.format(count=count) if count else ""

@@ -44,6 +44,11 @@ FAT_LTO = (
     "this machine code, so patching it changes nothing in that program; patch the linked program"
 )
 Tables = tuple[tuple[Section, Section | None], ...]
+# Why a nop of ftpatch's has no entry left, and what works (docs/facts.md: gold's -r drops NONE entries).
+_LOST = (
+    ": a partial link by gold (`ld.gold -r`) drops the NONE entries that say what call each nop was; run "
+    "`ftpatch call` on the objects before the partial link, or link them with bfd (`ld -r`) or lld, which keep them"
+)
 
 
 def scan_object(elf: ElfFile, targets: Iterable[str], base: int = 0) -> ScanResult:
@@ -294,7 +299,8 @@ class ObjectChecks(Checks):
                 if (sec.shndx, at) not in sites and (sec.shndx, at + len(nop)) not in said
             }
             found += [
-                f"{sec.where(at)}: holds {loose[at].hex(':')}, a nop ftpatch writes, with no relocation entry to restore"
+                f"{sec.where(at)}: holds {loose[at].hex(':')}, a nop ftpatch writes, with no relocation entry to "
+                f"restore{_LOST}"
                 for at in sorted(self._on_instructions(sec, loose))
             ]
         # clang's -fpatchable-function-entry writes ftpatch's entry nop too, and lists where.
@@ -311,7 +317,8 @@ class ObjectChecks(Checks):
                 nop = next((c for c in (entry, entry[:5]) if written_by_ftpatch(c, elf.arch)), None)
                 if nop is not None and (sec.shndx, at) not in sites and (sec.shndx, at + len(nop)) not in said:
                     found.append(
-                        f"{sec.where(at)}: holds {nop.hex(':')} at a function's entry, a nop ftpatch writes, with no relocation entry to restore"
+                        f"{sec.where(at)}: holds {nop.hex(':')} at a function's entry, a nop ftpatch writes, with no "
+                        f"relocation entry to restore{_LOST}"
                     )
         return tuple(dict.fromkeys(found))
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass, replace
 from itertools import chain, pairwise, repeat
 from operator import add, attrgetter, lt
 
+from .archive import is_thin_file
 from .errors import InputError, VerifyError
 from .record import Recording, record_data
 from .scan import scan_data
 from .sites import DEFAULT_TARGETS, Action, Checks, ScanResult, Site, SiteGroup, State, chosen, site_state
-from .write import rewrite
+from .write import rewrite, rewrite_thin
 from .x86 import NOP_STYLES, Arch, Form, NopStyle, describe, hexbytes
 
 
@@ -346,12 +347,38 @@ def patch_file(
     (a nop'd site is still a site), in the same write.
     """
 
-    def change(data: bytes) -> tuple[Plan, bytes | bytearray | None]:
-        the_plan = plan_all(path, scan_data(path, data, targets), action, nop=nop, only=only, exclude=exclude)
+    def change(data: bytes, name: str = path) -> tuple[Plan, bytes | bytearray | None]:
+        the_plan = plan_all(name, scan_data(name, data, targets), action, nop=nop, only=only, exclude=exclude)
         new = _patched(data, the_plan) if the_plan.changes else None
         if not record:
             return the_plan, new
-        recording, recorded = record_data(path, data if new is None else bytes(new), targets)
+        recording, recorded = record_data(name, data if new is None else bytes(new), targets)
         return replace(the_plan, recording=recording), new if recorded is None else recorded
 
+    if is_thin_file(path):  # each member is patched in its own file, `change` given the member's name
+        return _thin_plan(path, action, rewrite_thin(path, output, change, fsync=fsync))
     return rewrite(path, output, change, sync_dir=sync_dir, fsync=fsync)
+
+
+def _thin_plan(path: str, action: Action, plans: Sequence[Plan]) -> Plan:
+    """What patching a thin archive did, from the plan of each member, as plan_all says it of an archive."""
+    recordings = [p.recording for p in plans if p.recording is not None]
+    recording = None
+    if recordings:
+        recording = Recording(
+            path,
+            sum(r.recorded for r in recordings),
+            sum(r.already for r in recordings),
+            any(r.changed for r in recordings),
+        )
+    return Plan(
+        path,
+        action,
+        tuple(r for p in plans for r in p.rewrites),
+        sum(p.patched for p in plans),
+        sum(p.already for p in plans),
+        sum(p.filtered for p in plans),
+        warnings=tuple(f"{p.path}: {w}" for p in plans for w in p.warnings),
+        matched=frozenset().union(*(p.matched for p in plans)),
+        recording=recording,
+    )

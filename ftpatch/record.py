@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .append import NewSection, SectionSymbols, append, section_symbols
-from .archive import is_archive, members, rebuild
+from .archive import is_archive, is_thin_file, members, rebuild
 from .elf import (
     ET_REL,
     SHF_ALLOC,
@@ -47,7 +47,7 @@ from .elf import (
 from .errors import InputError, VerifyError
 from .objects import scan_object
 from .sites import DEFAULT_TARGETS, ScanResult
-from .write import rewrite
+from .write import rewrite, rewrite_thin
 from .x86 import describe, hexbytes
 
 MCOUNT_LOC = "__mcount_loc"
@@ -218,4 +218,9 @@ def record_file(
     Nothing is written unless every site verified. In place, a file left as it
     was is not touched, mtime included. sync_dir, fsync: see write_atomic.
     """
+    if is_thin_file(path):  # each member is recorded in its own file
+        done = rewrite_thin(path, output, lambda data, name: record_data(name, data, targets), fsync=fsync)
+        return Recording(
+            path, sum(r.recorded for r in done), sum(r.already for r in done), any(r.changed for r in done)
+        )
     return rewrite(path, output, lambda data: record_data(path, data, targets), sync_dir=sync_dir, fsync=fsync)

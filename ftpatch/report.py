@@ -11,16 +11,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .demangle import available, demangle, without_parameters
-from .errors import printable
+from .errors import FtpatchError, printable
 from .sites import Action, ScanResult, Site, State
 
 if TYPE_CHECKING:
     from .batch import Outcome
 
 
-def scan_entry(result: ScanResult, sites: Sequence[Site]) -> dict[str, object]:
-    """One file of `scan --json`: its sites, how they were located, and what the scan concluded."""
-    return {
+def scan_entry(result: ScanResult, sites: Sequence[Site], failure: tuple[int, str] | None) -> dict[str, object]:
+    """One file of `scan --json`: its sites, how they were located, what the scan concluded, and where the scan
+    fails on it, its exit code and the first error that gives it."""
+    entry: dict[str, object] = {
         "path": result.path,
         "machine": result.machine,
         "type": result.type,
@@ -30,6 +31,37 @@ def scan_entry(result: ScanResult, sites: Sequence[Site]) -> dict[str, object]:
         "unclassified": [f.text for f in result.stopping(Action.NOP) if Action.CALL not in f.stops],
         "warnings": list(result.warnings),
     }
+    if failure is not None:
+        entry |= {"error": printable(failure[1]), "exit_code": failure[0]}
+    return entry
+
+
+def unreadable_entry(error: FtpatchError, exit_code: int) -> dict[str, object]:
+    """A file of `scan --json` that could not be scanned at all."""
+    return {"path": error.path, "error": str(error), "exit_code": exit_code}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What `scan` says of one file besides its table: errors (each with whether a site's bytes are wrong,
+    which is exit 3, rather than the file being unusable, exit 1) and warnings, each a whole line's text."""
+
+    errors: tuple[tuple[str, bool], ...]
+    warnings: tuple[str, ...]
+
+
+def scan_verdict(result: ScanResult, sites: Sequence[Site]) -> Verdict:
+    """A finding that stops `nop` is an error; one that stops only `call`, or nothing, a warning. What `call`
+    cannot restore and sites that hold neither their call nor a nop are errors of the bytes."""
+    errors = [(f"{result.path}: {f.text}", False) for f in result.findings if f.error]
+    warnings = [
+        f"{result.path}: `ftpatch call` refuses this file: it {f.text}" if f.stops else f"{result.path}: {f.text}"
+        for f in result.findings
+        if not f.error
+    ]
+    errors += [(f"{result.path}: {stray}", True) for stray in result.strays]
+    errors += [(wrong_site(result, site), True) for site in sites if site.state is State.OTHER]
+    return Verdict(tuple(errors), tuple(warnings))
 
 
 def wrong_site(result: ScanResult, site: Site) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .archive import is_archive, members
+from .archive import is_archive, is_thin, members, read_thin
 from .elf import ET_REL, ElfFile, read_input
 from .objects import scan_object
 from .sites import DEFAULT_TARGETS, ScanResult
@@ -31,6 +31,8 @@ def scan_data(path: str, data: bytes, targets: Iterable[str] = DEFAULT_TARGETS) 
     """One result for an ELF file, or one per ELF member of a static archive, named `lib.a(member.o)`."""
     if not is_archive(data):
         return [scan_elf(ElfFile(path, data), targets)]
+    if is_thin(data):
+        return [scan_elf(ElfFile(f"{path}({m.name})", held), targets) for m, _file, held in read_thin(path, data)]
     return [
         scan_elf(ElfFile(f"{path}({m.name})", data[m.offset : m.offset + m.size]), targets, m.offset)
         for m in members(path, data)

@@ -73,8 +73,9 @@ class Site:
 
     @property
     def where(self) -> str:
+        """The site for a message: its function named as scan shows it (demangled), and its place."""
         place = f"{self.section}+{self.offset:#x}"
-        return f"{self.function} ({place})" if self.function else place
+        return f"{demangle(self.function)} ({place})" if self.function else place
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -28,6 +28,7 @@ from .elf import (
     SHF_WRITE,
     SHN_UNDEF,
     SHT_DYNSYM,
+    SHT_NOBITS,
     SHT_PROGBITS,
     SHT_REL,
     SHT_RELA,
@@ -41,6 +42,12 @@ from .x86 import ENDBR, Arch, Form, branch_destination, call_bytes, decode_lite
 
 # Dynamic relocation types, the same numbers on x86-64 and i386.
 R_GLOB_DAT, R_JUMP_SLOT, R_RELATIVE = 6, 7, 8
+# glibc's profiling runtime, gmon.o: __monstartup and _mcleanup, which every -pg link calls (gcrt1.o) and which
+# glibc's mcount, _mcount and __fentry__ bring in wherever they are linked (mcount.o needs gmon.o's _gmonparam).
+# In a stripped file their messages are what is left of them; a program built without -pg has neither
+# (glibc's tunables name "gmon" in every static program, so the word alone says nothing).
+_GMON_FUNCTIONS = ("__monstartup", "_mcleanup")
+_GMON_MESSAGES = (b"monstartup: out of memory", b"_mcleanup: gmon.out")
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,9 @@ class Targets:
     arch: Arch
     targets: tuple[Target, ...]
     got_base: int | None  # i386: what %ebx holds in PIC code, the base of ff 93's displacement
+    # No symbol names a target: where they are was read from the live calls at the sites __mcount_loc
+    # lists, and a nop'd site says nothing of it (a stripped static program).
+    from_calls: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.targets)
@@ -169,8 +179,16 @@ def resolve(elf: ElfFile, names: Iterable[str], recorded: Mapping[int, bool | No
     tables = [t for t in (elf.symbols if elf.has_symtab else None, elf.dynamic_symbols) if t is not None]
     addresses = _defined(elf, tables, ordered)
     got_base = _got_base(elf, tables) if not elf.arch.x86_64 else None
-    if recorded and not addresses and not (elf.dynamic_symbols and elf.dynamic_symbols.named(ordered)):
-        addresses = _recorded_targets(elf, recorded, got_base)
+    # Stripped, with glibc's profiling runtime linked in: a target is defined here and nothing names it.
+    from_calls = bool(
+        recorded
+        and not addresses
+        and not elf.has_symtab
+        and not (elf.dynamic_symbols and elf.dynamic_symbols.named(ordered))
+        and profiling_runtime(elf)
+    )
+    if from_calls:
+        addresses = _recorded_targets(elf, recorded or {}, got_base)
         ordered = [name for name in DEFAULT_TARGETS if name in addresses]
     relocations = dynamic_relocations(elf)
     slots = _dynamic_slots(elf, relocations, ordered)
@@ -187,7 +205,17 @@ def resolve(elf: ElfFile, names: Iterable[str], recorded: Mapping[int, bool | No
         raise elf.fail(
             "a profiling target has a GOT slot but the file has no GOT base (_GLOBAL_OFFSET_TABLE_, DT_PLTGOT)"
         )
-    return Targets(elf.arch, tuple(targets), got_base)
+    return Targets(elf.arch, tuple(targets), got_base, from_calls)
+
+
+def profiling_runtime(elf: ElfFile) -> bool:
+    """Whether glibc's profiling runtime is linked into this file: defined in .dynsym, or its messages in the image."""
+    dynsym = elf.dynamic_symbols
+    if dynsym is not None and any(dynsym.place(i)[0] != SHN_UNDEF for i in dynsym.named(_GMON_FUNCTIONS)):
+        return True
+    loaded = [s for s in elf.sections if s.sh_flags & SHF_ALLOC and s.sh_type != SHT_NOBITS and not s.is_exec]
+    data = elf.data
+    return any(data.find(m, s.sh_offset, s.sh_offset + s.sh_size) >= 0 for s in loaded for m in _GMON_MESSAGES)
 
 
 def _defined(elf: ElfFile, tables: list[SymbolTable], names: list[str]) -> dict[str, int]:

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from time import monotonic
 from typing import NamedTuple, TypeVar
 
+from .archive import read_thin, resized_thin
 from .elf import open_input, read_fd, read_input
 from .errors import InputError, OutputError
 
@@ -288,3 +289,56 @@ def rewrite(
         if new is not None:
             write_atomic(path, new, mode, sync_dir=sync_dir, fsync=fsync)
     return report
+
+
+THIN_OUTPUT = (
+    "is a thin archive: its members live in other files, which -o cannot write beside a new archive; "
+    "use --in-place, which patches each member where the archive points"
+)
+
+
+def rewrite_thin(
+    path: str,
+    output: str | None,
+    change: Callable[[bytes, str], tuple[T, bytes | bytearray | None]],
+    *,
+    fsync: bool = True,
+) -> list[T]:
+    """rewrite() for a thin archive, whose members live in other files: what `change` reports of each ELF
+    member, given its bytes and its name (`lib.a(member.o)`).
+
+    Every member is read and changed before any is written, under the archive's lock, so that a member that
+    fails leaves every file as it was. Each changed member is then replaced atomically where it lies, after a
+    check under its own lock that it still holds the bytes that were changed; where a member's size changed,
+    the archive is replaced too, its headers' sizes written again. Members are files of their own: an error
+    while writing one leaves those written before it patched. The directories written to are synced at the end.
+    """
+    if output is not None:
+        raise InputError(path, THIN_OUTPUT)
+    if os.path.islink(path):
+        raise InputError(path, "is a symbolic link, give --in-place the file it points to")
+    reports: list[T] = []
+    written: set[str] = set()
+    with locked_input(path) as (data, mode):
+        changed = []
+        for member, file, held in read_thin(path, data):
+            report, new = change(held, f"{path}({member.name})")
+            reports.append(report)
+            if new is not None:
+                changed.append((member, file, held, new))
+        for _member, file, held, new in changed:
+            with locked_input(file) as (now, member_mode):
+                if now != held:
+                    raise InputError(
+                        file, f"changed while ftpatch patched {path}, which names it; it was left as it is"
+                    )
+                write_atomic(file, new, member_mode, sync_dir=False, fsync=fsync)
+            written.add(os.path.dirname(os.path.abspath(file)))
+        sizes = {member.offset: len(new) for member, _file, _held, new in changed if len(new) != member.size}
+        if sizes:
+            write_atomic(path, resized_thin(path, data, sizes), mode, sync_dir=False, fsync=fsync)
+            written.add(os.path.dirname(os.path.abspath(path)))
+    if fsync:
+        for directory in sorted(written):
+            sync_directory(directory)
+    return reports

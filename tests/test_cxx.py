@@ -199,3 +199,24 @@ def test_without_libstdcxx_names_stay_symbols_and_the_warning_says_why(monkeypat
     (warning,) = report.unmatched(["geo::Shape::sides"], [], set(), 1)
     assert warning.startswith("--only 'geo::Shape::sides' matched no function with a site in the file;")
     assert warning.endswith("C++ names cannot be demangled here (libstdc++.so.6 did not load): match their symbols")
+
+
+@pytest.mark.parametrize("linked", [False, True])
+def test_error_messages_name_functions_demangled(cxx: Path, tmp_path: Path, linked: bool) -> None:
+    """A site that holds neither its call nor a nop is reported with its function named as scan shows it."""
+    path = cxx
+    if linked:  # __mcount_loc lists the sites: each is known exactly, so garbage there is an error
+        (tmp_path / "main.c").write_text("int use(int);\nint main(void) { return use(1) & 0; }\n")
+        path = tmp_path / "shapes"
+        run("g++", "-O2", "-pg", "-mrecord-mcount", tmp_path / "main.c", cxx.parent / "shapes.cpp", "-o", path)
+    site = next(s for s in sites(path) if s["demangled"] == "geo::Shape::sides() const")
+    bad = tmp_path / f"bad-{path.name}"
+    data = bytearray(path.read_bytes())
+    at = int(str(site["file_offset"]))
+    data[at : at + 6] = bytes.fromhex("0f0b90909090")
+    bad.write_bytes(data)
+    proc = ftpatch("nop", bad, "-o", tmp_path / "out")
+    assert proc.returncode == 3, proc.stderr
+    place = f"{site['section']}+{int(str(site['offset'])):#x}"
+    assert proc.stderr.startswith(f"ftpatch: error: {bad}: geo::Shape::sides() const ({place}): expected ff:15:")
+    assert "_ZNK3geo5Shape5sidesEv" not in proc.stderr

@@ -178,6 +178,45 @@ def test_a_partial_link_by_gold_has_lost_what_call_needs(tmp: Path) -> None:
     assert not (tmp / "back.o").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "emulation", "nop"),
+    [
+        (["-pg"], "elf_x86_64", "66:0f:1f:44:00:f2"),  # ff 15 after the prologue
+        (["-pg", "-fno-pie"], "elf_x86_64", "0f:1f:44:00:f1"),  # e8 after the prologue
+        (["-m32", "-pg"], "elf_i386", "66:26:8d:74:66:00"),  # ff 93, lea with its tag
+        (["-pg", "-mfentry"], "elf_x86_64", "0f:1f:44:00:08"),  # at the entry
+    ],
+)
+def test_call_after_gold_dropped_the_entries_refuses_and_says_what_works(
+    tmp: Path, flags: list[str], emulation: str, nop: str
+) -> None:
+    """A library's objects nop'd, then partially linked by gold: every nop of ftpatch's is still there and its
+    entry is gone. `call` must not report success over them: it refuses, names what was lost, and what works."""
+    objects = []
+    for source, extra in ((SOURCE, []), (FIXTURES / "forms.c", ["-Dmain=forms_main"])):
+        obj = tmp / f"{source.stem}.o"
+        run("gcc", "-O2", *flags, *extra, "-c", source, "-o", obj)
+        objects.append(obj)
+    sites = sum(len(lib.scan(str(obj)).sites) for obj in objects)
+    assert ftpatch("nop", "--in-place", *objects).returncode == 0
+    partial = tmp / "partial.o"
+    run("ld.gold", "-m", emulation, "-r", *objects, "-o", partial)
+    assert not [r for r in readelf_relocs(partial) if r[2] in ("R_X86_64_NONE", "R_386_NONE")]
+    assert run("objdump", "-d", partial).count(nop.replace(":", " ")) == sites
+    proc = ftpatch("call", partial, "-o", tmp / "back.o")
+    assert proc.returncode == 3 and not (tmp / "back.o").exists()
+    (line,) = proc.stderr.splitlines()
+    assert f"holds {nop}" in line and "a nop ftpatch writes, with no relocation entry to restore" in line
+    assert "a partial link by gold (`ld.gold -r`) drops the NONE entries" in line
+    assert "run `ftpatch call` on the objects before the partial link, or link them with bfd (`ld -r`)" in line
+    assert line.endswith(f"(and {sites - 1} more sites)")
+    # What the message says works does.
+    for obj in objects:
+        assert ftpatch("call", "--in-place", obj).returncode == 0
+    run("ld.gold", "-m", emulation, "-r", *objects, "-o", partial)
+    assert ftpatch("scan", partial).returncode == 0
+
+
 @pytest.mark.parametrize(("cc", "r_type"), [("gcc", "R_X86_64_PLTOFF64"), ("clang", "R_X86_64_GOT64")])
 def test_the_large_code_model_is_refused_as_unsupported(tmp: Path, cc: str, r_type: str) -> None:
     obj = tmp / "large.o"

@@ -105,3 +105,54 @@ def test_symbol_option_adds_a_target(tmp) -> None:
     assert json.loads(ftpatch("scan", "--json", obj).stdout)["files"][0]["sites"] == []
     sites = json.loads(ftpatch("scan", "--json", "--symbol", "my_hook", obj).stdout)["files"][0]["sites"]
     assert [(s["function"], s["target"], s["offset"]) for s in sites] == [("f", "my_hook", 0)]
+
+
+def test_json_marks_a_refused_file_with_its_error_and_exit_code(tmp) -> None:
+    """A JSON consumer must not read a refused file as one without sites: it carries `error` and `exit_code`,
+    as a failed file of `nop --json` does, and the good files beside it are reported as ever."""
+    stripped = tmp / "pg-static"
+    run("gcc", "-O2", "-pg", "-static", FIXTURES / "prog.c", "-o", stripped)
+    run("strip", stripped)
+    bad = tmp / "bad.o"
+    data = bytearray((FIXTURES / "x86_64-pie.o").read_bytes())
+    site = lib.scan(str(FIXTURES / "x86_64-pie.o")).sites[2]
+    data[site.file_offset : site.file_offset + 6] = bytes.fromhex("0f0b90909090")
+    bad.write_bytes(data)
+    text = tmp / "text.o"
+    text.write_text("not elf")
+    good = FIXTURES / "x86_64-nopie.o"
+    proc = ftpatch("scan", "--json", stripped, text, bad, good)
+    assert proc.returncode == 3
+    refused, unreadable, wrong, fine = json.loads(proc.stdout)["files"]
+    errors = [line.removeprefix("ftpatch: error: ") for line in proc.stderr.splitlines()]
+    assert refused["sites"] == [] and refused["exit_code"] == 1
+    assert refused["error"] == errors[0] and "is a stripped static program" in refused["error"]
+    assert unreadable == {
+        "path": str(text),
+        "error": f"{text}: not an ELF file, no ELF magic at offset 0",
+        "exit_code": 1,
+    }
+    assert wrong["exit_code"] == 3 and wrong["error"] == errors[2]
+    assert f"{site.where}: holds 0f:0b:90:90:90:90" in wrong["error"]
+    assert [s["state"] for s in wrong["sites"]].count("other") == 1
+    assert "error" not in fine and "exit_code" not in fine and len(fine["sites"]) == 8
+
+
+def test_quiet_prints_no_line_per_file(tmp) -> None:
+    """-q is quiet: scan prints no table and no line per file, and a run over one file prints no summary."""
+    proc = ftpatch("scan", "-q", FIXTURES / "x86_64-pie.o", FIXTURES / "i386-pic.o")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    text = tmp / "text.o"
+    text.write_text("not elf")
+    proc = ftpatch("scan", "-q", text)
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr == f"ftpatch: error: {text}: not an ELF file, no ELF magic at offset 0\n"
+    copy = tmp / "one.o"
+    copy.write_bytes((FIXTURES / "x86_64-pie.o").read_bytes())
+    for action in ("nop", "call"):
+        proc = ftpatch(action, "-q", "--in-place", copy)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    assert copy.read_bytes() == (FIXTURES / "x86_64-pie.o").read_bytes()
+    # Over several files, -q still ends with the run's summary (tests/test_batch.py).
+    proc = ftpatch("nop", "-q", "--in-place", copy, tmp / "missing.o")
+    assert proc.returncode == 1 and "ftpatch nop: 2 files, 8 sites patched" in proc.stderr
