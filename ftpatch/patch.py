@@ -217,7 +217,8 @@ def plan(
     warnings = result.warnings
     if action is Action.NOP and patched:
         warnings += tuple(f"`ftpatch call` will refuse this file: it {f.text}" for f in result.stopping(Action.CALL))
-    proofs = (Proof(result.path, result.base, len(result.data), result.checks, frozenset(live)),) if rewrites else ()
+    # Proved even where nothing changes: a file whose every site a scanner missed must not pass as done.
+    proofs = (Proof(result.path, result.base, len(result.data), result.checks, frozenset(live)),)
     return Plan(
         result.path,
         action,
@@ -282,7 +283,13 @@ def _patched(data: bytes, plan: Plan) -> bytearray:
     return out
 
 
-def _prove(proof: Proof, action: Action, out: bytearray) -> None:
+def _unchanged(data: bytes, plan: Plan) -> None:
+    """Prove a plan that changes nothing on the bytes as they are."""
+    for proof in plan.proofs:
+        _prove(proof, plan.action, data)
+
+
+def _prove(proof: Proof, action: Action, out: bytes | bytearray) -> None:
     """Raise unless the new bytes of the proof's image show what the plan promised."""
     whole = proof.base == 0 and proof.size == len(out)
     found = proof.checks.live_calls(out if whole else out[proof.base : proof.base + proof.size])
@@ -349,7 +356,11 @@ def patch_file(
 
     def change(data: bytes, name: str = path) -> tuple[Plan, bytes | bytearray | None]:
         the_plan = plan_all(name, scan_data(name, data, targets), action, nop=nop, only=only, exclude=exclude)
-        new = _patched(data, the_plan) if the_plan.changes else None
+        if the_plan.changes:
+            new: bytes | bytearray | None = _patched(data, the_plan)
+        else:
+            _unchanged(data, the_plan)
+            new = None
         if not record:
             return the_plan, new
         recording, recorded = record_data(name, data if new is None else bytes(new), targets)
