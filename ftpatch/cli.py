@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from . import __version__
-from .errors import FtpatchError, VerifyError, printable
+from .errors import FtpatchError, printable
+from .exits import EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_VERIFY, exit_code
 from .x86 import NOP_STYLES
 
 if TYPE_CHECKING:
     from . import batch, report
     from .sites import Action
 
-EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_VERIFY, EXIT_INTERNAL = 0, 1, 2, 3, 70
 EXIT_CODES_HELP = (
     "Exit codes: 0 success, including nothing to do; 1 bad input or output (not ELF, unsupported "
     "machine, truncated, unwritable); 2 usage; 3 verification failed (a site holds unexpected "
@@ -54,10 +54,6 @@ _debug = False
 
 # The --nop choices are the styles' names: x86.py is pure tables, cheap to import at every start.
 NopChoice = StrEnum("NopChoice", {name: name for name in NOP_STYLES})  # type: ignore[misc]
-
-
-def _exit_code(error: FtpatchError) -> int:
-    return EXIT_VERIFY if isinstance(error, VerifyError) else EXIT_INPUT
 
 
 def _error(message: str) -> None:
@@ -175,8 +171,8 @@ def scan(
             results = scan_path(path, _targets(symbol))
         except FtpatchError as e:
             _error(str(e))
-            worst = max(worst, _exit_code(e))
-            entries.append(report.unreadable_entry(e, _exit_code(e)))
+            worst = max(worst, exit_code(e))
+            entries.append(report.unreadable_entry(e, exit_code(e)))
             continue
         scanned += 1
         for result in results:
@@ -273,7 +269,7 @@ def _run(
             if advance:
                 advance()
             if outcome.error is not None:
-                code = _exit_code(outcome.error)
+                code = exit_code(outcome.error)
                 worst = max(worst, code)
                 totals["failed"] += 1
                 _error(str(outcome.error))
@@ -291,7 +287,7 @@ def _run(
                 print(f"{outcome.path}{dest}: {words.line(outcome)}")
     except FtpatchError as e:  # syncing the output directories at the end failed
         _error(str(e))
-        worst = max(worst, _exit_code(e))
+        worst = max(worst, exit_code(e))
     warnings = report.unmatched(only, exclude, matched, totals["files"] - totals["failed"])
     for warning in warnings:
         _warning(warning)

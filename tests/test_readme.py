@@ -69,6 +69,9 @@ def shell(tmp: Path) -> dict[str, str]:
     wrapper = bin_dir / "ftpatch"
     wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m ftpatch "$@"\n')
     wrapper.chmod(0o755)
+    launcher = bin_dir / "ftpatch-cc"
+    launcher.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m ftpatch.cc "$@"\n')
+    launcher.chmod(0o755)
     # A script, not a symlink: started through a symlink in another directory, Python misses the
     # venv's pyvenv.cfg and runs the base interpreter, which on a fresh machine has none of our packages.
     python = bin_dir / "python"
