@@ -319,7 +319,11 @@ def plan_all(
     exclude: Sequence[str] = (),
 ) -> Plan:
     """One plan for a file: its ELF image, or every member of an archive, all verified first."""
-    plans = [plan(r, action, nop=nop, only=only, exclude=exclude) for r in results]
+    return _combined(path, action, [plan(r, action, nop=nop, only=only, exclude=exclude) for r in results])
+
+
+def _combined(path: str, action: Action, plans: Sequence[Plan]) -> Plan:
+    """The plans of a file's ELF images (an archive's members) as one plan for the file."""
     return Plan(
         path,
         action,
@@ -382,14 +386,4 @@ def _thin_plan(path: str, action: Action, plans: Sequence[Plan]) -> Plan:
             sum(r.already for r in recordings),
             any(r.changed for r in recordings),
         )
-    return Plan(
-        path,
-        action,
-        tuple(r for p in plans for r in p.rewrites),
-        sum(p.patched for p in plans),
-        sum(p.already for p in plans),
-        sum(p.filtered for p in plans),
-        warnings=tuple(f"{p.path}: {w}" for p in plans for w in p.warnings),
-        matched=frozenset().union(*(p.matched for p in plans)),
-        recording=recording,
-    )
+    return replace(_combined(path, action, plans), recording=recording)
