@@ -30,7 +30,7 @@ def main() -> int:
     import capstone  # noqa: F401 - imports are excluded from the figures
 
     import ftpatch
-    from ftpatch.elf import read_input
+    from ftpatch.read import read_input
     from ftpatch.record import record_data
     from ftpatch.scan import scan_data
 

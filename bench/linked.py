@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def in_process(path: Path, repeat: int) -> None:
     import ftpatch
-    from ftpatch.elf import read_input
+    from ftpatch.read import read_input
     from ftpatch.scan import scan_data
 
     steps: dict[str, list[float]] = {"scan": [], "plan": [], "apply": [], "total": [], "byte search": []}

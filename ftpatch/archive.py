@@ -19,8 +19,8 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from .elf import open_input, read_input
 from .errors import InputError
+from .read import open_input, read_input
 
 AR_MAGIC = b"!<arch>\n"
 THIN_MAGIC = b"!<thin>\n"

@@ -20,8 +20,6 @@ from __future__ import annotations
 import array
 import bisect
 import contextlib
-import os
-import stat
 import struct
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -288,79 +286,29 @@ def machine_name(e_machine: int) -> str:
     return f"{names.get(e_machine, 'EM_?')} ({e_machine})"
 
 
-def open_input(path: str) -> int:
-    """A read-only descriptor on the regular file at `path`.
-
-    The open is non-blocking and the type is checked on the descriptor itself
-    (fstat), so a FIFO never blocks and a path swapped after a stat is no race.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except PermissionError:
-        raise InputError(path, "permission denied, reading") from None
-    except OSError as e:
-        raise InputError(path, f"{(e.strerror or str(e)).lower()}, reading") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise InputError(path, "is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(path, "not a regular file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def read_fd(path: str, fd: int) -> bytes:
-    """All the bytes of the open regular file `fd`, from its start."""
-    try:
-        size = os.fstat(fd).st_size
-        chunks: list[bytes] = []
-        offset = 0
-        while True:
-            chunk = os.pread(fd, max(size - offset, 1 << 16), offset)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-            offset += len(chunk)
-    except OSError as e:
-        raise InputError(path, f"{(e.strerror or str(e)).lower()}, reading") from None
-
-
-def read_input(path: str) -> bytes:
-    """The whole file, refusing anything that is not a regular file."""
-    fd = open_input(path)
-    try:
-        return read_fd(path, fd)
-    finally:
-        os.close(fd)
-
-
 class ElfFile:
-    """A checked x86 ELF file held in memory, with its section headers decoded."""
+    """A checked x86 ELF file held in memory, with its section headers decoded.
 
-    def __init__(self, path: str, data: bytes) -> None:
-        self.path = path
+    It knows its bytes, not their file's name: an archive member and a file's
+    new bytes are read alike, and what opened the file names its errors
+    (errors.naming).
+    """
+
+    def __init__(self, data: bytes) -> None:
         self.data = bytes(data)  # the same object when it is bytes already; sites are its slices
         self.e_type, self.arch, self.sections = self._check_container()
 
-    def __reduce__(self) -> tuple[type[ElfFile], tuple[str, bytes]]:
+    def __reduce__(self) -> tuple[type[ElfFile], tuple[bytes]]:
         # Its views of the bytes cannot be pickled; they are made again from the bytes.
-        return ElfFile, (self.path, self.data)
-
-    @classmethod
-    def load(cls, path: str) -> ElfFile:
-        return cls(path, read_input(path))
+        return ElfFile, (self.data,)
 
     @property
     def type_name(self) -> str:
         return E_TYPE_NAMES[self.e_type]
 
-    def fail(self, detail: str) -> InputError:
-        return InputError(self.path, detail)
+    @staticmethod
+    def fail(detail: str) -> InputError:
+        return InputError("", detail)
 
     def section_data(self, section: Section) -> memoryview:
         if section.sh_type == SHT_NOBITS:

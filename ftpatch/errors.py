@@ -1,11 +1,17 @@
 """The errors ftpatch raises.
 
 Every message names the file first and then says what is wrong and where,
-so that a command-line front end can print it as one line. This module
-imports nothing from the rest of the package, so any module can use it.
+so that a command-line front end can print it as one line. The code that
+reads bytes (elf.py and the scanners) does not know what file they came
+from, and raises with no name; the function that opened the file, or cut the
+member out of its archive, names it, with `naming`. This module imports
+nothing from the rest of the package, so any module can use it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def printable(text: str) -> str:
@@ -20,7 +26,7 @@ class FtpatchError(Exception):
 
     def __init__(self, path: str, detail: str) -> None:
         path, detail = printable(path), printable(detail)
-        super().__init__(f"{path}: {detail}")
+        super().__init__(f"{path}: {detail}" if path else detail)
         self.path = path
         self.detail = detail
 
@@ -42,3 +48,14 @@ class VerifyError(FtpatchError):
 
     This is ftrace_bug's EINVAL and EFAULT: nothing has been written.
     """
+
+
+@contextmanager
+def naming(path: str) -> Iterator[None]:
+    """Give `path` to every FtpatchError raised inside that names no file yet."""
+    try:
+        yield
+    except FtpatchError as e:
+        if e.path:
+            raise
+        raise type(e)(path, e.detail) from None

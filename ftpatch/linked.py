@@ -491,7 +491,7 @@ def _emitted(elf: ElfFile, names: Iterable[str]) -> list[int]:
     )
 
 
-def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
+def scan_linked(path: str, elf: ElfFile, names: Iterable[str]) -> ScanResult:
     names = tuple(names)
     functions = _Functions(elf)
     table, recorded = _site_table(elf)
@@ -536,7 +536,7 @@ def scan_linked(elf: ElfFile, names: Iterable[str]) -> ScanResult:
     exact = located in (Located.MCOUNT_LOC, Located.EMIT_RELOCS)
     checks = LinkedChecks(names_of, strays, live_calls, locator if targets else None, exact)
     return ScanResult(
-        elf.path, elf.type_name, elf.arch, elf.data, _groups(elf, sites.values()), located, tuple(findings), checks
+        path, elf.type_name, elf.arch, elf.data, _groups(elf, sites.values()), located, tuple(findings), checks
     )
 
 

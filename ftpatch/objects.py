@@ -51,11 +51,11 @@ _LOST = (
 )
 
 
-def scan_object(elf: ElfFile, targets: Iterable[str], base: int = 0) -> ScanResult:
+def scan_object(path: str, elf: ElfFile, targets: Iterable[str], base: int = 0) -> ScanResult:
     lto = _lto(elf)
     if lto == "slim":
         return ScanResult(
-            elf.path,
+            path,
             elf.type_name,
             elf.arch,
             elf.data,
@@ -84,7 +84,7 @@ def scan_object(elf: ElfFile, targets: Iterable[str], base: int = 0) -> ScanResu
     checks = ObjectChecks(elf, symbols, tables, tuple(groups), strays)
     findings = (Finding(FAT_LTO),) if lto else ()
     return ScanResult(
-        elf.path, elf.type_name, elf.arch, elf.data, tuple(groups), Located.RELOCATIONS, findings, checks, base
+        path, elf.type_name, elf.arch, elf.data, tuple(groups), Located.RELOCATIONS, findings, checks, base
     )
 
 
@@ -266,7 +266,7 @@ class ObjectChecks(Checks):
         keyed by the file offset where the call ends, as the end of its displacement."""
         if not self.symbols:
             return {}
-        elf = ElfFile(self.elf.path, bytes(data))
+        elf = ElfFile(bytes(data))
         entries = elf.relocations(self.tables, len(self.elf.symbols))
         arch, found = elf.arch, {}
         for r_info in entries.values:

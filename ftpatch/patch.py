@@ -14,7 +14,7 @@ from itertools import chain, pairwise, repeat
 from operator import add, attrgetter, lt
 
 from .archive import is_thin_file
-from .errors import InputError, VerifyError
+from .errors import InputError, VerifyError, naming
 from .record import Recording, record_data
 from .scan import scan_data
 from .sites import DEFAULT_TARGETS, Action, Checks, ScanResult, Site, SiteGroup, State, chosen, site_state
@@ -191,7 +191,8 @@ def plan(
             site = result.site(group, 0)
             more = f" (and {len(group) - 1} more sites)" if len(group) > 1 else ""
             raise InputError(result.path, f"{site.where}: {_NO_CALL[result.type == 'ET_REL']}{more}")
-        changed, refused, lost = _group_edits(group, result.base, action, style, result.arch, edits, result.checks)
+        with naming(result.path):  # the checks read bytes, and their errors name no file
+            changed, refused, lost = _group_edits(group, result.base, action, style, result.arch, edits, result.checks)
         patched += changed
         chosen_sites += len(group)
         bad += [result.site(group, i) for i in refused]
@@ -292,7 +293,8 @@ def _unchanged(data: bytes, plan: Plan) -> None:
 def _prove(proof: Proof, action: Action, out: bytes | bytearray) -> None:
     """Raise unless the new bytes of the proof's image show what the plan promised."""
     whole = proof.base == 0 and proof.size == len(out)
-    found = proof.checks.live_calls(out if whole else out[proof.base : proof.base + proof.size])
+    with naming(proof.path):
+        found = proof.checks.live_calls(out if whole else out[proof.base : proof.base + proof.size])
     if action is Action.NOP:
         left = [text for end, text in sorted(found.items()) if end not in proof.live]
         if left:
@@ -359,7 +361,8 @@ def patch_file(
     """
 
     def change(data: bytes, name: str = path) -> tuple[Plan, bytes | bytearray | None]:
-        the_plan = plan_all(name, scan_data(name, data, targets), action, nop=nop, only=only, exclude=exclude)
+        scanned = scan_data(name, data, targets)
+        the_plan = plan_all(name, scanned, action, nop=nop, only=only, exclude=exclude)
         if the_plan.changes:
             new: bytes | bytearray | None = _patched(data, the_plan)
         else:
@@ -367,7 +370,8 @@ def patch_file(
             new = None
         if not record:
             return the_plan, new
-        recording, recorded = record_data(name, data if new is None else bytes(new), targets)
+        # A nop or a call moves no site: the table lists the sites the plan was made of.
+        recording, recorded = record_data(name, data if new is None else bytes(new), targets, scanned)
         return replace(the_plan, recording=recording), new if recorded is None else recorded
 
     if is_thin_file(path):  # each member is patched in its own file, `change` given the member's name

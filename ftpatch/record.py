@@ -44,7 +44,7 @@ from .elf import (
     packed,
     words,
 )
-from .errors import InputError, VerifyError
+from .errors import InputError, VerifyError, naming
 from .objects import scan_object
 from .sites import DEFAULT_TARGETS, ScanResult
 from .write import rewrite, rewrite_thin
@@ -64,17 +64,22 @@ class Recording:
     changed: bool  # a table was written: the file's bytes changed
 
 
-def record_elf(elf: ElfFile, targets: Sequence[str] = DEFAULT_TARGETS) -> tuple[bytearray | None, int, bool]:
-    """(the object with its table appended or None if it stays as it is, sites recorded, whether it had a table)."""
+def record_elf(
+    name: str, elf: ElfFile, targets: Sequence[str] = DEFAULT_TARGETS, scanned: ScanResult | None = None
+) -> tuple[bytearray | None, int, bool]:
+    """(the object with its table appended or None if it stays as it is, sites recorded, whether it had a table).
+
+    `scanned` is the scan of these bytes before a nop or call patched them, whose sites are where they were.
+    """
     if elf.e_type != ET_REL:
         raise InputError(
-            elf.path,
+            name,
             f"is a linked file ({elf.type_name}): record writes __mcount_loc into relocatable objects (ET_REL), "
             "before the link, as recordmcount does",
         )
     if elf.section_named(MCOUNT_LOC) is not None:
         return None, 0, True
-    result = scan_object(elf, targets)
+    result = scan_object(name, elf, targets) if scanned is None else scanned
     verify(result)
     places = _places(result)
     if not places:
@@ -181,21 +186,23 @@ def _tables(
 
 
 def record_data(
-    path: str, data: bytes, targets: Sequence[str] = DEFAULT_TARGETS
+    path: str, data: bytes, targets: Sequence[str] = DEFAULT_TARGETS, scanned: Sequence[ScanResult] = ()
 ) -> tuple[Recording, bytes | bytearray | None]:
     """What recording does to a file's bytes: an ELF object, or each ELF member of a static archive.
 
     Every member is recorded and verified before the archive is rebuilt, so a
-    member that fails leaves the whole archive as it was.
+    member that fails leaves the whole archive as it was. `scanned`, if given,
+    is scan_data's result for these bytes before a nop or call patched them in
+    place: the sites it found are not searched for again.
     """
     if not is_archive(data):
-        new, recorded, had = record_elf(ElfFile(path, data), targets)
+        new, recorded, had = _record_named(path, data, targets, scanned[0] if scanned else None)
         return Recording(path, recorded, int(had), new is not None), new
     replaced: dict[int, bytes | bytearray] = {}
     recorded = already = 0
-    for member in members(path, data):
-        elf = ElfFile(f"{path}({member.name})", data[member.offset : member.offset + member.size])
-        new, count, had = record_elf(elf, targets)
+    for i, member in enumerate(members(path, data)):
+        name, held = f"{path}({member.name})", data[member.offset : member.offset + member.size]
+        new, count, had = _record_named(name, held, targets, scanned[i] if scanned else None)
         recorded += count
         already += had
         if new is not None:
@@ -203,6 +210,13 @@ def record_data(
     if not replaced:
         return Recording(path, recorded, already, False), None
     return Recording(path, recorded, already, True), rebuild(path, data, replaced)
+
+
+def _record_named(
+    name: str, data: bytes, targets: Sequence[str], scanned: ScanResult | None
+) -> tuple[bytearray | None, int, bool]:
+    with naming(name):
+        return record_elf(name, ElfFile(data), targets, scanned)
 
 
 def record_file(

@@ -18,6 +18,7 @@ from operator import attrgetter
 
 from .demangle import demangle, names
 from .elf import SHT_RELA, Section
+from .errors import naming
 from .x86 import Arch, Form, nops
 
 DEFAULT_TARGETS = ("mcount", "_mcount", "__fentry__")
@@ -281,7 +282,8 @@ class ScanResult:
 
     @cached_property
     def strays(self) -> tuple[str, ...]:
-        return self.checks.strays()
+        with naming(self.path):  # they are found by reading the bytes again, whose errors name no file
+            return self.checks.strays()
 
     def stopping(self, action: Action) -> list[Finding]:
         """The findings that stop `action` on this file."""

@@ -38,8 +38,8 @@ from time import monotonic
 from typing import NamedTuple, TypeVar
 
 from .archive import read_thin, resized_thin
-from .elf import open_input, read_fd, read_input
 from .errors import InputError, OutputError
+from .read import open_input, read_fd, read_input
 
 _MARK = ".ftpatch-"
 
