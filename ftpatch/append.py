@@ -33,10 +33,6 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from .elf import (
-    EHDR,
-    ELFCLASS32,
-    ELFCLASS64,
-    SHDR,
     SHN_LORESERVE,
     SHN_XINDEX,
     SHT_GROUP,
@@ -45,7 +41,6 @@ from .elf import (
     SHT_SYMTAB_SHNDX,
     STB_LOCAL,
     STT_SECTION,
-    SYM,
     ElfFile,
     Section,
     packed,
@@ -57,9 +52,6 @@ SHT_LLVM_CALL_GRAPH_PROFILE = 0x6FFF4C09
 
 # Fields of a section header, as positions in its unpacked tuple.
 _SH_OFFSET, _SH_SIZE, _SH_LINK, _SH_INFO, _SH_ADDRALIGN = 4, 5, 6, 7, 8
-# Where e_shoff, and e_shnum then e_shstrndx, lie in the ELF header, by class.
-_E_SHOFF = {ELFCLASS32: (0x20, "<I"), ELFCLASS64: (0x28, "<Q")}
-_E_SHNUM = {ELFCLASS32: 0x30, ELFCLASS64: 0x3C}
 _MAX_ALIGN = 1 << 16  # the largest alignment of a table that is copied
 
 
@@ -115,12 +107,11 @@ def append(
 class _Appender:
     def __init__(self, elf: ElfFile) -> None:
         self.elf = elf
-        self.elfclass = elf.arch.elfclass
-        self.word = elf.arch.word
+        self.layout = layout = elf.arch.layout
+        self.word = layout.word
         data = elf.data
-        ehdr = EHDR[self.elfclass]
-        self.e_shoff = ehdr.unpack_from(data, 16)[5]
-        self.shdr = SHDR[self.elfclass]
+        self.e_shoff = layout.ehdr.unpack_from(data, 16)[5]
+        self.shdr = layout.shdr
         count = len(elf.sections)
         # Every header, as a mutable list of its fields: those of copied tables change.
         self.headers = [
@@ -134,8 +125,8 @@ class _Appender:
         out += bytes(-len(out) % max(align, 1))
         offset = len(out)
         out += blob
-        if self.elfclass == ELFCLASS32 and len(out) >= 1 << 32:
-            raise self.elf.fail("the file would grow past 4 GiB, more than ELFCLASS32 offsets hold")
+        if len(out) >= 1 << 8 * self.word:
+            raise self.elf.fail(f"the file would grow past 4 GiB, more than {self.layout.name} offsets hold")
         return offset
 
     def move(self, section: Section, blob: bytes) -> None:
@@ -185,15 +176,15 @@ class _Appender:
         zero[_SH_LINK] = shstrndx if shstrndx >= SHN_LORESERVE else 0
         table = b"".join(self.shdr.pack(*h) for h in self.headers)
         # The only bytes changed in place: the ELF header's e_shoff, e_shnum and (in extended numbering) e_shstrndx.
-        at, layout = _E_SHOFF[self.elfclass]
-        struct.pack_into(layout, self.out, at, self.put(table, self.word))
+        e_shoff = self.put(table, self.word)
+        self.out[self.layout.e_shoff : self.layout.e_shoff + self.word] = e_shoff.to_bytes(self.word, "little")
         e_shnum = total if total < SHN_LORESERVE else 0
         e_shstrndx = shstrndx if shstrndx < SHN_LORESERVE else SHN_XINDEX
-        struct.pack_into("<HH", self.out, _E_SHNUM[self.elfclass], e_shnum, e_shstrndx)
+        struct.pack_into("<HH", self.out, self.layout.e_shnum, e_shnum, e_shstrndx)
         return self.out
 
     def _shstrndx(self) -> int:
-        e_shstrndx: int = EHDR[self.elfclass].unpack_from(self.elf.data, 16)[-1]
+        e_shstrndx: int = self.layout.ehdr.unpack_from(self.elf.data, 16)[-1]
         return self.headers[0][_SH_LINK] if e_shstrndx == SHN_XINDEX else e_shstrndx
 
     def _names(self, names: Sequence[str]) -> list[int]:
@@ -227,15 +218,12 @@ class _Appender:
         elf = self.elf
         symtab = elf.symtab
         first = _first_global(elf)
-        layout = SYM[self.elfclass]
-        size, k = layout.size, len(created)
+        layout = self.layout
+        size, k = layout.sym.size, len(created)
         info = STT_SECTION | STB_LOCAL << 4
         # st_name 0 (a section symbol is named by its section), st_value 0, st_size 0.
         st_shndx = [i if i < SHN_LORESERVE else SHN_XINDEX for i in created]
-        if self.elfclass == ELFCLASS64:
-            entries = [layout.pack(0, info, 0, shndx, 0, 0) for shndx in st_shndx]
-        else:
-            entries = [layout.pack(0, 0, 0, info, 0, shndx) for shndx in st_shndx]
+        entries = [layout.symbol(0, info, shndx, 0, 0) for shndx in st_shndx]
         table = elf.section_data(symtab)
         count = len(elf.symbols)
         self.move(symtab, bytes(table[: first * size]) + b"".join(entries) + bytes(table[first * size : count * size]))

@@ -26,12 +26,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import accumulate, chain, groupby, repeat
+from operator import itemgetter
 from typing import NamedTuple
 
 from .errors import InputError
+from .layout import LAYOUTS, Layout
 from .x86 import ARCHES, Arch
 
-ELFCLASS32, ELFCLASS64 = 1, 2
 ELFDATA2LSB = 1
 ET_REL, ET_EXEC, ET_DYN = 1, 2, 3
 SHT_NULL, SHT_PROGBITS, SHT_SYMTAB, SHT_RELA, SHT_DYNAMIC, SHT_NOBITS, SHT_REL, SHT_DYNSYM = 0, 1, 2, 4, 6, 8, 9, 11
@@ -45,11 +46,6 @@ DT_NULL, DT_PLTGOT = 0, 3
 
 E_TYPE_NAMES = {ET_REL: "ET_REL", ET_EXEC: "ET_EXEC", ET_DYN: "ET_DYN"}
 SUPPORTED_TYPES = (ET_REL, ET_EXEC, ET_DYN)
-
-# The ELF header after the 16 bytes of e_ident (e_type through e_shstrndx), a symbol, a section header.
-EHDR = {ELFCLASS32: struct.Struct("<HHIIIIIHHHHHH"), ELFCLASS64: struct.Struct("<HHIQQQIHHHHHH")}
-SYM = {ELFCLASS32: struct.Struct("<IIIBBH"), ELFCLASS64: struct.Struct("<IBBHQQ")}
-SHDR = {ELFCLASS32: struct.Struct("<IIIIIIIIII"), ELFCLASS64: struct.Struct("<IIQQQQIIQQ")}
 
 
 class Section(NamedTuple):
@@ -104,18 +100,18 @@ class SymbolTable:
     target symbols needs only st_name, and decoding every name costs more than the rest
     of a scan, so a Symbol, name included, is only built for the index asked for."""
 
-    def __init__(self, table: memoryview, elfclass: int, strtab: bytes, extended: Callable[[int], list[int]]) -> None:
-        self._layout = SYM[elfclass]
-        self._table = table[: len(table) - len(table) % self._layout.size]
+    def __init__(self, table: memoryview, layout: Layout, strtab: bytes, extended: Callable[[int], list[int]]) -> None:
+        self._layout = layout
+        self._size = size = layout.sym.size
+        self._table = table[: len(table) - len(table) % size]
         self._strtab = strtab
         # A symbol whose st_shndx is SHN_XINDEX has its section index in SHT_SYMTAB_SHNDX.
         # Read (and checked) now, so that a bad file fails here and not when a name is asked for.
-        at = 7 if elfclass == ELFCLASS32 else 3  # st_shndx, in half-words from an entry's start
-        xindex = SHN_XINDEX in words(self._table, 2)[at :: self._layout.size // 2]
+        xindex = SHN_XINDEX in words(self._table, 2)[layout.st_shndx // 2 :: size // 2]
         self._extended = extended(len(self)) if xindex else None
 
     def __len__(self) -> int:
-        return len(self._table) // self._layout.size
+        return len(self._table) // self._size
 
     def __getitem__(self, index: int) -> Symbol:
         row = self._rows[index]
@@ -132,11 +128,9 @@ class SymbolTable:
     @cached_property
     def _rows(self) -> list[_Row]:
         """Every symbol's fields but its name."""
-        raw = self._layout.iter_unpack(self._table)
-        if self._layout is SYM[ELFCLASS64]:
-            rows = [_Row(n, info & 0xF, info >> 4, shndx, value, size) for n, info, _o, shndx, value, size in raw]
-        else:
-            rows = [_Row(n, info & 0xF, info >> 4, shndx, value, size) for n, value, size, info, _o, shndx in raw]
+        fields = itemgetter(*self._layout.sym_fields)
+        raw = map(fields, self._layout.sym.iter_unpack(self._table))
+        rows = [_Row(n, info & 0xF, info >> 4, shndx, value, size) for n, info, shndx, value, size in raw]
         if (extended := self._extended) is not None:
             rows = [r._replace(st_shndx=extended[i]) if r.st_shndx == SHN_XINDEX else r for i, r in enumerate(rows)]
         return rows
@@ -155,7 +149,7 @@ class SymbolTable:
                 offsets[at] = name
                 at = strtab.find(key, at + 1)
         # st_name is the first word of every entry, in both classes.
-        st_names = words(self._table, 4)[:: self._layout.size // 4].tolist()
+        st_names = words(self._table, 4)[:: self._size // 4].tolist()
         used = offsets.keys() & set(st_names)  # a short name ends many strings; few of them are symbols
         found = {}
         for st_name, name in ((o, offsets[o]) for o in used):
@@ -172,14 +166,13 @@ class SymbolTable:
         Read from the st_info column alone, as `named` reads st_name: an object has
         a few section symbols among thousands of others.
         """
-        size = self._layout.size
-        is64 = self._layout is SYM[ELFCLASS64]
-        infos = bytes(self._table[4 if is64 else 12 :: size])  # st_info of each symbol
+        layout, size = self._layout, self._size
+        infos = bytes(self._table[layout.st_info :: size])  # st_info of each symbol
         local_section = STT_SECTION | STB_LOCAL << 4
         found: dict[int, int] = {}
         i = infos.find(local_section, 1, below)
         while i >= 0:
-            st_shndx = self._layout.unpack_from(self._table, i * size)[3 if is64 else 5]
+            st_shndx = layout.sym.unpack_from(self._table, i * size)[layout.sym_fields[2]]
             if st_shndx == SHN_XINDEX and self._extended is not None:
                 st_shndx = self._extended[i]
             found.setdefault(st_shndx, i)
@@ -331,11 +324,12 @@ class ElfFile:
         if len(data) < 16:
             raise self.fail(f"truncated ELF header, file is {len(data)} bytes")
         elfclass, ei_data = data[4], data[5]
-        if elfclass not in EHDR:
+        layout = LAYOUTS.get(elfclass)
+        if layout is None:
             raise self.fail(f"invalid EI_CLASS {elfclass}, e_ident[4]")
         if ei_data != ELFDATA2LSB:
             raise self.fail(f"not little-endian (EI_DATA {ei_data}, x86 ELF is ELFDATA2LSB), e_ident[5]")
-        ehdr = EHDR[elfclass]
+        ehdr = layout.ehdr
         if len(data) < 16 + ehdr.size:
             raise self.fail(f"truncated ELF header, file is {len(data)} bytes")
         (
@@ -353,20 +347,19 @@ class ElfFile:
             e_shnum,
             e_shstrndx,
         ) = ehdr.unpack_from(data, 16)
-        arch = ARCHES.get(e_machine)
+        arch = ARCHES.get((e_machine, elfclass))
         if arch is None:
-            raise self.fail(f"unsupported machine {machine_name(e_machine)}, e_machine")
-        if arch.elfclass != elfclass:
-            cls = "ELFCLASS64" if elfclass == ELFCLASS64 else "ELFCLASS32"
-            raise self.fail(f"{cls} with machine {machine_name(e_machine)} is not supported, e_ident[4]")
+            if all(machine != e_machine for machine, _ in ARCHES):
+                raise self.fail(f"unsupported machine {machine_name(e_machine)}, e_machine")
+            raise self.fail(f"{layout.name} with machine {machine_name(e_machine)} is not supported, e_ident[4]")
         if e_type not in SUPPORTED_TYPES:
             raise self.fail(f"unsupported ELF type {E_TYPE_NAMES.get(e_type, e_type)}, e_type")
-        return e_type, arch, self._read_sections(elfclass, e_shoff, e_shentsize, e_shnum, e_shstrndx)
+        return e_type, arch, self._read_sections(layout, e_shoff, e_shentsize, e_shnum, e_shstrndx)
 
     def _read_sections(
-        self, elfclass: int, e_shoff: int, e_shentsize: int, e_shnum: int, e_shstrndx: int
+        self, layout: Layout, e_shoff: int, e_shentsize: int, e_shnum: int, e_shstrndx: int
     ) -> tuple[Section, ...]:
-        data, shdr = self.data, SHDR[elfclass]
+        data, shdr = self.data, layout.shdr
         if e_shoff == 0:
             raise self.fail("no section header table, e_shoff is 0")
         if e_shentsize != shdr.size:
@@ -444,7 +437,7 @@ class ElfFile:
                 f"symbol table {table.name} links to section [{table.sh_link}], which does not exist, sh_link"
             )
         strtab = bytes(self.section_data(self.sections[table.sh_link]))
-        return SymbolTable(self.section_data(table), self.arch.elfclass, strtab, self._symtab_shndx(table))
+        return SymbolTable(self.section_data(table), self.arch.layout, strtab, self._symtab_shndx(table))
 
     def _symtab_shndx(self, table: Section) -> Callable[[int], list[int]]:
         def extended(count: int) -> list[int]:

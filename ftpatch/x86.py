@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
 
+from .layout import ELF32, ELF64, Layout
+
 
 class Form(StrEnum):
     """How a site calls its target, named after the instruction's addressing."""
@@ -69,15 +71,22 @@ class Arch:
 
     name: str
     e_machine: int
-    elfclass: int
-    word: int  # bytes in an address, r_offset and r_info
-    r_sym_shift: int  # r_info >> r_sym_shift is the symbol index
+    layout: Layout  # the ELF class's: the word size, the symbol and header layouts, r_info's split
     rela: bool  # call relocations carry their addend in the entry (x86-64), not in the bytes (i386)
     call_forms: Mapping[int, Form]  # call relocation type -> the form of its site
     reloc_names: Mapping[int, str]  # the relocation types ftpatch names itself (pyelftools lacks some)
     pic_form: Form  # the 6-byte form of position-independent code
     default_nop: str
     capstone_mode: int  # capstone's CS_MODE_64 or CS_MODE_32
+
+    @property
+    def word(self) -> int:
+        """Bytes in an address, r_offset and r_info."""
+        return self.layout.word
+
+    @property
+    def r_sym_shift(self) -> int:
+        return self.layout.r_sym_shift
 
     def r_sym(self, r_info: int) -> int:
         return r_info >> self.r_sym_shift
@@ -99,7 +108,8 @@ class Arch:
 
     @property
     def x86_64(self) -> bool:
-        return self.word == 8
+        """The 64-bit instruction set: RIP-relative addressing, and the 64-bit nops."""
+        return self.e_machine == X86_64.e_machine
 
     def __reduce__(self) -> tuple[Callable[[str], Arch], tuple[str]]:
         return _arch_named, (self.name,)
@@ -108,9 +118,7 @@ class Arch:
 X86_64 = Arch(
     name="x86_64",
     e_machine=62,
-    elfclass=2,
-    word=8,
-    r_sym_shift=32,
+    layout=ELF64,
     rela=True,
     call_forms={2: Form.REL32, 4: Form.REL32, 9: Form.GOTPCREL, 41: Form.GOTPCREL},
     reloc_names={
@@ -129,9 +137,7 @@ X86_64 = Arch(
 I386 = Arch(
     name="i386",
     e_machine=3,
-    elfclass=1,
-    word=4,
-    r_sym_shift=8,
+    layout=ELF32,
     rela=False,
     call_forms={2: Form.REL32, 4: Form.REL32, 3: Form.GOT_EBX, 43: Form.GOT_EBX},
     reloc_names={
@@ -146,7 +152,7 @@ I386 = Arch(
     default_nop="lea",
     capstone_mode=1 << 2,  # capstone.CS_MODE_32
 )
-ARCHES = {arch.e_machine: arch for arch in (X86_64, I386)}
+ARCHES = {(arch.e_machine, arch.layout.elfclass): arch for arch in (X86_64, I386)}
 
 
 def _arch_named(name: str) -> Arch:
