@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .sites import DEFAULT_TARGETS, Action, Checks, Finding, Located, ScanResult, Site, SiteGroup, State
     from .x86 import NOP_STYLES, Arch, Form, NopStyle
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DEFAULT_TARGETS",

@@ -533,6 +533,11 @@ class ElfFile:
         )
         return [s.sh_addr for s in loaded], loaded
 
+    def in_code(self, va: int) -> bool:
+        """Whether `va` is in a loaded executable section with file bytes."""
+        sec = self.section_at(va)
+        return sec is not None and sec.is_code
+
     def read(self, va: int, length: int) -> bytes:
         """Up to `length` bytes of the loaded image at `va`, within one section; b"" where nothing is loaded."""
         sec = self.section_at(va)

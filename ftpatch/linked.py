@@ -27,7 +27,7 @@ Which nop is a nop'd site: at an exact address (1, 2) or at a function's entry
 mcount is called, after the prologue) only the nops no assembler pads loop heads
 with, which is what ftpatch writes there (x86.NopStyle).
 
-Then an independent check: every call encoding in the code whose destination
+Then an independent check (livecalls.py): every call encoding in the code whose destination
 is a target (found by its bytes, without decoding) must be one of the sites.
 One that is not is reported, and `nop` refuses the file rather than leave a
 call live; after a nop the check runs again on the new bytes.
@@ -35,16 +35,15 @@ call live; after a nop the check runs again on the new bytes.
 
 from __future__ import annotations
 
-import bisect
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .demangle import demangle
-from .elf import SHF_ALLOC, SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, STB_LOCAL, ElfFile, Section, words
+from .elf import SHF_ALLOC, SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Section, words
+from .functions import Functions
+from .livecalls import LiveCalls
 from .sites import Action, Checks, Finding, Located, ScanResult, SiteGroup, State
 from .targets import R_RELATIVE, Targets, dynamic_relocations, profiling_runtime, resolve, text_relocations
-from .unwind import unwind_starts
 from .x86 import (
     ENDBR,
     Arch,
@@ -102,139 +101,8 @@ class Found:
     ambiguity: str = ""  # a nop'd site that more than one call could have made: what they are
 
 
-@dataclass(frozen=True)
-class LiveCalls:
-    """Every live call to a target in some bytes of this file's layout, found by its encoding alone:
-    file offset of the call's end (its return address) -> what it is.
-
-    This is the check that no profiling call is left: it looks at every byte of
-    the code, where the scanner decodes function by function. A relative call's
-    displacement depends on where it sits, but over 64 KiB of code its top two
-    bytes take at most two values, so each window is searched for them in C and
-    only the few matches are computed here: testing every e8 byte in Python cost
-    as much as the whole walk (sqlite3 -O0: 0.14 s).
-    """
-
-    targets: Targets
-    code: tuple[tuple[int, int, int], ...]  # (sh_addr, sh_offset, sh_size) of each code section
-
-    def __call__(self, data: bytes | bytearray) -> dict[int, str]:
-        found: dict[int, str] = {}
-        for sh_addr, sh_offset, sh_size in self.code:
-            code = bytes(data[sh_offset : sh_offset + sh_size])
-            for at, length, target in self._calls(code, sh_addr):
-                found[sh_offset + at + length] = f"{hexbytes(code[at : at + length])} at {sh_addr + at:#x}, to {target}"
-        return found
-
-    def _calls(self, code: bytes, sh_addr: int) -> Iterator[tuple[int, int, str]]:
-        """(offset, length, target) of each call to a target in `code`, which is loaded at `sh_addr`."""
-        targets, x86_64 = self.targets, self.targets.arch.x86_64
-        # Relative: e8 to a PLT entry or a definition (67 e8 holds one), x86-64 ff 15 to a GOT slot.
-        relative = [(op, 5, dest, t.name) for dest, t in targets.rel32.items() for op in (b"\xe8", b"\xe9")]
-        if x86_64:
-            relative += [(b"\xff\x15", 6, slot, t.name) for slot, t in targets.slot.items()]
-        for opcode, length, dest, name in relative:
-            for window in range(0, len(code), _WINDOW_BYTES):
-                # disp = dest - (sh_addr + at + length) for `at` in this window: its top two bytes.
-                high = {((dest - sh_addr - at - length) >> 16) & 0xFFFF for at in (window, window + _WINDOW_BYTES - 1)}
-                tops = b"|".join(re.escape(h.to_bytes(2, "little")) for h in sorted(high))
-                pattern = re.compile(re.escape(opcode) + b"..(?:" + tops + b")", re.DOTALL)
-                end = min(window + _WINDOW_BYTES, len(code))
-                at = window
-                while (m := pattern.search(code, at, end + length - 1)) is not None and m.start() < end:
-                    at = m.start()
-                    disp = int.from_bytes(code[at + length - 4 : at + length], "little", signed=True)
-                    if sh_addr + at + length + disp == dest:
-                        yield at, length, name
-                    at += 1
-        # Absolute: i386 ff 93 disp(%ebx) and ff 15 abs32, x86-64 ff 14 25 abs32: the same bytes wherever they are.
-        absolute = [(b"\xff\x14\x25" if x86_64 else b"\xff\x15", slot, t.name) for slot, t in targets.slot.items()]
-        if not x86_64 and targets.got_base is not None:
-            absolute += [(b"\xff\x93", slot - targets.got_base, t.name) for slot, t in targets.slot.items()]
-        for opcode, value, name in absolute:
-            needle = opcode + (value & 0xFFFFFFFF).to_bytes(4, "little")
-            at = code.find(needle)
-            while at >= 0:
-                yield at, len(needle), name
-                at = code.find(needle, at + 1)
-
-
-_WINDOW_BYTES = 1 << 16
-
-
-class _Functions:
-    """Where the functions of a linked file start, and their names where a symbol gives one."""
-
-    def __init__(self, elf: ElfFile) -> None:
-        names: dict[int, str] = {}
-        local: dict[int, bool] = {}
-        sizes: dict[int, int] = {}
-        for table in (elf.symbols if elf.has_symtab else None, elf.dynamic_symbols):
-            if table is None:
-                continue
-            for _, row in table.function_rows():
-                start = row.st_value
-                if not start or not _in_code(elf, start):
-                    continue
-                sizes[start] = max(sizes.get(start, 0), row.st_size)
-                # Aliases share an address: a global name over a local one (lib_fib.localalias),
-                # and .symtab's over .dynsym's.
-                is_local = row.st_bind == STB_LOCAL
-                if start not in names or (local[start] and not is_local):
-                    names[start], local[start] = table.name_at(row.st_name), is_local
-        unwind = [start for start in unwind_starts(elf) if _in_code(elf, start)]
-        self.starts = sorted(set(names) | set(unwind))
-        self.names = names
-        self.sizes = sizes
-
-    def __bool__(self) -> bool:
-        return bool(self.starts)
-
-    def end(self, i: int, span: int | None = _SPAN) -> int | None:
-        """Where the i-th function ends, as far as the next start and its symbol's size tell, and at most
-        `span` bytes from its start (None: no bound but those)."""
-        start = self.starts[i]
-        bounds = [start + span] if span is not None else []
-        if i + 1 < len(self.starts):
-            bounds.append(self.starts[i + 1])
-        if self.sizes.get(start):
-            bounds.append(start + self.sizes[start])
-        return min(bounds) if bounds else None
-
-    def index(self, va: int) -> int:
-        """The index of the function whose start is the last at or before `va`; -1 if none."""
-        return bisect.bisect_right(self.starts, va) - 1
-
-    def name(self, va: int) -> str | None:
-        """The name of the function holding `va`; None past the end its symbol's size gives (code no symbol names)."""
-        around = self.containing(va)
-        if around is None or 0 < self.sizes.get(around[0], 0) <= va - around[0]:
-            return None
-        return around[1]
-
-    def containing(self, va: int) -> tuple[int, str | None] | None:
-        """(start, name) of the function whose start is the last at or before `va`."""
-        i = self.index(va)
-        return (self.starts[i], self.names.get(self.starts[i])) if i >= 0 else None
-
-    def entry(self, elf: ElfFile, va: int, listed: bool = False) -> bool | None:
-        """Whether `va` is where a function's __fentry__ call sits; None where no function is known.
-
-        `listed`: a site table lists `va`. Past the end of the function before it (by its symbol's size),
-        it is in code no symbol names, at the entry of a function without one: Debian's vmlinux has 615 such
-        sites, and no unwind tables to say where those functions start.
-        """
-        around = self.containing(va)
-        if around is None:
-            return None
-        start = around[0]
-        if va == start or (va == start + 4 and elf.read(start, 4) in ENDBR):
-            return True
-        return listed and 0 < self.sizes.get(start, 0) <= va - start
-
-
 class _Locator:
-    def __init__(self, elf: ElfFile, targets: Targets, functions: _Functions) -> None:
+    def __init__(self, elf: ElfFile, targets: Targets, functions: Functions) -> None:
         self.elf = elf
         self.arch: Arch = elf.arch
         self.targets = targets
@@ -283,7 +151,7 @@ class _Locator:
         for i in positions:
             va = group.sections[i].sh_addr + group.starts[i]
             window = new + self.elf.read(va + len(new), 6 - len(new))
-            entry = self.functions.entry(self.elf, va, listed=exact) if self.functions else False
+            entry = self.functions.entry(va, listed=exact) if self.functions else False
             found = self.classify(va, window, entry, exact)
             if found is None or found.state is not State.NOP or found.ambiguity or found.call != group.calls[i]:
                 lost.append(i)
@@ -316,7 +184,7 @@ class _Locator:
     def walk(self, i: int) -> Found | None:
         """The site of the i-th function: the first call to a target, or nop in a site's place, from its entry."""
         start = self.functions.starts[i]
-        code = self.elf.read(start, (self.functions.end(i) or start) - start)
+        code = self.elf.read(start, (self.functions.end(i, _SPAN) or start) - start)
         entry = start
         for n, (va, size, mnemonic, _ops) in enumerate(decode_lite(code, self.arch, start, batch=8)):
             at = va - start
@@ -362,7 +230,7 @@ class _Locator:
         its mcount call, so a site can also sit deep inside another function.
         """
         for va in sorted(self.on_instructions(candidates)):
-            found = self.classify(va, self.elf.read(va, 6), self.functions.entry(self.elf, va), exact=False)
+            found = self.classify(va, self.elf.read(va, 6), self.functions.entry(va), exact=False)
             if found is not None:
                 yield found
 
@@ -391,9 +259,9 @@ class _Locator:
 
     def exact(self, table: str, addresses: Iterable[int]) -> Iterator[Found]:
         for va in addresses:
-            if not _in_code(self.elf, va):
+            if not self.elf.in_code(va):
                 raise self.elf.fail(f"site {va:#x}, listed in {table}, is not in the file's executable code")
-            found = self.classify(va, self.elf.read(va, 6), self.functions.entry(self.elf, va, listed=True), exact=True)
+            found = self.classify(va, self.elf.read(va, 6), self.functions.entry(va, listed=True), exact=True)
             assert found is not None  # an exact address always classifies
             yield found
 
@@ -402,7 +270,7 @@ class _Locator:
         into an `e8` (bfd retypes a GOT call it relaxed to `67 e8`, so the type does not say which)."""
         for disp in relocated:
             for va, length in ((disp - 2, 6), (disp - 1, 5)):
-                found = self.classify(va, self.elf.read(va, 6), self.functions.entry(self.elf, va), exact=False)
+                found = self.classify(va, self.elf.read(va, 6), self.functions.entry(va), exact=False)
                 if found is not None and len(found.code) == length:
                     yield found
                     break
@@ -410,14 +278,9 @@ class _Locator:
                 # Neither a call nor a nop: garbage where a site must be, as long as its opcode says.
                 six = self.elf.read(disp - 2, 2) in (b"\x67\xe8", b"\xff\x15", b"\xff\x93")
                 va = disp - 2 if six else disp - 1
-                found = self.classify(va, self.elf.read(va, 6), self.functions.entry(self.elf, va), exact=True)
+                found = self.classify(va, self.elf.read(va, 6), self.functions.entry(va), exact=True)
                 assert found is not None  # an exact address always classifies
                 yield found
-
-
-def _in_code(elf: ElfFile, va: int) -> bool:
-    sec = elf.section_at(va)
-    return sec is not None and sec.is_code
 
 
 _KERNEL_TABLE = ("__start_mcount_loc", "__stop_mcount_loc")
@@ -493,9 +356,9 @@ def _emitted(elf: ElfFile, names: Iterable[str]) -> list[int]:
 
 def scan_linked(path: str, elf: ElfFile, names: Iterable[str]) -> ScanResult:
     names = tuple(names)
-    functions = _Functions(elf)
+    functions = Functions(elf)
     table, recorded = _site_table(elf)
-    targets = resolve(elf, names, {va: functions.entry(elf, va, listed=True) for va in recorded})
+    targets = resolve(elf, names, {va: functions.entry(va, listed=True) for va in recorded})
     locator = _Locator(elf, targets, functions)
     located, found, refused, blind = _locate(elf, names, table, recorded, targets, functions, locator)
     sites = {f.va: f for f in found}
@@ -546,7 +409,7 @@ def _locate(
     table: str,
     recorded: list[int],
     targets: Targets,
-    functions: _Functions,
+    functions: Functions,
     locator: _Locator,
 ) -> tuple[Located, list[Found], str, str]:
     """Where the sites are, by the first strategy the file allows: (how they were located, the sites found,
@@ -616,7 +479,7 @@ def _ftpatch_nops(elf: ElfFile) -> list[tuple[int, bytes]]:
     ]
 
 
-def _nopped_without_targets(elf: ElfFile, functions: _Functions, locator: _Locator) -> int:
+def _nopped_without_targets(elf: ElfFile, functions: Functions, locator: _Locator) -> int:
     """How many instructions are nops only ftpatch writes, or ftpatch's nops at a function's entry."""
     if not functions:
         return 0
