@@ -56,6 +56,7 @@ from .x86 import (
     instruction_starts,
     marked_nops,
     nops,
+    site_openers,
     written_by_ftpatch,
     written_inside,
 )
@@ -186,6 +187,7 @@ class _Locator:
         start = self.functions.starts[i]
         code = self.elf.read(start, (self.functions.end(i, _SPAN) or start) - start)
         entry = start
+        openers = site_openers(self.arch)
         for n, (va, size, mnemonic, _ops) in enumerate(decode_lite(code, self.arch, start, batch=8)):
             at = va - start
             if n == _WINDOW:
@@ -193,8 +195,7 @@ class _Locator:
             if va == entry and code[at : at + 4] in ENDBR:
                 entry = va + size
                 continue
-            found = self.classify(va, code[at : at + 6], va == entry, exact=False)
-            if found is not None:
+            if openers[code[at]] and (found := self.classify(va, code[at : at + 6], va == entry, exact=False)):
                 return found
             if mnemonic.endswith(("jmp", "ret")) or mnemonic in ("ud2", "hlt", "int3", "iretd", "iretq"):
                 return None

@@ -306,6 +306,14 @@ def nops(length: int, arch: Arch) -> frozenset[bytes]:
 
 
 @cache
+def site_openers(arch: Arch) -> bytes:
+    """Every byte a site can begin with, a call or a nop, as a 256-byte table (1 where one can): the
+    instructions of a prologue begin with none of most of them, and need not be asked about."""
+    firsts = {code[0] for code in (*OPCODES.values(), *known_nops(arch))}
+    return bytes(int(b in firsts) for b in range(256))
+
+
+@cache
 def marked_nops(length: int, arch: Arch) -> frozenset[bytes]:
     """The nops of `length` bytes that only ftpatch writes: where nothing says a site is, these still
     mark one, as no assembler or compiler pads or patches with them."""
