@@ -311,9 +311,10 @@ class ObjectChecks(Checks):
                     or (sec := elf.sections[row.st_shndx]).sh_type == SHT_NOBITS
                 ):
                     continue
-                text = elf.section_data(sec)
-                at = row.st_value + 4 if text[row.st_value : row.st_value + 4] in ENDBR else row.st_value
-                entry = bytes(text[at : at + 6])
+                # The file's bytes, not a view of the section: one slice a function, for thousands of functions.
+                first, last = sec.sh_offset + row.st_value, sec.sh_offset + sec.sh_size
+                at = row.st_value + 4 if elf.data[first : min(first + 4, last)] in ENDBR else row.st_value
+                entry = elf.data[sec.sh_offset + at : min(sec.sh_offset + at + 6, last)]
                 nop = next((c for c in (entry, entry[:5]) if written_by_ftpatch(c, elf.arch)), None)
                 if nop is not None and (sec.shndx, at) not in sites and (sec.shndx, at + len(nop)) not in said:
                     found.append(

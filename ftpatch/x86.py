@@ -322,24 +322,29 @@ def marked_nops(length: int, arch: Arch) -> frozenset[bytes]:
 
 @cache
 def _marked_pattern(arch: Arch) -> re.Pattern[bytes]:
-    """Every nop only ftpatch writes, longest first, as one pattern the search runs in C; a lookahead, so
-    that a match inside other bytes hides no nop that begins a byte later.
+    """Every nop only ftpatch writes, longest first, as one pattern the search runs in C.
 
     (Not the jmp nops: a tail jump over int3 padding to the next function looks the same.)
     """
     marked = sorted((n for length in (6, 5) for n in marked_nops(length, arch) if n[0] != 0xEB), key=len, reverse=True)
-    return re.compile(b"(?=(" + b"|".join(re.escape(n) for n in marked) + b"))")
+    return re.compile(b"|".join(re.escape(n) for n in marked))
 
 
 def find_marked_nops(code: bytes | memoryview, arch: Arch, start: int = 0, end: int | None = None) -> dict[int, bytes]:
     """Offset -> bytes of every nop in `code[start:end]` that only ftpatch writes, found by its bytes alone:
     they may lie inside other instructions (see instruction_starts). A 6-byte nop that holds a 5-byte one
     (o16, lea) counts once."""
-    found: dict[int, bytes] = {}
-    for m in _marked_pattern(arch).finditer(code, start, len(code) if end is None else end):
-        at, nop = m.start(), m.group(1)
+    pattern, found = _marked_pattern(arch), dict[int, bytes]()
+    end = len(code) if end is None else end
+    # Each search starts a byte after the last match, so that a match inside other bytes hides no nop that
+    # begins a byte later. A lookahead pattern found the same with a match tried at every byte, five times
+    # slower on Debian's kernel modules (0.67 s against 0.14 s for their 15.5 MB of code).
+    m = pattern.search(code, start, end)
+    while m is not None:
+        at = m.start()
         if len(found.get(at - 1, b"")) != 6:
-            found[at] = nop
+            found[at] = m.group()
+        m = pattern.search(code, at + 1, end)
     return found
 
 
