@@ -15,7 +15,7 @@ the scan takes about 15 ms.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from operator import itemgetter
 
 from .elf import SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Relocations, Section
@@ -323,9 +323,11 @@ class ObjectChecks(Checks):
                     )
         return tuple(dict.fromkeys(found))
 
-    def _on_instructions(self, sec: Section, offsets: Iterable[int]) -> set[int]:
+    def _on_instructions(self, sec: Section, offsets: Collection[int]) -> set[int]:
         """The offsets in `sec` that begin an instruction, decoded from the start of the function holding
         each (or of the section, in an object without symbols)."""
+        if not offsets:  # the usual case: no nop of ftpatch's lies outside a site
+            return set()
         starts = {0}
         if self.elf.has_symtab:
             starts |= {row.st_value for _, row in self.elf.symbols.function_rows() if row.st_shndx == sec.shndx}
