@@ -160,6 +160,19 @@ class SymbolTable:
                     found[i] = name
         return dict(sorted(found.items()))
 
+    def versioned(self, names: Iterable[str]) -> list[str]:
+        """Each `name@VERSION` in the string table for these names: bfd names an undefined symbol of a
+        dynamic program so in .symtab (`mcount@GLIBC_2.2.5`), where .dynsym has the version apart."""
+        found = []
+        for name in names:
+            key = b"\0" + name.encode() + b"@"
+            at = self._strtab.find(key)
+            while at >= 0:
+                end = self._strtab.find(b"\0", at + 1)
+                found.append(self._strtab[at + 1 : end].decode("utf-8", "backslashreplace"))
+                at = self._strtab.find(key, end)
+        return found
+
     def section_symbols(self, below: int) -> dict[int, int]:
         """Section index -> its first local STT_SECTION symbol among symbols 1 to `below` - 1.
 

@@ -343,7 +343,8 @@ def _emitted(elf: ElfFile, names: Iterable[str]) -> list[int]:
     ]
     if not tables:
         return []
-    arch, wanted = elf.arch, elf.symbols.named(names)
+    names = list(names)
+    arch, wanted = elf.arch, elf.symbols.named([*names, *elf.symbols.versioned(names)])
     entries = elf.relocations(tables, len(elf.symbols))
     # bfd retypes a relaxed GOT call's relocation (R_X86_64_PC32, R_386_PC32): every call type is kept.
     calls = set(arch.call_forms)

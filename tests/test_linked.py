@@ -33,6 +33,10 @@ BUILDS = {
     "fentry-recorded": (["-pg", "-mfentry", "-mrecord-mcount"], "gotpcrel"),  # __mcount_loc, RELATIVE addends
     "static": (["-pg", "-static"], "addr32-rel32"),
     "static-emit-relocs": (["-pg", "-static", "-Wl,--emit-relocs"], "addr32-rel32"),  # ld retypes to R_X86_64_PC32
+    # A dynamic program's .symtab names the target mcount@GLIBC_2.2.5 (mcount@GLIBC_2.0 on i386).
+    "pie-emit-relocs": (["-pg", "-Wl,--emit-relocs"], "gotpcrel"),
+    "nopie-emit-relocs": (["-pg", "-fno-pie", "-no-pie", "-Wl,--emit-relocs"], "rel32"),
+    "i386-pie-emit-relocs": (["-m32", "-pg", "-Wl,--emit-relocs"], "got-ebx"),
     "i386-pie": (["-m32", "-pg"], "got-ebx"),
     "i386-nopie": (["-m32", "-pg", "-fno-pie", "-no-pie"], "rel32"),
 }
@@ -94,6 +98,13 @@ def test_scan_finds_one_site_per_function(built: dict[str, Path], name: str) -> 
     assert {s["state"] for s in sites} == {"call"}
     addresses = section_addresses(exe)
     assert {addresses[s["section"]] + s["offset"] for s in sites} == objdump_sites(exe)
+
+
+@pytest.mark.parametrize("name", [name for name in BUILDS if name.endswith("emit-relocs")])
+def test_sites_are_located_by_the_relocations_emit_relocs_kept(built: dict[str, Path], name: str) -> None:
+    proc = ftpatch("scan", "--json", built[name])
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["files"][0]["located"] == "emit-relocs"
 
 
 @pytest.mark.parametrize("name", BUILDS)
