@@ -125,7 +125,7 @@ class _Appender:
         out += bytes(-len(out) % max(align, 1))
         offset = len(out)
         out += blob
-        if len(out) >= 1 << 8 * self.word:
+        if self.word == 4 and len(out) >= 1 << 32:
             raise self.elf.fail(f"the file would grow past 4 GiB, more than {self.layout.name} offsets hold")
         return offset
 

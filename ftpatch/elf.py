@@ -1,4 +1,4 @@
-"""Loading: read an x86 ELF file, check its container, and answer every question ftpatch asks of it.
+"""The ELF model: check an x86 ELF file's bytes and answer every question ftpatch asks of them (read.py reads the file).
 
 ElfFile is the one model of a file. What is hot (the section headers, symbol
 tables and relocation tables, which an object or a program can hold by the

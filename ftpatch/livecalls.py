@@ -22,11 +22,10 @@ class LiveCalls:
     """Every live call to a target in some bytes of this file's layout, found by its encoding alone:
     file offset of the call's end (its return address) -> what it is.
 
-    A relative call's
-    displacement depends on where it sits, but over 64 KiB of code its top two
-    bytes take at most two values, so each window is searched for them in C and
-    only the few matches are computed here: testing every e8 byte in Python cost
-    as much as the whole walk (sqlite3 -O0: 0.14 s).
+    A relative call's displacement depends on where it sits, but over 64 KiB of
+    code its top two bytes take at most two values, so each window is searched
+    for them in C and only the few matches are computed here: testing every e8
+    byte in Python cost as much as the whole walk (sqlite3 -O0: 0.14 s).
     """
 
     targets: Targets

@@ -239,7 +239,10 @@ class Checks:
     One for objects (objects.ObjectChecks) and one for linked files
     (linked.LinkedChecks); this base answers for a file with nothing to
     check. A result keeps its checks, and so does every plan made from it,
-    one per ELF image, so none is lost when results are combined.
+    one per ELF image, so none is lost when results are combined. They read
+    bytes and raise errors that name no file: `plan`, `apply` and
+    ScanResult.strays name them; a caller of its own wraps them in
+    errors.naming(result.path).
     """
 
     def function_at(self, section: Section, offset: int) -> str | None:
