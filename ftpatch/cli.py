@@ -65,9 +65,10 @@ def _warning(message: str) -> None:
 
 
 def _print_json(doc: object) -> None:
-    import json  # here: only --json pays for its import, not the one-line runs of a per-object build rule
+    # report imports json: only --json and scan pay for it, not the one-line runs of a per-object build rule
+    from . import report
 
-    print(json.dumps(doc, indent=2))
+    print(report.json_text(doc))
 
 
 def _usage(message: str) -> NoReturn:
