@@ -12,14 +12,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from itertools import chain, pairwise, repeat
 from operator import add, attrgetter, lt
+from typing import TYPE_CHECKING
 
 from .archive import is_thin_file
 from .errors import InputError, VerifyError, naming
-from .record import Recording, record_data
 from .scan import scan_data
 from .sites import DEFAULT_TARGETS, Action, Checks, ScanResult, Site, SiteGroup, State, chosen, site_state
 from .write import rewrite, rewrite_thin
 from .x86 import NOP_STYLES, Arch, Form, NopStyle, describe, hexbytes
+
+if TYPE_CHECKING:
+    from .record import Recording
 
 
 @dataclass(frozen=True)
@@ -370,6 +373,8 @@ def patch_file(
             new = None
         if not record:
             return the_plan, new
+        from .record import record_data  # here: a nop without --record, one per object in a build, never pays for it
+
         # A nop or a call moves no site: the table lists the sites the plan was made of.
         recording, recorded = record_data(name, data if new is None else bytes(new), targets, scanned)
         return replace(the_plan, recording=recording), new if recorded is None else recorded
@@ -384,6 +389,8 @@ def _thin_plan(path: str, action: Action, plans: Sequence[Plan]) -> Plan:
     recordings = [p.recording for p in plans if p.recording is not None]
     recording = None
     if recordings:
+        from .record import Recording
+
         recording = Recording(
             path,
             sum(r.recorded for r in recordings),
