@@ -55,6 +55,7 @@ from .x86 import (
     inner_form,
     instruction_starts,
     marked_nops,
+    nop_slot,
     nops,
     site_openers,
     written_by_ftpatch,
@@ -123,7 +124,9 @@ class _Locator:
             if len(code) < length:
                 continue
             for kind in self._kinds(code, entry, exact):
-                options = self.targets.calls(va, length, kind, inner_form(code, self.arch))
+                options = self.targets.calls(
+                    va, length, kind, inner_form(code, self.arch), nop_slot(code, self.arch)
+                )
                 if not options:
                     continue
                 ambiguity = ""

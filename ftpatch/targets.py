@@ -1,4 +1,5 @@
-"""Call targets in a linked file: every way its code can reach mcount, _mcount or __fentry__.
+"""Call targets in a linked file: every way its code can reach mcount, _mcount, __fentry__ or the
+-finstrument-functions hooks __cyg_profile_func_enter and __cyg_profile_func_exit.
 
 A linked file has no relocation at its sites, so a site is recognised by
 where it calls. That is resolved here, once per file and before any site is
@@ -37,7 +38,7 @@ from .elf import (
     Section,
     SymbolTable,
 )
-from .sites import DEFAULT_TARGETS, at_entry
+from .sites import DEFAULT_TARGETS, at_entry, slot
 from .x86 import ENDBR, Arch, Form, branch_destination, call_bytes, decode_lite
 
 # Dynamic relocation types, the same numbers on x86-64 and i386.
@@ -63,6 +64,11 @@ class Target:
     def entry(self) -> bool:
         """Called as a function's first instruction (__fentry__), not after its prologue."""
         return at_entry(self.name)
+
+    @property
+    def slot(self) -> int:
+        """What a nop that replaced a call to it says (sites.slot)."""
+        return slot(self.name)
 
 
 @dataclass(frozen=True)
@@ -134,16 +140,19 @@ class Targets:
             return Call(Form.GOT_EBX, target, code[:6]) if target else None
         return None
 
-    def calls(self, va: int, length: int, entry: bool | None, form: Form | None = None) -> dict[bytes, Call]:
+    def calls(
+        self, va: int, length: int, entry: bool | None, form: Form | None = None, slot: int | None = None
+    ) -> dict[bytes, Call]:
         """Every call to a target that a site of `length` bytes at `va` could hold, by its bytes.
 
         `entry` says whether the site is at a function's entry (True), inside one
-        (False) or unknown (None); `form`, the form the site's nop says it replaced.
-        A tail jmp is only what a nop that says so replaced: its nop is a ret, not a nop.
+        (False) or unknown (None); `form`, the form the site's nop says it replaced,
+        and `slot`, which target it says (None: any). A tail jmp is only what a nop
+        that says so replaced: its nop is a ret, not a nop.
         """
         found: dict[bytes, Call] = {}
         for t in self.targets:
-            if entry is not None and t.entry != entry:
+            if (entry is not None and t.entry != entry) or (slot is not None and t.slot != slot):
                 continue
             for call in self._encodings(t, va, length):
                 if call.form is form or (form is None and call.form is not Form.TAIL):
@@ -175,7 +184,7 @@ def resolve(elf: ElfFile, names: Iterable[str], recorded: Mapping[int, bool | No
     `recorded`: the sites __mcount_loc lists, each at a function's entry or not. A stripped
     static program names no target, and there the calls at those sites say where the targets are.
     """
-    ordered = sorted(set(names), key=lambda n: (DEFAULT_TARGETS.index(n) if n in DEFAULT_TARGETS else 3, n))
+    ordered = sorted(set(names), key=lambda n: (DEFAULT_TARGETS.index(n) if n in DEFAULT_TARGETS else len(DEFAULT_TARGETS), n))
     tables = [t for t in (elf.symbols if elf.has_symtab else None, elf.dynamic_symbols) if t is not None]
     addresses = _defined(elf, tables, ordered)
     got_base = _got_base(elf, tables) if not elf.arch.x86_64 else None
