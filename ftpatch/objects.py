@@ -25,6 +25,7 @@ from .relocated import SiteEntries, call_entry, live
 from .sites import Action, Checks, Finding, Located, ScanResult, SiteGroup
 from .x86 import (
     ENDBR,
+    TAIL_OF,
     SITE_LENGTH,
     Form,
     call_bytes,
@@ -239,7 +240,7 @@ def _recorded(elf: ElfFile, listed: Sequence[tuple[Section, int]]) -> SiteGroup:
 
 def _opcodes(form: Form) -> tuple[Form, ...]:
     """The forms a call relocation of `form` relocates: an `e8` one an `e9` tail jmp too (relocated.by_opcode)."""
-    return (form, Form.TAIL) if form is Form.REL32 else (form,)
+    return (form, TAIL_OF[form]) if form in TAIL_OF else (form,)
 
 
 class ObjectChecks(Checks):

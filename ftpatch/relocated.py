@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .elf import SHT_NOBITS, ElfFile, Relocations
 from .errors import InputError
-from .x86 import Form, known_nops
+from .x86 import OPCODES, TAIL_OF, Form, disp_offset, known_nops
 
 
 @dataclass(frozen=True)
@@ -74,23 +74,26 @@ def live(
 def by_opcode(elf: ElfFile, entries: Relocations, positions: Sequence[int], form: Form) -> dict[Form, Sequence[int]]:
     """The entries of a relocation type of `form` by the form their site's bytes say: a call relocation
     of an `e8` site also relocates an `e9`, a tail jmp (gcc and clang end a void function with
-    `jmp __cyg_profile_func_exit`), and a nop of ftpatch's says which it replaced (x86.tail_ret)."""
-    if form is not Form.REL32:
+    `jmp __cyg_profile_func_exit`), a GOT call's an `ff 25` (gcc -fno-plt), and a nop of ftpatch's says
+    which it replaced (x86.tail_ret)."""
+    jmp = TAIL_OF.get(form)
+    if jmp is None:
         return {form: positions}
     data, known, tails = elf.data, known_nops(elf.arch), []
+    disp, opcode = disp_offset(jmp), OPCODES[jmp]
     for i in positions:
         sec, r_offset = entries.section(i), entries.r_offset[i]
-        if sec.sh_type == SHT_NOBITS or not 1 <= r_offset <= sec.sh_size - 4:
+        if sec.sh_type == SHT_NOBITS or not disp <= r_offset <= sec.sh_size - 4:
             continue  # no site's bytes: objects.py refuses it
-        at = sec.sh_offset + r_offset
-        nop = known.get(data[at - 1 : at + 4])
-        if data[at - 1] == 0xE9 or (nop is not None and nop.form is Form.TAIL):
+        at = sec.sh_offset + r_offset - disp
+        nop = known.get(data[at : at + disp + 4])
+        if data[at : at + disp] == opcode or (nop is not None and nop.form is jmp):
             tails.append(i)
     if not tails:
         return {form: positions}
     tail = set(tails)
     calls = [i for i in positions if i not in tail]
-    return {f: at for f, at in ((form, calls), (Form.TAIL, tails)) if at}
+    return {f: at for f, at in ((form, calls), (jmp, tails)) if at}
 
 
 def call_entry(elf: ElfFile, symbol: int, r_type: int) -> bytes:

@@ -39,7 +39,7 @@ from .elf import (
     SymbolTable,
 )
 from .sites import DEFAULT_TARGETS, at_entry, slot
-from .x86 import ENDBR, Arch, Form, branch_destination, call_bytes, decode_lite
+from .x86 import ENDBR, TAILS, Arch, Form, branch_destination, call_bytes, decode_lite
 
 # Dynamic relocation types, the same numbers on x86-64 and i386.
 R_GLOB_DAT, R_JUMP_SLOT, R_RELATIVE = 6, 7, 8
@@ -132,9 +132,10 @@ class Targets:
             target = self.addr32.get(branch_destination(code, va, 6))
             return Call(Form.ADDR32_REL32, target, code[:6]) if target else None
         disp = int.from_bytes(code[2:6], "little", signed=True)
-        if op == b"\xff\x15" and self.arch.x86_64:
+        if op in (b"\xff\x15", b"\xff\x25") and self.arch.x86_64:
             target = self.slot.get(va + 6 + disp)
-            return Call(Form.GOTPCREL, target, code[:6]) if target else None
+            form = Form.GOTPCREL if op == b"\xff\x15" else Form.TAIL_GOTPCREL
+            return Call(form, target, code[:6]) if target else None
         if op == b"\xff\x93" and not self.arch.x86_64 and self.got_base is not None:
             target = self.slot.get((self.got_base + disp) & 0xFFFFFFFF)
             return Call(Form.GOT_EBX, target, code[:6]) if target else None
@@ -155,7 +156,7 @@ class Targets:
             if (entry is not None and t.entry != entry) or (slot is not None and t.slot != slot):
                 continue
             for call in self._encodings(t, va, length):
-                if call.form is form or (form is None and call.form is not Form.TAIL):
+                if call.form is form or (form is None and call.form not in TAILS):
                     found.setdefault(call.code, call)
         return found
 
@@ -174,6 +175,7 @@ class Targets:
         for slot in sorted(t.slots):
             if self.arch.x86_64:
                 yield from near(Form.GOTPCREL, slot - (va + 6))
+                yield from near(Form.TAIL_GOTPCREL, slot - (va + 6))
             elif self.got_base is not None:
                 yield from near(Form.GOT_EBX, ((slot - self.got_base + 2**31) % 2**32) - 2**31)
 
@@ -347,11 +349,22 @@ def _static_slots(elf: ElfFile, relocations: Relocations | None, addresses: dict
     return found
 
 
+def is_plt(sec: Section) -> bool:
+    """Whether a code section is a PLT, whose entries jmp through the targets' GOT slots (`ff 25`, as gcc
+    -fno-plt's tail jmp to __cyg_profile_func_exit does): the way to a target, never a site."""
+    return sec.name.startswith((".plt", ".iplt"))
+
+
+def site_sections(elf: ElfFile) -> list[Section]:
+    """The code sections that can hold a site: all but the PLTs."""
+    return [sec for sec in elf.code_sections if not is_plt(sec)]
+
+
 def _plt_entries(elf: ElfFile, slots: dict[int, str], got_base: int | None) -> dict[int, str]:
     """PLT entry -> the target whose slot its indirect jmp goes through, in every .plt* section."""
     arch, entries = elf.arch, {}
     for sec in elf.code_sections:
-        if not sec.name.startswith((".plt", ".iplt")):
+        if not is_plt(sec):
             continue
         code = bytes(elf.section_data(sec))
         previous_start, previous_end = -1, -1

@@ -23,7 +23,8 @@ class Form(StrEnum):
     GOTPCREL = "gotpcrel"  # ff 15 disp32: call *mcount@GOTPCREL(%rip)
     GOT_EBX = "got-ebx"  # ff 93 disp32: call *mcount@GOT(%ebx), i386 PIC
     ADDR32_REL32 = "addr32-rel32"  # 67 e8 rel32: a GOT call the linker resolved locally (static)
-    TAIL = "tail-rel32"  # e9 rel32: jmp mcount@plt, where clang's LTO made a function's last call a tail call
+    TAIL = "tail-rel32"  # e9 rel32: jmp mcount@plt (clang's LTO), jmp __cyg_profile_func_exit (a void function)
+    TAIL_GOTPCREL = "tail-gotpcrel"  # ff 25 disp32: jmp *__cyg_profile_func_exit@GOTPCREL(%rip), gcc -fno-plt
     RECORDED = "mcount-loc"  # no call at all: gcc -mnop-mcount, listed in __mcount_loc
 
 
@@ -33,11 +34,24 @@ OPCODES = {
     Form.GOT_EBX: b"\xff\x93",
     Form.ADDR32_REL32: b"\x67\xe8",
     Form.TAIL: b"\xe9",
+    Form.TAIL_GOTPCREL: b"\xff\x25",
 }
+# The jmps that are a call and the function's return at once: their nop is the return alone.
+TAILS = frozenset({Form.TAIL, Form.TAIL_GOTPCREL})
+# The tail jmp that a call relocation of a call form also relocates, in an object.
+TAIL_OF = {Form.REL32: Form.TAIL, Form.GOTPCREL: Form.TAIL_GOTPCREL}
 
 
 # A RECORDED site is the one 5-byte nop gcc put there.
-SITE_LENGTH = {Form.REL32: 5, Form.GOTPCREL: 6, Form.GOT_EBX: 6, Form.ADDR32_REL32: 6, Form.TAIL: 5, Form.RECORDED: 5}
+SITE_LENGTH = {
+    Form.REL32: 5,
+    Form.GOTPCREL: 6,
+    Form.GOT_EBX: 6,
+    Form.ADDR32_REL32: 6,
+    Form.TAIL: 5,
+    Form.TAIL_GOTPCREL: 6,
+    Form.RECORDED: 5,
+}
 
 
 # endbr64 and endbr32, which -fcf-protection puts at an address-taken function's entry, before its __fentry__ call.
@@ -188,8 +202,8 @@ class NopStyle:
         """What `nop` writes over a site of this form, at a function's entry or inside it."""
         if entry and slot:
             return b""  # the targets that need a slot are called inside a function
-        if form is Form.TAIL:
-            return tail_ret(slot, tag)
+        if form in TAILS:
+            return tail_ret(slot, tag, SITE_LENGTH[form])
         return _MEMBERS[self.name](SITE_LENGTH[form], None if entry else form, tag, slot)
 
     @property
@@ -221,7 +235,7 @@ def _o16(length: int, inner: Form | None, tag: int, slot: int) -> bytes:
 def _jmp(length: int, inner: Form | None, tag: int, slot: int) -> bytes:
     # The filler is never executed; int3 traps anything that jumps into it. Its last byte is the tag,
     # its first the slot.
-    return bytes((0xEB, length - 2, 0xCC ^ slot)) + b"\xcc" * (length - 4) + bytes((0xCC ^ tag,))
+    return bytes((0xEB, length - 2, _FILLER_SLOTS[slot])) + b"\xcc" * (length - 4) + bytes((0xCC ^ tag,))
 
 
 def _lea(length: int, inner: Form | None, tag: int, slot: int) -> bytes:
@@ -240,11 +254,14 @@ def _lea(length: int, inner: Form | None, tag: int, slot: int) -> bytes:
 
 # A jmp to mcount is mcount's call and the function's return at once: its nop is the return alone, whatever the
 # style. The filler never runs: int3, and an int1 that no compiler pads with, to mark it as ftpatch's.
-# Its third byte is the tag, its fourth the slot.
+# Its third byte is the tag, its fourth the slot; the 6-byte one (for ff 25) ends f2 cc.
 TAIL_RET = bytes.fromhex("c3cccccc f1")
 _P6_MARKS = {Form.REL32: 0xF1, Form.GOTPCREL: 0xF2, Form.GOT_EBX: 0xF3, Form.ADDR32_REL32: 0xF4}
 _SEGMENT = (0x66, 0x2E, 0x3E)  # by tag; 0x66 is no segment prefix at all
 _O16_SLOTS = (0x66, 0x64, 0x65)  # by slot: none, fs, gs
+# By slot: int3, hlt, cmc, one byte each in both modes, so that decoding across the filler stays in step
+# (0xcd would take the next byte, 0xce is no instruction on x86-64).
+_FILLER_SLOTS = (0xCC, 0xF4, 0xF5)
 _LEA5_SLOTS = (0x2E, 0x26, 0x36)  # by slot: cs, es, ss
 # By form, then slot. Only the i386 forms of 6 bytes have a 6-byte lea; REL32 is never 6 bytes.
 _LEA_SEGMENTS = {
@@ -258,9 +275,9 @@ TAGS = (1, 2)
 SLOTS = (1, 2)
 
 
-def tail_ret(slot: int, tag: int = 0) -> bytes:
+def tail_ret(slot: int, tag: int = 0, length: int = 5) -> bytes:
     """The nop of a tail jmp to a target: the return alone, its filler naming the tag and the slot."""
-    return TAIL_RET[:2] + bytes((0xCC ^ tag, 0xCC ^ slot)) + TAIL_RET[4:]
+    return TAIL_RET[:2] + bytes((0xCC ^ tag, _FILLER_SLOTS[slot])) + (TAIL_RET[4:] if length == 5 else b"\xf2\xcc")
 
 NOP_STYLES: dict[str, NopStyle] = {
     style.name: style
@@ -322,6 +339,8 @@ def known_nops(arch: Arch) -> dict[bytes, Nop]:
     for tag in (0, *TAGS) if not arch.rela else (0,):
         for slot in (0, *SLOTS):
             found[tail_ret(slot, tag)] = Nop("ret", False, Form.TAIL, tag, False, slot)
+            if arch.x86_64:
+                found[tail_ret(slot, tag, 6)] = Nop("ret", False, Form.TAIL_GOTPCREL, tag, False, slot)
     for code, (name, tag, slot, inners) in places.items():
         entry = None if len(inners) > 1 and None in inners else None in inners
         named = next(iter(inners)) if len(inners) == 1 else None
