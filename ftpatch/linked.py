@@ -133,9 +133,7 @@ class _Locator:
             if len(code) < length:
                 continue
             for kind in self._kinds(code, entry, exact):
-                options = self.targets.calls(
-                    va, length, kind, inner_form(code, self.arch), nop_slot(code, self.arch)
-                )
+                options = self.targets.calls(va, length, kind, inner_form(code, self.arch), nop_slot(code, self.arch))
                 if not options:
                     continue
                 ambiguity = ""

@@ -103,7 +103,9 @@ def _recorded(
             strays[_end(entries, i)] = f"{_where(entries, i)}: relocation {entries.name(i)} was nop'd, but {why}"
             continue
         held = bytes(arch.word) + value.to_bytes(8, "little")
-        found += [SiteEntries(at, f, symbols[0], r_type, held) for f, at in by_opcode(elf, entries, positions, form).items()]
+        found += [
+            SiteEntries(at, f, symbols[0], r_type, held) for f, at in by_opcode(elf, entries, positions, form).items()
+        ]
     for i in unrecorded:
         nop = _nop_ending_at(elf, entries, i)
         strays[_end(entries, i)] = (

@@ -25,8 +25,8 @@ from .relocated import SiteEntries, call_entry, live
 from .sites import Action, Checks, Finding, Located, ScanResult, SiteGroup
 from .x86 import (
     ENDBR,
-    TAIL_OF,
     SITE_LENGTH,
+    TAIL_OF,
     Form,
     call_bytes,
     disp_offset,

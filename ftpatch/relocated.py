@@ -67,7 +67,9 @@ def live(
             )
             continue
         held = call_entry(elf, symbol, r_type)
-        found += [SiteEntries(at, f, symbol, r_type, held) for f, at in by_opcode(elf, entries, positions, form).items()]
+        found += [
+            SiteEntries(at, f, symbol, r_type, held) for f, at in by_opcode(elf, entries, positions, form).items()
+        ]
     return found, problems
 
 

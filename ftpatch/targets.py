@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
+from . import sites
 from .elf import (
     DT_PLTGOT,
     ET_EXEC,
@@ -38,7 +39,7 @@ from .elf import (
     Section,
     SymbolTable,
 )
-from .sites import DEFAULT_TARGETS, at_entry, slot
+from .sites import DEFAULT_TARGETS, at_entry
 from .x86 import ENDBR, TAILS, Arch, Form, branch_destination, call_bytes, decode_lite
 
 # Dynamic relocation types, the same numbers on x86-64 and i386.
@@ -68,7 +69,7 @@ class Target:
     @property
     def slot(self) -> int:
         """What a nop that replaced a call to it says (sites.slot)."""
-        return slot(self.name)
+        return sites.slot(self.name)
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,9 @@ def resolve(elf: ElfFile, names: Iterable[str], recorded: Mapping[int, bool | No
     `recorded`: the sites __mcount_loc lists, each at a function's entry or not. A stripped
     static program names no target, and there the calls at those sites say where the targets are.
     """
-    ordered = sorted(set(names), key=lambda n: (DEFAULT_TARGETS.index(n) if n in DEFAULT_TARGETS else len(DEFAULT_TARGETS), n))
+    ordered = sorted(
+        set(names), key=lambda n: (DEFAULT_TARGETS.index(n) if n in DEFAULT_TARGETS else len(DEFAULT_TARGETS), n)
+    )
     tables = [t for t in (elf.symbols if elf.has_symtab else None, elf.dynamic_symbols) if t is not None]
     addresses = _defined(elf, tables, ordered)
     got_base = _got_base(elf, tables) if not elf.arch.x86_64 else None

@@ -279,6 +279,7 @@ def tail_ret(slot: int, tag: int = 0, length: int = 5) -> bytes:
     """The nop of a tail jmp to a target: the return alone, its filler naming the tag and the slot."""
     return TAIL_RET[:2] + bytes((0xCC ^ tag, _FILLER_SLOTS[slot])) + (TAIL_RET[4:] if length == 5 else b"\xf2\xcc")
 
+
 NOP_STYLES: dict[str, NopStyle] = {
     style.name: style
     for style in (
