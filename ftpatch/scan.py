@@ -27,9 +27,7 @@ def scan_elf(name: str, elf: ElfFile, targets: Iterable[str] = DEFAULT_TARGETS, 
 
 def scan(path: str, targets: Iterable[str] = DEFAULT_TARGETS) -> ScanResult:
     """Every profiling call site of the ELF file at `path`, in file order."""
-    data = read_input(path)
-    with naming(path):
-        return scan_elf(path, ElfFile(data), targets)
+    return _scan_named(path, read_input(path), targets)
 
 
 def scan_data(path: str, data: bytes, targets: Iterable[str] = DEFAULT_TARGETS) -> list[ScanResult]:
