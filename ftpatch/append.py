@@ -34,12 +34,15 @@ from types import MappingProxyType
 
 from .elf import (
     SHN_LORESERVE,
+    SHN_UNDEF,
     SHN_XINDEX,
     SHT_GROUP,
     SHT_REL,
     SHT_RELA,
     SHT_SYMTAB_SHNDX,
+    STB_GLOBAL,
     STB_LOCAL,
+    STT_NOTYPE,
     STT_SECTION,
     ElfFile,
     Section,
@@ -94,6 +97,31 @@ def _first_global(elf: ElfFile) -> int:
     if not 1 <= first <= count:
         raise elf.fail(f"symbol table {elf.symtab.name} has {count} symbols but sh_info {first}, sh_info")
     return first
+
+
+def with_undefined(elf: ElfFile, name: str) -> bytearray:
+    """The object with `name` added as the last symbol of .symtab, undefined and global, as gas makes a
+    function it calls and does not define: what `call --target NAME` points relocations at. A global goes
+    after every other symbol, so no index changes; .symtab, .strtab (and .symtab_shndx) grow, in copies."""
+    symtab = elf.symtab
+    strtab = elf.sections[symtab.sh_link]
+    names = bytes(elf.section_data(strtab))
+    lead = b"" if names.endswith(b"\0") else b"\0"  # a table must end in NUL to be appended to
+    st_name = strtab.sh_size + len(lead)
+    count = len(elf.symbols)
+    if count >> (8 * elf.arch.word - elf.arch.r_sym_shift):
+        raise elf.fail(f"{count + 1} symbols are more than a relocation of this class can name")
+    size = elf.arch.layout.sym.size
+    if symtab.sh_size != count * size:
+        raise elf.fail(f"symbol table {symtab.name} is {symtab.sh_size:#x} bytes, not a multiple of {size}")
+    grown = {
+        symtab.shndx: elf.arch.layout.symbol(st_name, STT_NOTYPE | STB_GLOBAL << 4, SHN_UNDEF, 0, 0),
+        strtab.shndx: lead + name.encode() + b"\0",
+    }
+    for section in elf.sections:
+        if section.sh_type == SHT_SYMTAB_SHNDX and section.sh_link == symtab.shndx:
+            grown[section.shndx] = bytes(4)
+    return append(elf, (), SectionSymbols({}, ()), grown)
 
 
 def append(

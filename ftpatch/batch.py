@@ -49,6 +49,7 @@ class Job:
     targets: tuple[str, ...]
     fsync: bool = True  # False: no fsync of files or directories (see write_atomic)
     record: bool = False  # nop --record: write __mcount_loc in the same pass
+    target: str | None = None  # call --target: the function every chosen site calls
 
     def run(self, path: str) -> Outcome:
         plan = patch_file(
@@ -62,6 +63,7 @@ class Job:
             sync_dir=False,
             fsync=self.fsync,
             record=self.record,
+            target=self.target,
         )
         done = plan.recording
         return Outcome(

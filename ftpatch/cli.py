@@ -314,11 +314,14 @@ def _patch(
     symbol: list[str],
     no_fsync: bool,
     record: bool,
+    target: str | None = None,
 ) -> NoReturn:
     from . import batch, report
 
     nop = style.value if style else None
-    job = batch.Job(action, how.output, nop, tuple(only), tuple(exclude), _targets(symbol), not no_fsync, record)
+    job = batch.Job(
+        action, how.output, nop, tuple(only), tuple(exclude), _targets(symbol), not no_fsync, record, target
+    )
     _run(report.patch_words(action.value, record), job, paths, how, job.only, job.exclude)
 
 
@@ -373,14 +376,37 @@ def call(
     as_json: AsJson = False,
     quiet: Quiet = False,
     no_fsync: NoFsync = False,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            metavar="NAME",
+            help="Make every chosen site a call to the function NAME instead (a hook: see README.md), whatever "
+            "it holds now; NAME is also a target, as with --symbol. A linked file must define NAME or reach it "
+            "through its PLT or GOT; an object gets an undefined symbol NAME if it has none.",
+        ),
+    ] = None,
 ) -> None:
-    """Turn nop'd profiling sites back into the exact calls, after verifying every site."""
+    """Turn nop'd profiling sites back into the exact calls, after verifying every site.
+
+    With --target NAME, point every chosen site at NAME instead (ftrace_make_call with any address)."""
     from .sites import Action
 
+    if target is not None and not target.strip():
+        _usage("--target needs a function's name")
     paths = _paths(files, files_from, output, in_place)
     how = _Batch(output, jobs, fail_fast, as_json, quiet)
     _patch(
-        Action.CALL, paths, how, style=None, only=only, exclude=exclude, symbol=symbol, no_fsync=no_fsync, record=False
+        Action.CALL,
+        paths,
+        how,
+        style=None,
+        only=only,
+        exclude=exclude,
+        symbol=symbol,
+        no_fsync=no_fsync,
+        record=False,
+        target=target,
     )
 
 

@@ -40,12 +40,14 @@ from dataclasses import dataclass
 
 from .demangle import demangle
 from .elf import SHF_ALLOC, SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Section, words
+from .errors import InputError
 from .functions import Functions
 from .livecalls import LiveCalls
-from .sites import Action, Checks, Finding, Located, ScanResult, SiteGroup, State
+from .sites import Action, Checks, Finding, Located, Redirect, ScanResult, SiteGroup, State, at_entry
 from .targets import R_RELATIVE, Targets, dynamic_relocations, profiling_runtime, resolve, text_relocations
 from .x86 import (
     ENDBR,
+    SITE_LENGTH,
     Arch,
     Form,
     branch_destination,
@@ -61,6 +63,16 @@ from .x86 import (
     written_inside,
 )
 
+# Why `call --target NAME` cannot call NAME from a linked file.
+_UNREACHED = (
+    "not a function this file defines or reaches through a PLT entry or a GOT slot (in .symtab or .dynsym), so "
+    "no call to it can be written here: link a definition of it in (or a library that exports it, and call it "
+    "once so that the link makes its PLT entry), or point the objects' sites at it before the link"
+)
+UNCALLED = (
+    "reaches {names} through its PLT or GOT, but no site calls it: if `ftpatch call --target NAME` pointed its "
+    "sites at another function, name that one with --symbol NAME (or --target NAME) to find them"
+)
 _WINDOW = 64  # instructions decoded from a function's entry, at most
 _SPAN = 512  # bytes decoded from a function's entry, at most
 OPAQUE = (
@@ -99,7 +111,8 @@ class Found:
     state: State
     code: bytes
     call: bytes | None
-    ambiguity: str = ""  # a nop'd site that more than one call could have made: what they are
+    doubt: str = ""  # a nop'd site that more than one call could have made: what they are (SiteGroup.doubt)
+    calls: frozenset[bytes] = frozenset()  # a nop'd site: every call it could have been
 
 
 class _Locator:
@@ -123,17 +136,27 @@ class _Locator:
             if len(code) < length:
                 continue
             for kind in self._kinds(code, entry, exact):
-                options = self.targets.calls(va, length, kind, inner_form(code, self.arch))
+                said = inner_form(code, self.arch)
+                options = self.targets.calls(va, length, kind, said)
+                doubt = ""
+                if not options and said is not None and said is not Form.TAIL:
+                    # The nop replaced a call of a form no target has here: one to a function a --target
+                    # named, which this scan does not. It is a site still, for `call --target` to say what it calls.
+                    options = self.targets.calls(va, length, kind)
+                    doubt = (
+                        f"the nop replaced a {said.value} call, a form no call to {', '.join(self.targets.names)} "
+                        "takes here: name the function it called with --symbol NAME, or say which with "
+                        "`call --target NAME`"
+                    )
                 if not options:
                     continue
-                ambiguity = ""
-                if len(options) > 1:
-                    calls = ", ".join(
-                        sorted(f"{hexbytes(c)} ({o.form.value} to {o.target.name})" for c, o in options.items())
-                    )
-                    ambiguity = f"{self.where(va)}: the nop {hexbytes(code)} could have been any of {calls}"
+                if len(options) > 1 and not doubt:
+                    calls = ", ".join(sorted({f"{o.form.value} to {o.target.name}" for o in options.values()}))
+                    doubt = f"the nop could have been the call of any of {calls}"
+                    if any(at_entry(o.target.name) is None for o in options.values()):
+                        doubt += ": say which with `call --target NAME`"
                 first = next(iter(options.values()))
-                return Found(va, first.form, first.target.name, State.NOP, code, first.code, ambiguity)
+                return Found(va, first.form, first.target.name, State.NOP, code, first.code, doubt, frozenset(options))
         if not exact:
             return None
         options = {**self.targets.calls(va, 6, entry), **self.targets.calls(va, 5, entry)}
@@ -154,9 +177,37 @@ class _Locator:
             window = new + self.elf.read(va + len(new), 6 - len(new))
             entry = self.functions.entry(va, listed=exact) if self.functions else False
             found = self.classify(va, window, entry, exact)
-            if found is None or found.state is not State.NOP or found.ambiguity or found.call != group.calls[i]:
+            if found is None or found.state is not State.NOP or group.calls[i] not in found.calls:
+                lost.append(i)
+            elif found.doubt and not any(at_entry(t) is None for t in self.targets.names):
+                # Several calls of the file's own targets: `call` could not say which, and nothing would tell it.
                 lost.append(i)
         return lost
+
+    def redirect(self, group: SiteGroup, name: str) -> Redirect:
+        """Each site's call to `name`, a function this file defines or reaches through a PLT entry or a GOT
+        slot: an `e8` (or `e9`, or gcc -mnop-mcount's nop) calls its PLT entry, else its definition; a 6-byte
+        site calls through its GOT slot in the site's own form, else `67 e8` to its definition."""
+        target = self.targets.named(name)
+        if target is None:
+            raise self.elf.fail(f"{name}: {_UNREACHED}")
+        calls: list[bytes | None] = []
+        refused: dict[int, str] = {}
+        for i, (section, start) in enumerate(zip(group.sections, group.starts, strict=True)):
+            va = section.sh_addr + start
+            call = self.targets.call_to(target, group.form, va)
+            around = self.functions.containing(va)
+            if call is None:
+                refused[i] = (
+                    f"cannot call {name} in {SITE_LENGTH[group.form]} bytes: it has no GOT slot here and is not "
+                    "defined here, or is out of rel32 reach"
+                )
+            elif target.address is not None and around is not None and around[0] == target.address:
+                refused[i] = (
+                    f"is in {name} itself, whose call to {name} would recurse forever; leave it out with --except {name}"
+                )
+            calls.append(call)
+        return Redirect(tuple(calls), refused=refused)
 
     def _kinds(self, code: bytes, entry: bool | None, exact: bool) -> tuple[bool | None, ...]:
         """Which targets a nop here may have called, most likely first: entry (True), inside (False) or any (None).
@@ -369,6 +420,9 @@ def scan_linked(path: str, elf: ElfFile, names: Iterable[str]) -> ScanResult:
         findings.append(Finding(refused, frozenset(Action)))
     if blind:
         findings.append(Finding(blind, frozenset({Action.CALL})))
+    imported = [t.name for t in targets.targets if t.plt or t.slots]
+    if not found and imported and located in (Located.FUNCTIONS, Located.SWEEP):
+        findings.append(Finding(UNCALLED.format(names=", ".join(imported))))
     loose_nops: list[str] = []
     live_calls = None
     if targets:
@@ -396,12 +450,18 @@ def scan_linked(path: str, elf: ElfFile, names: Iterable[str]) -> ScanResult:
             for va, nop in loose
             if va in real
         ]
-    strays = tuple([f.ambiguity for f in sites.values() if f.ambiguity] + loose_nops)
     names_of = {_file_offset(elf, f.va): functions.name(f.va) for f in sites.values()}
     exact = located in (Located.MCOUNT_LOC, Located.EMIT_RELOCS)
-    checks = LinkedChecks(names_of, strays, live_calls, locator if targets else None, exact)
+    checks = LinkedChecks(names_of, tuple(loose_nops), live_calls, locator if targets else None, exact)
     return ScanResult(
-        path, elf.type_name, elf.arch, elf.data, _groups(elf, sites.values()), located, tuple(findings), checks
+        path,
+        elf.type_name,
+        elf.arch,
+        elf.data,
+        _groups(elf, sites.values(), functions),
+        located,
+        tuple(findings),
+        checks,
     )
 
 
@@ -437,7 +497,7 @@ def _locate(
             "",
             "",
         )
-    blind = SWEPT if any(t.entry for t in targets.targets) else ""
+    blind = SWEPT if any(t.entry is not False for t in targets.targets) else ""
     return Located.SWEEP, list(locator.sweep()), "", blind
 
 
@@ -470,6 +530,12 @@ class LinkedChecks(Checks):
 
     def live_calls(self, data: bytes | bytearray) -> dict[int, str]:
         return self.live(data) if self.live else {}
+
+    def redirect(self, group: SiteGroup, name: str) -> Redirect:
+        """Each site's call to `name`: see _Locator.redirect."""
+        if self.locator is None:
+            raise InputError("", f"{name}: {_UNREACHED}")
+        return self.locator.redirect(group, name)
 
 
 def _ftpatch_nops(elf: ElfFile) -> list[tuple[int, bytes]]:
@@ -508,13 +574,16 @@ def _file_offset(elf: ElfFile, va: int) -> int:
     return sec.sh_offset + va - sec.sh_addr
 
 
-def _groups(elf: ElfFile, found: Iterable[Found]) -> tuple[SiteGroup, ...]:
-    """Sites as groups, one per form and target; each site keeps its section and its own call."""
-    grouped: dict[tuple[Form, str | None], list[tuple[Section, Found]]] = {}
+def _groups(elf: ElfFile, found: Iterable[Found], functions: Functions) -> tuple[SiteGroup, ...]:
+    """Sites as groups, one per form, target, place (at a function's entry or not) and doubt; each site keeps
+    its section and its own call. A target's name says its place (__fentry__, mcount), or its site's place does."""
+    grouped: dict[tuple[Form, str | None, bool, str], list[tuple[Section, Found]]] = {}
     for f in sorted(found, key=lambda f: f.va):
         sec = elf.section_at(f.va)
         assert sec is not None
-        grouped.setdefault((f.form, f.target), []).append((sec, f))
+        kind = at_entry(f.target)
+        entry = kind if kind is not None else bool(functions.entry(f.va))
+        grouped.setdefault((f.form, f.target, entry, f.doubt), []).append((sec, f))
     return tuple(
         SiteGroup(
             form,
@@ -523,6 +592,8 @@ def _groups(elf: ElfFile, found: Iterable[Found]) -> tuple[SiteGroup, ...]:
             tuple(f.va - sec.sh_addr for sec, f in group),
             tuple(f.code for _, f in group),
             tuple(f.call for _, f in group),
+            entry=entry,
+            doubt=doubt,
         )
-        for (form, target), group in grouped.items()
+        for (form, target, entry, doubt), group in grouped.items()
     )

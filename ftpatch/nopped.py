@@ -13,7 +13,9 @@ alone carries:
 - i386 (REL): an entry has no addend, so the nop's own bytes say which of the
   form's two relocation types the site had (x86.NopStyle's tag), and the length;
   the symbol is the object's one target symbol of the site's kind (an object that
-  names two is refused by `nop`, which reads every nop back before writing it).
+  names two is refused by `nop`, which reads every nop back before writing it),
+  unless a --target or --symbol names another: then `call` asks which, and
+  `call --target NAME` is told.
 
 An entry zeroed without a record (r_info 0 and r_addend -4 on RELA, an untagged
 nop on REL) is no entry this release writes: it is refused, never restored by
@@ -121,7 +123,7 @@ def _tagged(
 ) -> tuple[list[SiteEntries], Strays]:
     """One SiteEntries per form, type and symbol, from the tags of the nops over zeroed REL entries."""
     arch, data, known = elf.arch, elf.data, known_nops(elf.arch)
-    by_call: dict[tuple[Form, int, int], list[int]] = {}
+    by_call: dict[tuple[Form, int, tuple[int, ...]], list[int]] = {}
     strays: Strays = {}
     for i in zeroed:
         sec, r_offset = entries.section(i), entries.r_offset[i]
@@ -144,21 +146,29 @@ def _tagged(
                 )
             continue
         (form, nop), *more = tagged
-        symbols = [s for s, name in targets.items() if nop.entry is None or at_entry(name) == nop.entry]
-        if more or len(symbols) != 1:
-            why = (
-                "a 5-byte and a 6-byte tagged nop end there"
-                if more
-                else f"it could have called {len(symbols)} target symbols"
-            )
+        kind = _of_kind(targets, nop.entry)
+        if more or not kind:
+            why = "a 5-byte and a 6-byte tagged nop end there" if more else "no target symbol is of its kind"
             strays[_end(entries, i)] = f"{_where(entries, i)}: relocation {entries.name(i)} was nop'd, but {why}"
             continue
-        by_call.setdefault((form, TAG_TYPES[form][nop.tag - 1], symbols[0]), []).append(i)
-    found = [
-        SiteEntries(positions, form, symbol, r_type, bytes(arch.word))
-        for (form, r_type, symbol), positions in by_call.items()
-    ]
+        by_call.setdefault((form, TAG_TYPES[form][nop.tag - 1], tuple(kind)), []).append(i)
+    found = []
+    for (form, r_type, symbols), positions in by_call.items():
+        # More than one: a --target or --symbol named another, and the nop names none; `call --target` says.
+        doubt = (
+            f"the nop could have replaced a call to any of {', '.join(targets[s] for s in symbols)}: say which "
+            "with `call --target NAME`"
+            if len(symbols) > 1
+            else ""
+        )
+        found.append(SiteEntries(positions, form, symbols[0], r_type, bytes(arch.word), doubt))
     return found, strays
+
+
+def _of_kind(targets: Mapping[int, str], entry: bool | None) -> list[int]:
+    """The target symbols a REL nop written at a function's entry (True), inside one (False) or at either
+    (None) can have replaced a call to: those whose name says that place, or says none (a --target)."""
+    return [s for s, name in targets.items() if entry is None or at_entry(name) in (None, entry)]
 
 
 def restorable(elf: ElfFile, targets: Mapping[int, str], target: str | None, new: bytes) -> bool:
@@ -167,8 +177,11 @@ def restorable(elf: ElfFile, targets: Mapping[int, str], target: str | None, new
     if elf.arch.rela or target is None:
         return True
     nop = known_nops(elf.arch).get(new)
-    kind = [name for name in targets.values() if nop is not None and nop.entry in (None, at_entry(name))]
-    return nop is not None and nop.tag in TAGS and kind == [target]
+    if nop is None or nop.tag not in TAGS:
+        return False
+    kind = [targets[s] for s in _of_kind(targets, nop.entry)]
+    # Where a --target or --symbol makes it one of several, `call` asks which (SiteGroup.doubt): no guess either way.
+    return kind == [target] or (target in kind and any(at_entry(name) is None for name in kind))
 
 
 def _nop_ending_at(elf: ElfFile, entries: Relocations, i: int) -> bytes:

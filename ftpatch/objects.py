@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import replace
 from operator import itemgetter
 
-from .elf import SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Relocations, Section
+from .elf import SHT_NOBITS, SHT_REL, SHT_RELA, STT_FUNC, STT_GNU_IFUNC, STT_NOTYPE, ElfFile, Relocations, Section
 from .errors import InputError
 from .nopped import Strays, nop_entry, nopped, restorable, tag
 from .relocated import SiteEntries, call_entry, live
-from .sites import Action, Checks, Finding, Located, ScanResult, SiteGroup
+from .sites import Action, Checks, Finding, Located, Redirect, ScanResult, SiteGroup, at_entry
 from .x86 import (
     ENDBR,
     SITE_LENGTH,
@@ -42,6 +43,10 @@ SLIM_LTO = (
 FAT_LTO = (
     "a fat LTO object (gcc -flto -ffat-lto-objects): a link with -flto compiles its GIMPLE again and does not use "
     "this machine code, so patching it changes nothing in that program; patch the linked program"
+)
+UNCALLED = (
+    "names {names}, but no relocation calls it: if `ftpatch call --target NAME` pointed its sites at another "
+    "function, name that one with --symbol NAME (or --target NAME) to find them"
 )
 Tables = tuple[tuple[Section, Section | None], ...]
 # Why a nop of ftpatch's has no entry left, and what works (docs/facts.md: gold's -r drops NONE entries).
@@ -82,7 +87,10 @@ def scan_object(path: str, elf: ElfFile, targets: Iterable[str], base: int = 0) 
     if listed:
         groups.append(_recorded(elf, listed))
     checks = ObjectChecks(elf, symbols, tables, tuple(groups), strays)
-    findings = (Finding(FAT_LTO),) if lto else ()
+    findings: tuple[Finding, ...] = (Finding(FAT_LTO),) if lto else ()
+    if symbols and not groups and not strays:
+        # gas makes a symbol for a function only where something refers to it: nothing does any more.
+        findings += (Finding(UNCALLED.format(names=", ".join(sorted(set(symbols.values()))))),)
     return ScanResult(
         path, elf.type_name, elf.arch, elf.data, tuple(groups), Located.RELOCATIONS, findings, checks, base
     )
@@ -116,17 +124,37 @@ def _groups(
     is refused."""
     groups, misfits = [], list(problems)
     for e in found:
-        group = _group(elf, entries, symbols, e)
-        if group is None:
-            misfits.append(_misfit(elf, entries, e))
-        else:
-            groups.append(group)
+        kind = at_entry(symbols[e.symbol])
+        for entry, part in _by_place(elf, entries, e) if kind is None else ((kind, e),):
+            group = _group(elf, entries, symbols, part, entry)
+            if group is None:
+                misfits.append(_misfit(elf, entries, part))
+            else:
+                groups.append(group)
     if misfits:
         raise min(misfits, key=itemgetter(0))[1]
     return groups
 
 
-def _group(elf: ElfFile, entries: Relocations, symbols: Mapping[int, str], e: SiteEntries) -> SiteGroup | None:
+def _by_place(elf: ElfFile, entries: Relocations, e: SiteEntries) -> list[tuple[bool, SiteEntries]]:
+    """The entries of a target whose name does not say where its calls are (a --symbol, a --target), split
+    into those at a function's entry (its first instruction, or the one after its endbr) and the others."""
+    disp, data, symbols = disp_offset(e.form), elf.data, elf.symbols if elf.has_symtab else None
+    parts: dict[bool, list[int]] = {True: [], False: []}
+    for i in e.positions:
+        sec, start = entries.section(i), entries.r_offset[i] - disp
+        function = symbols.function_at(sec.shndx, start) if symbols is not None else None
+        at = sec.sh_offset + start
+        entry = function is not None and (
+            start == function.st_value or (start == function.st_value + 4 and data[at - 4 : at] in ENDBR)
+        )
+        parts[entry].append(i)
+    return [(entry, replace(e, positions=positions)) for entry, positions in parts.items() if positions]
+
+
+def _group(
+    elf: ElfFile, entries: Relocations, symbols: Mapping[int, str], e: SiteEntries, entry: bool
+) -> SiteGroup | None:
     """The sites of these entries; None if one does not fit in its section's bytes."""
     arch, data, positions = elf.arch, elf.data, e.positions
     disp, length, n = disp_offset(e.form), SITE_LENGTH[e.form], len(positions)
@@ -171,6 +199,8 @@ def _group(elf: ElfFile, entries: Relocations, symbols: Mapping[int, str], e: Si
         call_entry(elf, e.symbol, e.r_type),
         nop_entry(elf, e.r_type, name),
         tag(elf, e.form, e.r_type),
+        entry,
+        e.doubt,
     )
 
 
@@ -260,6 +290,43 @@ class ObjectChecks(Checks):
 
     def readback(self, group: SiteGroup, new: bytes, positions: Sequence[int]) -> list[int]:
         return [] if restorable(self.elf, self.symbols, group.target, new) else list(positions)
+
+    def redirect(self, group: SiteGroup, name: str) -> Redirect:
+        """Each site's relocation names `name`, with the type its form needs (a GOTPCRELX site keeps it, so
+        that the link relaxes it to a direct call where `name` is local); its bytes are the form's call."""
+        elf = self.elf
+        arch = elf.arch
+        if group.form is Form.RECORDED:
+            raise elf.fail(
+                f"{group.sections[0].where(group.starts[0])}: gcc -mnop-mcount left a nop here and no relocation "
+                f"entry to make it a call to {name} with, rebuild without -mnop-mcount"
+            )
+        symbol = self.symbol(name)
+        r_type = arch.r_type(int.from_bytes(group.call_entry[: arch.word], "little"))
+        call = call_bytes(group.form, 0 if arch.rela else arch.call_addend(group.form))
+        function_at = self.function_at
+        # A function's own site pointed at itself would recurse at its first call.
+        refused = {
+            i: f"is in {name} itself, whose call to {name} would recurse forever; leave it out with --except {name}"
+            for i, (section, start) in enumerate(zip(group.sections, group.starts, strict=True))
+            if function_at(section, start) == name
+        }
+        return Redirect((call,) * len(group), call_entry(elf, symbol, r_type), refused)
+
+    def symbol(self, name: str) -> int:
+        """The index of the one symbol named `name`, which must be a function or undefined."""
+        elf = self.elf
+        found = list(elf.symbols.named([name])) if elf.has_symtab else []
+        if not found:
+            raise elf.fail(f"{name}: no symbol of this name, to point the sites at")
+        if len(found) > 1:
+            raise elf.fail(f"{name}: {len(found)} symbols have this name (symbols {', '.join(map(str, found))})")
+        symbol = elf.symbols[found[0]]
+        if symbol.st_type not in (STT_NOTYPE, STT_FUNC, STT_GNU_IFUNC):
+            raise elf.fail(
+                f"{name}: symbol {found[0]} is not a function (st_type {symbol.st_type}), a call cannot go to it"
+            )
+        return found[0]
 
     def live_calls(self, data: bytes | bytearray) -> dict[int, str]:
         """Every relocation against a target, read again from `data`, that makes a call of its site's bytes:

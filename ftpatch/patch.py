@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 from .archive import is_thin_file
 from .errors import InputError, VerifyError, naming
 from .scan import scan_data
-from .sites import DEFAULT_TARGETS, Action, Checks, ScanResult, Site, SiteGroup, State, chosen, site_state
+from .sites import DEFAULT_TARGETS, Action, Checks, Redirect, ScanResult, Site, SiteGroup, State, chosen, site_state
 from .write import rewrite, rewrite_thin
-from .x86 import NOP_STYLES, Arch, Form, NopStyle, describe, hexbytes
+from .x86 import NOP_STYLES, Arch, Form, NopStyle, describe, hexbytes, nops
 
 if TYPE_CHECKING:
     from .record import Recording
@@ -157,10 +157,44 @@ def _group_edits(
     return changed, bad, unreadable
 
 
+def _redirect_edits(
+    group: SiteGroup, base: int, redirect: Redirect, arch: Arch, edits: dict[tuple[bytes, bytes], list[int]]
+) -> tuple[int, list[int]]:
+    """Add to `edits` what makes a group's sites the calls of `redirect` (`call --target`, ftrace_make_call
+    with any addr and ftrace_update_ftrace_func in one): a site may hold its call, a known nop or a call
+    already redirected; return how many sites change, and which (by position) hold none of these."""
+    offsets = group.file_offsets(base)
+    bad: list[int] = []
+    changed = 0
+    entry_changes = bool(group.rels) and group.held != redirect.call_entry
+    for i, (code, call, new) in enumerate(zip(group.codes, group.calls, redirect.calls, strict=True)):
+        assert new is not None  # plan refuses the sites that cannot call the function before it gets here
+        if code == new:
+            changed += entry_changes
+        elif code == call or code in nops(len(code), arch):
+            edits.setdefault((code, new), []).append(offsets[i])
+            changed += 1
+        else:
+            bad.append(i)
+    if entry_changes:
+        edits.setdefault((group.held, redirect.call_entry), []).extend(group.info_offsets(base))
+    return changed, bad
+
+
 def plan(
-    result: ScanResult, action: Action, *, nop: str | None = None, only: Sequence[str] = (), exclude: Sequence[str] = ()
+    result: ScanResult,
+    action: Action,
+    *,
+    nop: str | None = None,
+    only: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    target: str | None = None,
 ) -> Plan:
-    """Verify every chosen site and plan the patches; raise VerifyError if any site is wrong."""
+    """Verify every chosen site and plan the patches; raise VerifyError if any site is wrong.
+
+    `target` (with Action.CALL): every chosen site becomes a call to this function, whatever it holds now
+    (a call, a nop, a call to another target); `result` must have been scanned with it among its targets,
+    so that a site that calls it already is found as one."""
     style = nop_style(nop, result.arch, result.path)
     stopped = result.stopping(action)
     if stopped:
@@ -170,6 +204,8 @@ def plan(
     problems = list(result.strays) if action is Action.CALL else []
     live: list[int] = []  # nop: the calls --only / --except keep; call: every chosen site
     unrestorable: list[Site] = []
+    cannot: list[tuple[Site, str]] = []  # --target: the sites that cannot call it, and why
+    doubtful: list[tuple[Site, str]] = []  # call: nop'd sites whose call the file does not say (SiteGroup.doubt)
     edits: dict[tuple[bytes, bytes], list[int]] = {}
     bad: list[Site] = []
     patched = chosen_sites = filtered = 0
@@ -190,10 +226,26 @@ def plan(
             continue
         if keep and not all(keep):
             group = group.subset(keep)
+        if target is not None:
+            with naming(result.path):
+                redirect = result.checks.redirect(group, target)
+            if redirect.refused:
+                cannot += [(result.site(group, i), why) for i, why in redirect.refused.items()]
+                continue
+            changed, refused = _redirect_edits(group, result.base, redirect, result.arch, edits)
+            patched += changed
+            chosen_sites += len(group)
+            bad += [result.site(group, i) for i in refused]
+            live += [start + len(call or b"") for start, call in zip(group.file_offsets(), redirect.calls, strict=True)]
+            continue
         if action is Action.CALL and group.form is Form.RECORDED:
             site = result.site(group, 0)
             more = f" (and {len(group) - 1} more sites)" if len(group) > 1 else ""
             raise InputError(result.path, f"{site.where}: {_NO_CALL[result.type == 'ET_REL']}{more}")
+        if action is Action.CALL and group.doubt:
+            doubtful += [
+                (result.site(group, i), group.doubt) for i, code in enumerate(group.codes) if code != group.calls[i]
+            ]
         with naming(result.path):  # the checks read bytes, and their errors name no file
             changed, refused, lost = _group_edits(group, result.base, action, style, result.arch, edits, result.checks)
         patched += changed
@@ -202,6 +254,14 @@ def plan(
         unrestorable += [result.site(group, i) for i in lost]
         if action is Action.CALL:
             live += [start + len(call or b"") for start, call in zip(group.file_offsets(), group.calls, strict=True)]
+    if cannot:
+        site, why = min(cannot, key=lambda c: c[0].file_offset)
+        more = f" (and {len(cannot) - 1} more sites)" if len(cannot) > 1 else ""
+        raise InputError(result.path, f"{site.where}: {why}{more}; nothing was written")
+    if doubtful:
+        site, doubt = min(doubtful, key=lambda d: d[0].file_offset)
+        more = f" (and {len(doubtful) - 1} more sites)" if len(doubtful) > 1 else ""
+        problems.append(f"{site.where}: {doubt}{more}")
     if bad:
         bad.sort(key=attrgetter("file_offset"))
         problems.append(_problem(result, bad[0], action, style))
@@ -322,9 +382,11 @@ def plan_all(
     nop: str | None = None,
     only: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    target: str | None = None,
 ) -> Plan:
     """One plan for a file: its ELF image, or every member of an archive, all verified first."""
-    return _combined(path, action, [plan(r, action, nop=nop, only=only, exclude=exclude) for r in results])
+    plans = [plan(r, action, nop=nop, only=only, exclude=exclude, target=target) for r in results]
+    return _combined(path, action, plans)
 
 
 def _combined(path: str, action: Action, plans: Sequence[Plan]) -> Plan:
@@ -354,18 +416,29 @@ def patch_file(
     sync_dir: bool = True,
     fsync: bool = True,
     record: bool = False,
+    target: str | None = None,
 ) -> Plan:
     """Scan, verify, patch and write one ELF file or static archive; `output=None` replaces `path`.
 
     Nothing is written unless every chosen site verified. In place, an
     unchanged file is left untouched, mtime included. sync_dir, fsync: see write_atomic.
     With `record`, the patched bytes also get __mcount_loc, as `record` writes it
-    (a nop'd site is still a site), in the same write.
+    (a nop'd site is still a site), in the same write. With `target` (Action.CALL),
+    every chosen site becomes a call to that function (`call --target`): it is a
+    target of the scan too, and an object that has no symbol of its name gets one.
     """
+    if target is not None and target not in targets:
+        targets = (*targets, target)
 
     def change(data: bytes, name: str = path) -> tuple[Plan, bytes | bytearray | None]:
         scanned = scan_data(name, data, targets)
-        the_plan = plan_all(name, scanned, action, nop=nop, only=only, exclude=exclude)
+        if target is not None:
+            from .retarget import with_symbol  # here: only `call --target` needs it
+
+            grown = with_symbol(name, data, scanned, target, only, exclude)
+            if grown is not None:
+                data, scanned = grown, scan_data(name, grown, targets)
+        the_plan = plan_all(name, scanned, action, nop=nop, only=only, exclude=exclude, target=target)
         if the_plan.changes:
             new: bytes | bytearray | None = _patched(data, the_plan)
         else:

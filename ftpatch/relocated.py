@@ -25,6 +25,7 @@ class SiteEntries:
     symbol: int
     r_type: int
     held: bytes
+    doubt: str = ""  # why `call` cannot tell which symbol these nop'd entries named (SiteGroup.doubt)
 
 
 def live(

@@ -114,6 +114,14 @@ def scan_verdict(result: ScanResult, sites: Sequence[Site]) -> Verdict:
         if not f.error
     ]
     errors += [(f"{result.path}: {stray}", True) for stray in result.strays]
+    # A nop'd site `call` cannot restore alone, which `call --target NAME` can: what the user must know.
+    shown = {(s.section, s.offset) for s in sites}
+    for group in result.groups:
+        doubted = [i for i, at in enumerate(group.starts) if group.doubt and (group.sections[i].name, at) in shown]
+        if doubted:
+            first = result.site(group, doubted[0])
+            more = f" (and {len(doubted) - 1} more sites)" if len(doubted) > 1 else ""
+            warnings.append(f"{result.path}: {first.where}: {group.doubt}{more}")
     errors += [(wrong_site(result, site), True) for site in sites if site.state is State.OTHER]
     return Verdict(tuple(errors), tuple(warnings))
 

@@ -18,7 +18,7 @@ from operator import attrgetter
 
 from .demangle import demangle, names
 from .elf import SHT_RELA, Section
-from .errors import naming
+from .errors import InputError, naming
 from .x86 import Arch, Form, nops
 
 DEFAULT_TARGETS = ("mcount", "_mcount", "__fentry__")
@@ -26,9 +26,13 @@ DEFAULT_TARGETS = ("mcount", "_mcount", "__fentry__")
 MCOUNT_TARGETS = frozenset({"mcount", "_mcount"})
 
 
-def at_entry(target: str | None) -> bool:
-    """Whether calls to `target` are a function's first instruction (__fentry__, a --symbol), not after its prologue."""
-    return target is not None and target not in MCOUNT_TARGETS
+def at_entry(target: str | None) -> bool | None:
+    """Whether calls to `target` are a function's first instruction (__fentry__: True) or come after its
+    prologue (mcount, _mcount: False). Any other name (a --symbol, a --target) says neither: a site of it is
+    where it is, as a call that `call --target` pointed at a hook stays where the compiler put it."""
+    if target is None:
+        return None
+    return target not in MCOUNT_TARGETS if target in DEFAULT_TARGETS else None
 
 
 class State(StrEnum):
@@ -118,13 +122,13 @@ class SiteGroup:
     call_entry: bytes = b""
     nop_entry: bytes = b""
     tag: int = 0  # what an i386 object's nop says of the relocation type (x86.NopStyle)
+    entry: bool = False  # the sites are at their functions' entries (__fentry__'s place), not after a prologue
+    # Why `call` without --target cannot tell which call these nops replaced ("" where it can): more than one
+    # target of their kind is in the file (a --symbol or --target added one), and the nops do not say which.
+    doubt: str = ""
 
     def __len__(self) -> int:
         return len(self.starts)
-
-    @property
-    def entry(self) -> bool:
-        return at_entry(self.target)
 
     def file_offsets(self, base: int = 0) -> list[int]:
         """The file offset of each site; `base` is added."""
@@ -175,6 +179,8 @@ class SiteGroup:
             self.call_entry,
             self.nop_entry,
             self.tag,
+            self.entry,
+            self.doubt,
         )
 
     def site(self, i: int, function: str | None, arch: Arch) -> Site:
@@ -263,6 +269,16 @@ class Located(StrEnum):
     NOWHERE = "nowhere"  # no target is reached, or the file is refused: no site to look for
 
 
+@dataclass(frozen=True)
+class Redirect:
+    """What pointing a group's sites at another function makes of them, decided once per group: each site's
+    new call, and in an object the entry that makes it that call."""
+
+    calls: tuple[bytes | None, ...]  # by position; None where the site cannot call it (`refused` says why)
+    call_entry: bytes = b""  # an object's: r_info (and r_addend) naming the function, with the site's type
+    refused: Mapping[int, str] = field(default_factory=dict)  # position -> why, a sentence after the site
+
+
 class Checks:
     """The questions about a scanned file that need its bytes again, asked by `plan` and `apply`.
 
@@ -293,6 +309,11 @@ class Checks:
         """Every live profiling call in the file's bytes `data`, found independently of the sites:
         file offset of the call's end -> what it is. `apply` runs it on the new bytes."""
         return {}
+
+    def redirect(self, group: SiteGroup, name: str) -> Redirect:
+        """The calls to `name` these sites would become (`call --target`); raises InputError, naming no file,
+        if the file cannot call `name` at all."""
+        raise InputError("", f"{name}: no site here can call it")
 
 
 @dataclass(frozen=True)

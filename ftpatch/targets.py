@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 
 from .elf import (
     DT_PLTGOT,
@@ -38,7 +38,7 @@ from .elf import (
     SymbolTable,
 )
 from .sites import DEFAULT_TARGETS, at_entry
-from .x86 import ENDBR, Arch, Form, branch_destination, call_bytes, decode_lite
+from .x86 import ENDBR, SITE_LENGTH, Arch, Form, branch_destination, call_bytes, decode_lite
 
 # Dynamic relocation types, the same numbers on x86-64 and i386.
 R_GLOB_DAT, R_JUMP_SLOT, R_RELATIVE = 6, 7, 8
@@ -60,8 +60,9 @@ class Target:
     plt: frozenset[int]  # PLT entries that jump through one of its slots: e8
 
     @property
-    def entry(self) -> bool:
-        """Called as a function's first instruction (__fentry__), not after its prologue."""
+    def entry(self) -> bool | None:
+        """Called as a function's first instruction (__fentry__: True), after its prologue (mcount: False),
+        or either (None: a --symbol or --target, whose sites are where the compiler's were)."""
         return at_entry(self.name)
 
 
@@ -87,6 +88,13 @@ class Targets:
 
     def __bool__(self) -> bool:
         return bool(self.targets)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.targets]
+
+    def named(self, name: str) -> Target | None:
+        return next((t for t in self.targets if t.name == name), None)
 
     def _index(self, pairs: Iterable[tuple[int, Target]]) -> dict[int, Target]:
         # Aliases (mcount and _mcount in static glibc) share an address: the first name, in
@@ -143,18 +151,45 @@ class Targets:
         """
         found: dict[bytes, Call] = {}
         for t in self.targets:
-            if entry is not None and t.entry != entry:
+            if entry is not None and t.entry not in (None, entry):
                 continue
             for call in self._encodings(t, va, length):
                 if call.form is form or (form is None and call.form is not Form.TAIL):
                     found.setdefault(call.code, call)
         return found
 
-    def _encodings(self, t: Target, va: int, length: int) -> Iterator[Call]:
-        def near(form: Form, disp: int) -> Iterator[Call]:
-            if -(2**31) <= disp < 2**31:
-                yield Call(form, t, call_bytes(form, disp))
+    def call_to(self, t: Target, form: Form, va: int) -> bytes | None:
+        """The call to `t` that a site of `form` at `va` becomes (`call --target`), None if none fits:
+        5 bytes call its PLT entry, else its definition (`e9`, a tail jmp, stays a jmp; gcc -mnop-mcount's nop
+        becomes an `e8`); 6 bytes call through its GOT slot in the form of this machine's PIC code, else `67
+        e8` its definition."""
+        if SITE_LENGTH[form] == 5:
+            five = Form.TAIL if form is Form.TAIL else Form.REL32
+            dests = [*sorted(t.plt), *([t.address] if t.address is not None else [])]
+            return next((c.code for dest in dests for c in self._near(t, five, dest - (va + 5))), None)
+        # A 6-byte i386 site is gcc's `call *mcount@GOT(%ebx)`, or that call relaxed by the linker to `67 e8`
+        # with the set-up of %ebx kept (clang calls mcount@PLT, 5 bytes): %ebx holds the GOT base there.
+        if t.slots and (self.arch.x86_64 or self.got_base is not None):
+            slot = min(t.slots)
+            if self.arch.x86_64:
+                disp = slot - (va + 6)
+            else:
+                assert self.got_base is not None
+                disp = ((slot - self.got_base + 2**31) % 2**32) - 2**31
+            found = next(self._near(t, Form.GOTPCREL if self.arch.x86_64 else Form.GOT_EBX, disp), None)
+            if found is not None:
+                return found.code
+        if t.address is not None:
+            return next((c.code for c in self._near(t, Form.ADDR32_REL32, t.address - (va + 6))), None)
+        return None
 
+    @staticmethod
+    def _near(t: Target, form: Form, disp: int) -> Iterator[Call]:
+        if -(2**31) <= disp < 2**31:
+            yield Call(form, t, call_bytes(form, disp))
+
+    def _encodings(self, t: Target, va: int, length: int) -> Iterator[Call]:
+        near = partial(self._near, t)
         if length == 5:
             for dest in (*sorted(t.plt), *([t.address] if t.address is not None else [])):
                 yield from near(Form.REL32, dest - (va + 5))
