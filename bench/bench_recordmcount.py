@@ -29,7 +29,9 @@ ftpatch variants (skipped, with a note, if the command is not found):
                nops every call)
   ftpatch-j1   the same with -j 1
   ftpatch-j2-nofsync  ftpatch-j2 with --no-fsync
-  record-each, ftpatch-each  one process per file (only with --ftpatch-each; slow by nature)
+  retarget-j2, retarget-j1, retarget-j2-nofsync  ftpatch call --target ftpatch_hook, the same
+               three ways (another job: every site calls a hook; each module gets the symbol)
+  record-each, ftpatch-each, retarget-each  one process per file (only with --ftpatch-each; slow by nature)
 
 Any other command line can be plugged in with --tool 'NAME=TEMPLATE', where
 TEMPLATE holds {list} (a file with one path per line), {files} (all paths as
@@ -197,6 +199,9 @@ class Variant:
         return t
 
 
+HOOK = "ftpatch_hook"  # the function the retarget variants point every site at
+
+
 def recordmcount_variants(rm):
     return [
         Variant("rm-each", "recordmcount", [rm, "{file}"], "each"),
@@ -215,8 +220,8 @@ def ftpatch_variants(cmd, each):
             "--ftpatch-cmd)."
         ]
     v = []
-    for prefix, action in (("record", "record"), ("ftpatch", "nop")):
-        command = [*base, action, "--in-place"]
+    for prefix, action in (("record", ["record"]), ("ftpatch", ["nop"]), ("retarget", ["call", "--target", HOOK])):
+        command = [*base, *action, "--in-place"]
         v += [
             Variant(
                 f"{prefix}-{name}",

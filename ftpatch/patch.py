@@ -17,7 +17,19 @@ from typing import TYPE_CHECKING
 from .archive import is_thin_file
 from .errors import InputError, VerifyError, naming
 from .scan import scan_data
-from .sites import DEFAULT_TARGETS, Action, Checks, Redirect, ScanResult, Site, SiteGroup, State, chosen, site_state
+from .sites import (
+    DEFAULT_TARGETS,
+    Action,
+    Checks,
+    Redirect,
+    ScanResult,
+    Site,
+    SiteGroup,
+    State,
+    called_elsewhere,
+    chosen,
+    site_state,
+)
 from .write import rewrite, rewrite_thin
 from .x86 import NOP_STYLES, Arch, Form, NopStyle, describe, hexbytes, nops
 
@@ -99,7 +111,8 @@ def nop_style(name: str | None, arch: Arch, path: str) -> NopStyle:
 def _problem(result: ScanResult, site: Site, action: Action, style: NopStyle) -> str:
     """Why a site cannot be put in the requested state, in ftrace_bug's terms."""
     want = hexbytes(site.call) if site.call else "a nop"
-    return f"{site.where}: expected {want}, actual {hexbytes(site.code)} ({describe(site.code, result.arch)})"
+    actual = f"{hexbytes(site.code)} ({describe(site.code, result.arch)})"
+    return f"{site.where}: expected {want}, actual {actual}{called_elsewhere(site)}"
 
 
 # Why a site listed in __mcount_loc, with no call to a target anywhere, cannot become a call.

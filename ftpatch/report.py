@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .demangle import available, demangle, without_parameters
 from .errors import FtpatchError, printable
-from .sites import Action, ScanResult, Site, State
+from .sites import Action, ScanResult, Site, State, called_elsewhere
 
 if TYPE_CHECKING:
     from .batch import Outcome
@@ -129,6 +129,7 @@ def scan_verdict(result: ScanResult, sites: Sequence[Site]) -> Verdict:
 def wrong_site(result: ScanResult, site: Site) -> str:
     return (
         f"{result.path}: {site.where}: holds {site.code.hex(':')}, neither the {site.form.value} call nor a known nop"
+        + called_elsewhere(site)
     )
 
 

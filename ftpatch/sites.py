@@ -19,7 +19,7 @@ from operator import attrgetter
 from .demangle import demangle, names
 from .elf import SHT_RELA, Section
 from .errors import InputError, naming
-from .x86 import Arch, Form, nops
+from .x86 import OPCODES, Arch, Form, nops
 
 DEFAULT_TARGETS = ("mcount", "_mcount", "__fentry__")
 # Called after the prologue, not as a function's first instruction.
@@ -44,6 +44,16 @@ class State(StrEnum):
 def site_state(code: bytes, call: bytes | None, arch: Arch) -> State:
     """The one rule for what a site holds: its call, a known nop, or neither."""
     return State.CALL if code == call else State.NOP if code in nops(len(code), arch) else State.OTHER
+
+
+def called_elsewhere(site: Site) -> str:
+    """What to add to the error of a site that holds a call of another function: a `call --target` made it."""
+    calls = any(site.code.startswith(op) for op in OPCODES.values())
+    return (
+        "; it calls another function: if `call --target NAME` pointed it there, name it with --symbol NAME"
+        if calls
+        else ""
+    )
 
 
 @dataclass(frozen=True)

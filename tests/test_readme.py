@@ -78,6 +78,7 @@ def shell(tmp: Path) -> dict[str, str]:
     python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     python.chmod(0o755)
     shutil.copytree(FIXTURES, tmp / "fixtures")
+    shutil.copytree(ROOT / "examples", tmp / "examples")
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
 
 
@@ -134,12 +135,26 @@ def check_json_reports(tmp: Path, block: Block) -> None:
     assert set(record["files"][0]) == {"path", "output", "status", "recorded", "already_recorded", "warnings"}
 
 
+def check_hook(tmp: Path, block: Block) -> None:
+    """The retargeted object and the retargeted program print what the program prints and count alike; nop'd,
+    the hook counts nothing."""
+    runs = {
+        exe: subprocess.run([f"./{exe}"], cwd=tmp, capture_output=True, text=True)
+        for exe in ("prog", "prog-hook", "prog-hook2", "prog-off")
+    }
+    assert len({r.stdout for r in runs.values()}) == 1
+    counts = {exe: re.findall(r"profile_hook: (\d+) calls", r.stderr) for exe, r in runs.items()}
+    assert counts["prog-hook"] == counts["prog-hook2"] and int(counts["prog-hook"][0]) > 1000
+    assert counts["prog"] == counts["prog-off"] == ["0"]
+
+
 # What a block must have done beyond exiting 0, keyed by a line it holds.
 AFTER: dict[str, Callable[[Path, Block], None]] = {
     "ftpatch nop fixtures/x86_64-pie.o -o prog-nop.o           # every profiling call -> nop": check_usage,
     "ftpatch nop --in-place --files-from objects.txt": check_pipeline,
     "ftpatch record --in-place prog-clang.o": check_record,
     "ftpatch nop --json fixtures/x86_64-pie.o -o nop.o > nop.json": check_json_reports,
+    "ftpatch call --target profile_hook prog.o -o prog-hook.o": check_hook,
 }
 
 

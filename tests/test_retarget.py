@@ -307,3 +307,23 @@ def test_zlib(tmp_path: Path, zlib_source: Path, cc: str, flags: str) -> None:
     proc = sh(tree / "examplesh", cwd=tree, env=env)
     library_calls = [int(n) for n in _COUNT.findall(proc.stderr)]
     assert proc.stdout == printed and library_calls and 0 < max(library_calls) < from_program
+
+
+def test_listed_sites_calling_the_hook_are_refused_until_it_is_named(tmp_path: Path) -> None:
+    """With __mcount_loc the sites are where the table says: holding a call to an unnamed hook, they are
+    neither a call to a target nor a nop, and every command says so, with what to do."""
+    hook = hook_object(tmp_path, "gcc", [])
+    exe = tmp_path / "prog"
+    sh("gcc", "-O2", "-pg", "-mfentry", "-mrecord-mcount", "-no-pie", "-fno-pie", PROG, hook, "-o", exe, cwd=tmp_path)
+    hooked = tmp_path / "hooked"
+    ok("call", "--target", HOOK, exe, "-o", hooked)
+    for command in ("scan", "nop"):
+        proc = ftpatch(command, hooked, *(["-o", tmp_path / "out"] if command == "nop" else []))
+        assert proc.returncode == 3, proc.stderr
+        assert (
+            "it calls another function: if `call --target NAME` pointed it there, name it with --symbol NAME"
+            in proc.stderr
+        )
+    assert not (tmp_path / "out").exists()
+    ok("nop", "--symbol", HOOK, hooked, "-o", tmp_path / "out")
+    assert counted(tmp_path / "out", tmp_path) == (PROGRAM_OUTPUT, 0)
