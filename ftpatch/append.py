@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from .elf import (
+    SHF_GROUP,
+    SHF_INFO_LINK,
     SHN_LORESERVE,
     SHN_UNDEF,
     SHN_XINDEX,
@@ -99,29 +101,62 @@ def _first_global(elf: ElfFile) -> int:
     return first
 
 
-def with_undefined(elf: ElfFile, name: str) -> bytearray:
-    """The object with `name` added as the last symbol of .symtab, undefined and global, as gas makes a
-    function it calls and does not define: what `call --target NAME` points relocations at. A global goes
-    after every other symbol, so no index changes; .symtab, .strtab (and .symtab_shndx) grow, in copies."""
-    symtab = elf.symtab
-    strtab = elf.sections[symtab.sh_link]
-    names = bytes(elf.section_data(strtab))
-    lead = b"" if names.endswith(b"\0") else b"\0"  # a table must end in NUL to be appended to
-    st_name = strtab.sh_size + len(lead)
-    count = len(elf.symbols)
-    if count >> (8 * elf.arch.word - elf.arch.r_sym_shift):
-        raise elf.fail(f"{count + 1} symbols are more than a relocation of this class can name")
-    size = elf.arch.layout.sym.size
-    if symtab.sh_size != count * size:
-        raise elf.fail(f"symbol table {symtab.name} is {symtab.sh_size:#x} bytes, not a multiple of {size}")
-    grown = {
-        symtab.shndx: elf.arch.layout.symbol(st_name, STT_NOTYPE | STB_GLOBAL << 4, SHN_UNDEF, 0, 0),
-        strtab.shndx: lead + name.encode() + b"\0",
-    }
-    for section in elf.sections:
-        if section.sh_type == SHT_SYMTAB_SHNDX and section.sh_link == symtab.shndx:
-            grown[section.shndx] = bytes(4)
-    return append(elf, (), SectionSymbols({}, ()), grown)
+def with_calls(elf: ElfFile, undefined: Sequence[str], entries: Mapping[int, bytes]) -> bytearray:
+    """The object with what calls need: each name of `undefined` added after the last symbol, undefined and
+    global, as gas makes a function it calls and does not define (the first gets index len(symbols), so no
+    index changes); and for each section index in `entries`, those packed relocation entries added to the
+    relocation table that applies to it, or to a new one (`.rela.text`) where it has none. What grows (.symtab,
+    .strtab, .symtab_shndx, the tables) grows in copies."""
+    grown: dict[int, bytes] = {}
+    if undefined:
+        symtab = elf.symtab
+        strtab = elf.sections[symtab.sh_link]
+        names = bytes(elf.section_data(strtab))
+        lead = b"" if names.endswith(b"\0") else b"\0"  # a table must end in NUL to be appended to
+        count, size = len(elf.symbols), elf.arch.layout.sym.size
+        if (count + len(undefined)) >> (8 * elf.arch.word - elf.arch.r_sym_shift):
+            raise elf.fail(f"{count + len(undefined)} symbols are more than a relocation of this class can name")
+        if symtab.sh_size != count * size:
+            raise elf.fail(f"symbol table {symtab.name} is {symtab.sh_size:#x} bytes, not a multiple of {size}")
+        added, symbols = bytearray(lead), bytearray()
+        for name in undefined:
+            st_name = strtab.sh_size + len(added)
+            added += name.encode() + b"\0"
+            symbols += elf.arch.layout.symbol(st_name, STT_NOTYPE | STB_GLOBAL << 4, SHN_UNDEF, 0, 0)
+        grown[symtab.shndx], grown[strtab.shndx] = bytes(symbols), bytes(added)
+        for section in elf.sections:
+            if section.sh_type == SHT_SYMTAB_SHNDX and section.sh_link == symtab.shndx:
+                grown[section.shndx] = bytes(4 * len(undefined))
+    new: list[NewSection] = []
+    rela = elf.arch.rela
+    for shndx, packed_entries in entries.items():
+        tables = [
+            s
+            for s in elf.sections
+            if s.sh_type == (SHT_RELA if rela else SHT_REL) and s.sh_info == shndx and s.sh_link == elf.symtab.shndx
+        ]
+        if tables:
+            grown[tables[0].shndx] = packed_entries
+            continue
+        section = elf.sections[shndx]
+        if section.sh_flags & SHF_GROUP:
+            raise elf.fail(
+                f"section {section.name} is in a section group and has no relocation table to add a call's entry to"
+            )
+        word = elf.arch.word
+        new.append(
+            NewSection(
+                f"{'.rela' if rela else '.rel'}{section.name}",
+                SHT_RELA if rela else SHT_REL,
+                SHF_INFO_LINK,
+                packed_entries,
+                elf.symtab.shndx,
+                shndx,
+                word,
+                word * (3 if rela else 2),
+            )
+        )
+    return append(elf, new, SectionSymbols({}, ()), grown)
 
 
 def append(

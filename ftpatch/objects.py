@@ -19,7 +19,18 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from operator import itemgetter
 
-from .elf import SHT_NOBITS, SHT_REL, SHT_RELA, STT_FUNC, STT_GNU_IFUNC, STT_NOTYPE, ElfFile, Relocations, Section
+from .elf import (
+    SHN_UNDEF,
+    SHT_NOBITS,
+    SHT_REL,
+    SHT_RELA,
+    STT_FUNC,
+    STT_GNU_IFUNC,
+    STT_NOTYPE,
+    ElfFile,
+    Relocations,
+    Section,
+)
 from .errors import InputError
 from .nopped import Strays, nop_entry, nopped, restorable, tag
 from .relocated import SiteEntries, call_entry, live
@@ -31,6 +42,7 @@ from .x86 import (
     call_bytes,
     disp_offset,
     find_marked_nops,
+    ftpatch_nops,
     instruction_starts,
     written_by_ftpatch,
 )
@@ -304,12 +316,13 @@ class ObjectChecks(Checks):
         symbol = self.symbol(name)
         r_type = arch.r_type(int.from_bytes(group.call_entry[: arch.word], "little"))
         call = call_bytes(group.form, 0 if arch.rela else arch.call_addend(group.form))
-        function_at = self.function_at
-        # A function's own site pointed at itself would recurse at its first call.
+        # A function's own site pointed at itself would recurse at its first call; only a function defined
+        # here has sites here.
+        function_at, defined = self.function_at, elf.symbols.place(symbol)[0] != SHN_UNDEF
         refused = {
             i: f"is in {name} itself, whose call to {name} would recurse forever; leave it out with --except {name}"
             for i, (section, start) in enumerate(zip(group.sections, group.starts, strict=True))
-            if function_at(section, start) == name
+            if defined and function_at(section, start) == name
         }
         return Redirect((call,) * len(group), call_entry(elf, symbol, r_type), refused)
 
@@ -371,7 +384,18 @@ class ObjectChecks(Checks):
                 for at in sorted(self._on_instructions(sec, loose))
             ]
         # clang's -fpatchable-function-entry writes ftpatch's entry nop too, and lists where.
-        if elf.has_symtab and elf.section_named("__patchable_function_entries") is None:
+        # Each function's entry is looked at only where the code holds such a nop at all, which bytes.find
+        # says in C: decoding a kernel module's symbols costs more than the rest of `call`.
+        code_ranges = [
+            (s.sh_offset, s.sh_offset + s.sh_size) for s in elf.sections if s.is_exec and s.sh_type != SHT_NOBITS
+        ]
+        if (
+            elf.has_symtab
+            and elf.section_named("__patchable_function_entries") is None
+            and any(
+                elf.data.find(nop, first, last) >= 0 for nop in ftpatch_nops(elf.arch) for first, last in code_ranges
+            )
+        ):
             for _, row in elf.symbols.function_rows():
                 if (
                     not 0 < row.st_shndx < len(elf.sections)

@@ -119,8 +119,8 @@ def _problem(result: ScanResult, site: Site, action: Action, style: NopStyle) ->
 _NO_CALL = {
     True: "gcc -mnop-mcount left a nop here and no relocation to restore a call with, rebuild without -mnop-mcount",
     False: "listed in __mcount_loc, but nothing in the file calls mcount, _mcount or __fentry__ (no PLT entry, GOT "
-    "slot or definition) for this nop to become: rebuild without -mnop-mcount, or restore the objects with "
-    "`ftpatch call` and link again",
+    "slot or definition) for this nop to become: restore the objects with `ftpatch call` and link again, or point "
+    "the sites at a function the file defines with `ftpatch call --target NAME`",
 }
 
 
@@ -444,11 +444,17 @@ def patch_file(
         targets = (*targets, target)
 
     def change(data: bytes, name: str = path) -> tuple[Plan, bytes | bytearray | None]:
-        scanned = scan_data(name, data, targets)
         if target is not None:
-            from .retarget import with_symbol  # here: only `call --target` needs it
+            from .prepare import with_symbol  # here: only `call --target` needs it
 
-            grown = with_symbol(name, data, scanned, target, only, exclude)
+            # Given first, without a scan to say whether a site needs it: a file whose plan changes nothing is
+            # written as it was read.
+            data = with_symbol(name, data, target) or data
+        scanned = scan_data(name, data, targets)
+        if action is Action.CALL and _recorded(scanned):
+            from .prepare import prepared
+
+            grown = prepared(name, data, scanned, target, only, exclude)
             if grown is not None:
                 data, scanned = grown, scan_data(name, grown, targets)
         the_plan = plan_all(name, scanned, action, nop=nop, only=only, exclude=exclude, target=target)
@@ -468,6 +474,11 @@ def patch_file(
     if is_thin_file(path):  # each member is patched in its own file, `change` given the member's name
         return _thin_plan(path, action, rewrite_thin(path, output, change, fsync=fsync))
     return rewrite(path, output, change, sync_dir=sync_dir, fsync=fsync)
+
+
+def _recorded(scanned: Sequence[ScanResult]) -> bool:
+    """Whether an object has sites gcc -mnop-mcount left, which need relocation entries to become calls."""
+    return any(r.type == "ET_REL" and any(g.form is Form.RECORDED for g in r.groups) for r in scanned)
 
 
 def _thin_plan(path: str, action: Action, plans: Sequence[Plan]) -> Plan:
