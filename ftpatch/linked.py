@@ -43,7 +43,7 @@ from .elf import SHF_ALLOC, SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, S
 from .errors import InputError
 from .functions import Functions
 from .livecalls import LiveCalls
-from .sites import Action, Checks, Finding, Located, Redirect, ScanResult, SiteGroup, State, at_entry
+from .sites import DEFAULT_TARGETS, Action, Checks, Finding, Located, Redirect, ScanResult, SiteGroup, State, at_entry
 from .targets import R_RELATIVE, Targets, dynamic_relocations, profiling_runtime, resolve, text_relocations
 from .x86 import (
     ENDBR,
@@ -420,7 +420,7 @@ def scan_linked(path: str, elf: ElfFile, names: Iterable[str]) -> ScanResult:
         findings.append(Finding(refused, frozenset(Action)))
     if blind:
         findings.append(Finding(blind, frozenset({Action.CALL})))
-    imported = [t.name for t in targets.targets if t.plt or t.slots]
+    imported = [t.name for t in targets.targets if (t.plt or t.slots) and t.name in DEFAULT_TARGETS]
     if not found and imported and located in (Located.FUNCTIONS, Located.SWEEP):
         findings.append(Finding(UNCALLED.format(names=", ".join(imported))))
     loose_nops: list[str] = []

@@ -34,7 +34,7 @@ from .elf import (
 from .errors import InputError
 from .nopped import Strays, nop_entry, nopped, restorable, tag
 from .relocated import SiteEntries, call_entry, live
-from .sites import Action, Checks, Finding, Located, Redirect, ScanResult, SiteGroup, at_entry
+from .sites import DEFAULT_TARGETS, Action, Checks, Finding, Located, Redirect, ScanResult, SiteGroup, at_entry
 from .x86 import (
     ENDBR,
     SITE_LENGTH,
@@ -100,9 +100,11 @@ def scan_object(path: str, elf: ElfFile, targets: Iterable[str], base: int = 0) 
         groups.append(_recorded(elf, listed))
     checks = ObjectChecks(elf, symbols, tables, tuple(groups), strays)
     findings: tuple[Finding, ...] = (Finding(FAT_LTO),) if lto else ()
-    if symbols and not groups and not strays:
-        # gas makes a symbol for a function only where something refers to it: nothing does any more.
-        findings += (Finding(UNCALLED.format(names=", ".join(sorted(set(symbols.values()))))),)
+    # gas makes a symbol for a function only where something refers to it: the compiler's profiling target, when
+    # nothing does any more, lost its calls to a --target (which leaves its own symbol where a run added it).
+    uncalled = sorted({name for name in symbols.values() if name in DEFAULT_TARGETS})
+    if uncalled and not groups and not strays:
+        findings += (Finding(UNCALLED.format(names=", ".join(uncalled))),)
     return ScanResult(
         path, elf.type_name, elf.arch, elf.data, tuple(groups), Located.RELOCATIONS, findings, checks, base
     )

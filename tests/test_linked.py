@@ -189,8 +189,8 @@ def test_stripped_program_round_trips(built: dict[str, Path], tmp: Path) -> None
     assert back.read_bytes() == stripped.read_bytes()
 
 
-def refuses_overwritten_site(exe: Path, site: dict, garbage: str, decoded: str, tmp: Path) -> None:
-    """With `garbage` over `site`'s 6 bytes, nop fails verification quoting both, and writes nothing."""
+def refuses_overwritten_site(exe: Path, site: dict, garbage: str, decoded: str, tmp: Path, hint: str = "") -> None:
+    """With `garbage` over `site`'s 6 bytes, nop fails verification quoting both (and `hint`), and writes nothing."""
     bad = tmp / f"{exe.name}.bad"
     data = bytearray(exe.read_bytes())
     good = bytes(data[site["file_offset"] : site["file_offset"] + 6])
@@ -200,7 +200,7 @@ def refuses_overwritten_site(exe: Path, site: dict, garbage: str, decoded: str, 
     assert proc.returncode == 3
     assert proc.stderr == (
         f"ftpatch: error: {bad}: {site['function']} (.text+{site['offset']:#x}): expected {good.hex(':')}, "
-        f"actual {bytes.fromhex(garbage).hex(':')} ({decoded})\n"
+        f"actual {bytes.fromhex(garbage).hex(':')} ({decoded}){hint}\n"
     )
     assert not (tmp / "out").exists()
 
@@ -209,7 +209,8 @@ def test_site_calling_elsewhere_fails_verification(built: dict[str, Path], tmp: 
     """Where a relocation kept by --emit-relocs says a site is, a call to somewhere else is no site but garbage."""
     exe = built["static-emit-relocs"]
     main = next(s for s in scan_json(exe) if s["function"] == "main")
-    refuses_overwritten_site(exe, main, "67e800000000", "call 6", tmp)
+    hint = "; it calls another function: if `call --target NAME` pointed it there, name it with --symbol NAME"
+    refuses_overwritten_site(exe, main, "67e800000000", "call 6", tmp, hint)
 
 
 def test_recorded_site_overwritten_with_garbage_fails_verification(tmp: Path) -> None:
