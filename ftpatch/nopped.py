@@ -30,9 +30,12 @@ from collections.abc import Mapping, Sequence
 from .elf import SHT_NOBITS, ElfFile, Relocations
 from .relocated import SiteEntries
 from .sites import at_entry
-from .x86 import SITE_LENGTH, TAGS, Form, disp_offset, known_nops, nops
+from .x86 import PATCHABLE_NOPS, SITE_LENGTH, TAGS, Form, disp_offset, known_nops, nops
 
 RECORD = 0x4654  # "FT": the top 16 bits of the r_addend of an entry ftpatch nop'd
+# "FP": the top 16 bits of the r_addend of the NONE entry `call --target` adds next to the call's own at a
+# -fpatchable-function-entry site, whose low bits are the id of the compiler's nop (x86.PATCHABLE_NOPS).
+PATCHABLE_RECORD = 0x4650
 # Per form, the relocation types a tag names (tag 1, tag 2) in an i386 object: gcc's first, clang's or
 # `as -mrelax-relocations=no`'s second.
 TAG_TYPES = {Form.REL32: (2, 4), Form.GOT_EBX: (43, 3)}  # R_386_PC32, R_386_PLT32; R_386_GOT32X, R_386_GOT32
@@ -56,6 +59,23 @@ def nop_entry(elf: ElfFile, r_type: int, name: str) -> bytes:
 def tag(elf: ElfFile, form: Form, r_type: int) -> int:
     """What an i386 object's nop says of its entry's relocation type; 0 on RELA, whose record says it."""
     return 1 + TAG_TYPES[form].index(r_type) if not elf.arch.rela else 0
+
+
+def patchable_record(nop: bytes) -> int:
+    """The r_addend of the NONE entry that keeps the compiler's nop at a -fpatchable-function-entry site."""
+    return PATCHABLE_RECORD << 48 | next(i for i, code in PATCHABLE_NOPS.items() if code == nop)
+
+
+def patchable_records(elf: ElfFile, entries: Relocations) -> dict[tuple[int, int], bytes]:
+    """(section index, r_offset) -> the compiler's nop, of every NONE entry with a record of one (RELA only)."""
+    if not elf.arch.rela or 0 not in entries.values:
+        return {}
+    found = {}
+    for i in entries.holding(0):
+        addend = entries.r_addend[i]
+        if addend >> 48 == PATCHABLE_RECORD and (nop := PATCHABLE_NOPS.get(addend & 0xFFFF)) is not None:
+            found[entries.section(i).shndx, entries.r_offset[i]] = nop
+    return found
 
 
 # What `call` cannot restore, each said once: (section index, where the entry's displacement ends) -> why.

@@ -15,7 +15,7 @@ the scan takes about 15 ms.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from operator import itemgetter
 
@@ -31,8 +31,9 @@ from .elf import (
     Relocations,
     Section,
 )
-from .errors import InputError
-from .nopped import Strays, nop_entry, nopped, restorable, tag
+from .errors import InputError, VerifyError
+from .nopped import Strays, nop_entry, nopped, patchable_records, restorable, tag
+from .patchable import SECTION, Place, place
 from .relocated import SiteEntries, call_entry, live
 from .sites import DEFAULT_TARGETS, Action, Checks, Finding, Located, Redirect, ScanResult, SiteGroup, at_entry
 from .x86 import (
@@ -89,17 +90,27 @@ def scan_object(path: str, elf: ElfFile, targets: Iterable[str], base: int = 0) 
     symbols = elf.symbols.named(frozenset(targets)) if tables else {}
     groups: list[SiteGroup] = []
     strays: Strays = {}
+    patchable, too_small = _patchable(elf) if elf.section_named(SECTION) is not None else ([], [])
     if symbols:
         entries = _read(elf, tables)
         found, problems = live(elf, entries, symbols)
         kept, strays = nopped(elf, entries, symbols)
         groups = _groups(elf, entries, symbols, [*found, *kept], problems)
+        if patchable:
+            places = {(sec.shndx, p.site) for sec, p in patchable}
+            groups = _compiler_nops(elf, groups, places, patchable_records(elf, entries))
     known = {(section.shndx, start) for g in groups for section, start in zip(g.sections, g.starts, strict=True)}
     listed = [(sec, start) for sec, start in _listed(elf) if (sec.shndx, start) not in known]
     if listed:
         groups.append(_recorded(elf, listed))
+    unfilled = [(sec, p) for sec, p in patchable if (sec.shndx, p.site) not in known]
+    if unfilled:
+        groups.append(_patchable_group(unfilled))
     checks = ObjectChecks(elf, symbols, tables, tuple(groups), strays)
     findings: tuple[Finding, ...] = (Finding(FAT_LTO),) if lto else ()
+    if too_small:
+        more = f" (and {len(too_small) - 1} more functions)" if len(too_small) > 1 else ""
+        findings += (Finding(f"has a site that no call fits: {too_small[0]}{more}", frozenset({Action.CALL})),)
     # gas makes a symbol for a function only where something refers to it: the compiler's profiling target, when
     # nothing does any more, lost its calls to a --target (which leaves its own symbol where a run added it).
     uncalled = sorted({name for name in symbols.values() if name in DEFAULT_TARGETS})
@@ -236,28 +247,8 @@ def _misfit(elf: ElfFile, entries: Relocations, e: SiteEntries) -> tuple[int, In
 
 def _listed(elf: ElfFile) -> list[tuple[Section, int]]:
     """(section, offset) of every site __mcount_loc's relocations list, each checked to lie in file bytes."""
-    loc = elf.section_named("__mcount_loc")
-    if loc is None:
-        return []
-    rels = [(s, loc) for s in elf.sections if s.sh_type in (SHT_REL, SHT_RELA) and s.sh_info == loc.shndx]
-    if not rels:
-        return []
-    entries = _read(elf, rels)
-    words_ = elf.section_data(loc)
-    # An entry names a symbol of the site's section (usually the section symbol) and an offset from it.
-    symbols = [elf.arch.r_sym(r_info) for r_info in entries.r_info]
-    places = {symbol: elf.symbols.place(symbol) for symbol in set(symbols)}
     listed = []
-    for i, symbol in enumerate(symbols):
-        addend = entries.addend(i)
-        if addend is None:
-            r_offset = entries.r_offset[i]
-            addend = int.from_bytes(words_[r_offset : r_offset + elf.arch.word], "little", signed=True)
-        shndx, st_value = places[symbol]
-        if not 0 < shndx < len(elf.sections):
-            continue
-        sec, start = elf.sections[shndx], st_value + addend
-        where = f"relocation {entries.name(i)}"
+    for sec, start, where in _table(elf, "__mcount_loc"):
         if sec.sh_type == SHT_NOBITS:
             raise elf.fail(f"site {sec.where(start)} is in {sec.name}, which has no file bytes (SHT_NOBITS), {where}")
         if start < 0 or start + 5 > sec.sh_size:
@@ -266,6 +257,97 @@ def _listed(elf: ElfFile) -> list[tuple[Section, int]]:
             )
         listed.append((sec, start))
     return listed
+
+
+def _table(elf: ElfFile, name: str) -> list[tuple[Section, int, str]]:
+    """(section, offset, the entry for a message) of every place a table of addresses (__mcount_loc,
+    __patchable_function_entries) lists through its relocations."""
+    # clang makes one __patchable_function_entries a function section, all of one name.
+    listed = []
+    for loc in (s for s in elf.sections if s.name == name):
+        rels = [(s, loc) for s in elf.sections if s.sh_type in (SHT_REL, SHT_RELA) and s.sh_info == loc.shndx]
+        if not rels:
+            continue
+        entries = _read(elf, rels)
+        words_ = elf.section_data(loc)
+        # An entry names a symbol of the site's section (usually the section symbol) and an offset from it.
+        symbols = [elf.arch.r_sym(r_info) for r_info in entries.r_info]
+        places = {symbol: elf.symbols.place(symbol) for symbol in set(symbols)}
+        for i, symbol in enumerate(symbols):
+            addend = entries.addend(i)
+            if addend is None:
+                r_offset = entries.r_offset[i]
+                addend = int.from_bytes(words_[r_offset : r_offset + elf.arch.word], "little", signed=True)
+            shndx, st_value = places[symbol]
+            if not 0 < shndx < len(elf.sections):
+                continue
+            listed.append((elf.sections[shndx], st_value + addend, f"relocation {entries.name(i)}"))
+    return listed
+
+
+def _patchable(elf: ElfFile) -> tuple[list[tuple[Section, Place]], list[str]]:
+    """The site of every entry of __patchable_function_entries: where its function is entered, each with the
+    5 bytes there; and why a call cannot go where the others are entered (too few nop bytes). An entry outside
+    code is refused as the kernel's ftrace_bug refuses a bad site: nothing is written."""
+    places: list[tuple[Section, Place]] = []
+    reasons: list[str] = []
+    starts: dict[int, list[int]] = {}
+    for sec, listed, where in _table(elf, SECTION):
+        if not sec.is_exec or sec.sh_type == SHT_NOBITS or not 0 <= listed < sec.sh_size:
+            raise VerifyError(
+                "", f"{sec.where(listed)}, listed in {SECTION} ({where}), is not in the object's executable code"
+            )
+        if sec.shndx not in starts:
+            starts[sec.shndx] = sorted(
+                {row.st_value for _, row in elf.symbols.function_rows() if row.st_shndx == sec.shndx}
+            )
+        found = place(listed, _reader(elf, sec), starts[sec.shndx], elf.arch, sec.where)
+        if isinstance(found, str):
+            reasons.append(found)
+        else:
+            places.append((sec, found))
+    return places, reasons
+
+
+def _reader(elf: ElfFile, sec: Section) -> Callable[[int, int], bytes]:
+    """n bytes at an offset of `sec` (fewer at its end)."""
+    first, last = sec.sh_offset, sec.sh_offset + sec.sh_size
+    return lambda at, n: elf.data[first + at : min(first + at + n, last)]
+
+
+def _patchable_group(sites: Sequence[tuple[Section, Place]]) -> SiteGroup:
+    """The -fpatchable-function-entry sites no relocation makes calls: nops, or what verification refuses."""
+    return SiteGroup(
+        Form.PATCHABLE,
+        None,
+        tuple(sec for sec, _ in sites),
+        tuple(p.site for _, p in sites),
+        tuple(p.code for _, p in sites),
+        (None,) * len(sites),
+        entry=True,
+    )
+
+
+def _compiler_nops(
+    elf: ElfFile,
+    groups: Sequence[SiteGroup],
+    places: Collection[tuple[int, int]],
+    records: Mapping[tuple[int, int], bytes],
+) -> list[SiteGroup]:
+    """The groups, with the sites that fill a -fpatchable-function-entry site (`call --target` made them calls)
+    split off, each knowing the compiler's nop that `nop` gives back: its record, next to its entry."""
+    if not places:
+        return list(groups)
+    out = []
+    for group in groups:
+        nops_: list[bytes | None] = [
+            records.get((sec.shndx, start + 1), b"") if (sec.shndx, start) in places else None
+            for sec, start in zip(group.sections, group.starts, strict=True)
+        ]
+        for value in dict.fromkeys(nops_):
+            part = group if len(set(nops_)) == 1 else group.subset([n == value for n in nops_])
+            out.append(part if value is None else replace(part, compiler_nop=value))
+    return out
 
 
 def _recorded(elf: ElfFile, listed: Sequence[tuple[Section, int]]) -> SiteGroup:
@@ -310,6 +392,11 @@ class ObjectChecks(Checks):
         that the link relaxes it to a direct call where `name` is local); its bytes are the form's call."""
         elf = self.elf
         arch = elf.arch
+        if group.form is Form.PATCHABLE:
+            raise elf.fail(
+                f"{group.sections[0].where(group.starts[0])}: -fpatchable-function-entry left a nop here and no "
+                f"relocation entry to make it a call to {name} with: `ftpatch call --target {name}` adds one"
+            )
         if group.form is Form.RECORDED:
             raise elf.fail(
                 f"{group.sections[0].where(group.starts[0])}: gcc -mnop-mcount left a nop here and no relocation "

@@ -124,6 +124,22 @@ _NO_CALL = {
 }
 
 
+# Why a -fpatchable-function-entry site's nop has no call to become without --target.
+_NO_PATCHABLE_CALL = (
+    "-fpatchable-function-entry left nops here, which never were a call: say which function they are to call "
+    "with `call --target NAME`"
+)
+# Why `nop` cannot give back the compiler's nop at a -fpatchable-function-entry site of an object, by RELA.
+_UNRECORDED = {
+    False: "a -fpatchable-function-entry site that a call fills, and an i386 object's relocation entries have no "
+    "addend to record the compiler's nop in, so `nop` cannot give it back exactly: nop the linked program, or use "
+    "the object from before `call --target`",
+    True: "a -fpatchable-function-entry site that a call fills, with no record of the compiler's nop next to its "
+    "relocation entry (`ftpatch call --target` writes one), so `nop` cannot give it back exactly: use the object "
+    "from before the call was written",
+}
+
+
 def _group_edits(
     group: SiteGroup,
     base: int,
@@ -153,8 +169,8 @@ def _group_edits(
         if state is State.OTHER:
             bad += positions
         elif state is not (State.NOP if nop else State.CALL):
-            new = style.nop(group.form, group.entry, group.tag) if nop else call
-            assert new is not None  # only a RECORDED site has no call, and it never gets here as a call
+            new = (group.compiler_nop or style.nop(group.form, group.entry, group.tag)) if nop else call
+            assert new is not None  # only a RECORDED or PATCHABLE site has no call, and it never gets here as a call
             if nop:
                 lost = checks.readback(group, new, positions)
                 if lost:
@@ -251,10 +267,15 @@ def plan(
             bad += [result.site(group, i) for i in refused]
             live += [start + len(call or b"") for start, call in zip(group.file_offsets(), redirect.calls, strict=True)]
             continue
-        if action is Action.CALL and group.form is Form.RECORDED:
+        if action is Action.CALL and group.form in (Form.RECORDED, Form.PATCHABLE):
             site = result.site(group, 0)
             more = f" (and {len(group) - 1} more sites)" if len(group) > 1 else ""
-            raise InputError(result.path, f"{site.where}: {_NO_CALL[result.type == 'ET_REL']}{more}")
+            why = _NO_CALL[result.type == "ET_REL"] if group.form is Form.RECORDED else _NO_PATCHABLE_CALL
+            raise InputError(result.path, f"{site.where}: {why}{more}")
+        if action is Action.NOP and group.compiler_nop == b"" and any(c == group.calls[0] for c in group.codes):
+            site = result.site(group, next(i for i, c in enumerate(group.codes) if c == group.calls[0]))
+            more = f" (and {len(group) - 1} more sites)" if len(group) > 1 else ""
+            raise InputError(result.path, f"{site.where}: {_UNRECORDED[result.arch.rela]}{more}; nothing was written")
         if action is Action.CALL and group.doubt:
             doubtful += [
                 (result.site(group, i), group.doubt) for i, code in enumerate(group.codes) if code != group.calls[i]
@@ -477,8 +498,9 @@ def patch_file(
 
 
 def _recorded(scanned: Sequence[ScanResult]) -> bool:
-    """Whether an object has sites gcc -mnop-mcount left, which need relocation entries to become calls."""
-    return any(r.type == "ET_REL" and any(g.form is Form.RECORDED for g in r.groups) for r in scanned)
+    """Whether an object has sites gcc -mnop-mcount or -fpatchable-function-entry left, which need relocation
+    entries to become calls."""
+    return any(r.type == "ET_REL" and any(g.form in (Form.RECORDED, Form.PATCHABLE) for g in r.groups) for r in scanned)
 
 
 def _thin_plan(path: str, action: Action, plans: Sequence[Plan]) -> Plan:

@@ -4,7 +4,9 @@ A relocation names its function by symbol index, so an object whose sites are
 to call a function needs a symbol of that name (`call --target NAME`), and a site
 gcc -mnop-mcount left needs the relocation entry gcc writes without that option:
 `R_X86_64_PLT32` (`R_386_PC32`) against `__fentry__` at a function's entry,
-`mcount` after its prologue, or NAME. Those are added (append.with_calls: a
+`mcount` after its prologue, or NAME; a -fpatchable-function-entry site that
+`call --target NAME` fills needs that entry against NAME, and on RELA a NONE
+entry beside it whose addend records the compiler's nop, for `nop` to give back. Those are added (append.with_calls: a
 symbol after every other, an entry at the end of its table, nothing renumbered),
 and the object is scanned again, so that the plan is made of the bytes written.
 A linked file gains nothing: the function must be one it defines or reaches.
@@ -19,8 +21,9 @@ from .append import with_calls
 from .archive import is_archive, members, rebuild
 from .elf import ET_REL, ElfFile, packed
 from .errors import naming
+from .nopped import patchable_record
 from .sites import ScanResult, chosen
-from .x86 import ENDBR, Form, disp_offset
+from .x86 import ENDBR, PATCHABLE_NOPS, Form, disp_offset
 
 # The relocation type of a call gas writes for `call mcount` outside PIC code, by whether entries have addends.
 _CALL_TYPE = {True: 4, False: 2}  # R_X86_64_PLT32, R_386_PC32
@@ -77,7 +80,20 @@ def _object(result: ScanResult, target: str | None, only: Sequence[str], exclude
     arch, symbols = elf.arch, elf.symbols
     wanted: list[str] = []  # names the chosen sites call, in the order of their first site
     recorded: list[tuple[int, int, str]] = []  # -mnop-mcount's chosen sites: (section index, offset, name)
+    # -fpatchable-function-entry's chosen sites that hold the compiler's nop: (section index, offset, nop)
+    patchable: list[tuple[int, int, bytes]] = []
     for group in result.groups:
+        if group.form is Form.PATCHABLE:
+            if target is None:  # `call` refuses them: nothing says what they are to call
+                continue
+            for section, start, held in zip(group.sections, group.starts, group.codes, strict=True):
+                if held in PATCHABLE_NOPS.values() and (
+                    not (only or exclude) or chosen(result.function_at(section, start), only, exclude)
+                ):
+                    patchable.append((section.shndx, start, held))
+            if patchable and target not in wanted:
+                wanted.append(target)
+            continue
         for section, start in zip(group.sections, group.starts, strict=True):
             if (only or exclude) and not chosen(result.function_at(section, start), only, exclude):
                 continue
@@ -94,7 +110,7 @@ def _object(result: ScanResult, target: str | None, only: Sequence[str], exclude
                 recorded.append((section.shndx, start, name))
     present = {name: index for index, name in symbols.named(wanted).items()} if wanted else {}
     missing = [name for name in wanted if name not in present]
-    if not missing and not recorded:
+    if not missing and not recorded and not patchable:
         return None
     index = {**present, **{name: len(symbols) + i for i, name in enumerate(missing)}}
     code = "Q" if arch.word == 8 else "I"
@@ -104,6 +120,15 @@ def _object(result: ScanResult, target: str | None, only: Sequence[str], exclude
         entry = [start + disp_offset(Form.REL32), index[name] << arch.r_sym_shift | r_type]
         if arch.rela:
             entry.append(arch.call_addend(Form.REL32) & (1 << 8 * arch.word) - 1)
+        by_section.setdefault(shndx, array.array(code)).extend(entry)
+    for shndx, start, held in patchable:
+        assert target is not None
+        # The call's entry, and on RELA a NONE entry at the same place whose addend records the compiler's nop,
+        # which `nop` gives back (REL has no addend: an i386 object's `nop` there refuses).
+        entry = [start + disp_offset(Form.REL32), index[target] << arch.r_sym_shift | r_type]
+        if arch.rela:
+            entry += [arch.call_addend(Form.REL32) & (1 << 64) - 1, start + disp_offset(Form.REL32), 0]
+            entry.append(patchable_record(held))
         by_section.setdefault(shndx, array.array(code)).extend(entry)
     return bytes(with_calls(elf, missing, {shndx: packed(words) for shndx, words in by_section.items()}))
 

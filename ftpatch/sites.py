@@ -136,6 +136,10 @@ class SiteGroup:
     # Why `call` without --target cannot tell which call these nops replaced ("" where it can): more than one
     # target of their kind is in the file (a --symbol or --target added one), and the nops do not say which.
     doubt: str = ""
+    # At a -fpatchable-function-entry site that a call now fills: what `nop` writes back, whatever the style (the
+    # compiler's nop an object's record keeps, a linked file's one fixed nop); b"" where the file does not say
+    # which (an i386 object: REL has no addend for the record), and `nop` refuses. None elsewhere.
+    compiler_nop: bytes | None = None
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -191,6 +195,7 @@ class SiteGroup:
             self.tag,
             self.entry,
             self.doubt,
+            self.compiler_nop,
         )
 
     def site(self, i: int, function: str | None, arch: Arch) -> Site:
@@ -273,6 +278,7 @@ class Located(StrEnum):
 
     RELOCATIONS = "relocations"  # an object: its relocation entries against a target
     MCOUNT_LOC = "mcount-loc"  # a linked file's __mcount_loc table (gcc -mrecord-mcount, ftpatch record)
+    PATCHABLE = "patchable-function-entries"  # a linked file's __patchable_function_entries, and nothing else
     EMIT_RELOCS = "emit-relocs"  # relocations against a target that ld --emit-relocs kept
     FUNCTIONS = "functions"  # each function decoded from its entry (.symtab, .dynsym, unwind tables)
     SWEEP = "sweep"  # a linear decode of the code: nothing says where a function starts

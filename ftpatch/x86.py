@@ -24,6 +24,7 @@ class Form(StrEnum):
     ADDR32_REL32 = "addr32-rel32"  # 67 e8 rel32: a GOT call the linker resolved locally (static)
     TAIL = "tail-rel32"  # e9 rel32: jmp mcount@plt, where clang's LTO made a function's last call a tail call
     RECORDED = "mcount-loc"  # no call at all: gcc -mnop-mcount, listed in __mcount_loc
+    PATCHABLE = "patchable"  # no call at all: -fpatchable-function-entry's nops, listed in __patchable_function_entries
 
 
 OPCODES = {
@@ -35,8 +36,25 @@ OPCODES = {
 }
 
 
-# A RECORDED site is the one 5-byte nop gcc put there.
-SITE_LENGTH = {Form.REL32: 5, Form.GOTPCREL: 6, Form.GOT_EBX: 6, Form.ADDR32_REL32: 6, Form.TAIL: 5, Form.RECORDED: 5}
+# A RECORDED site is the one 5-byte nop gcc put there; a PATCHABLE one the 5 bytes a call takes of the nops
+# -fpatchable-function-entry left where the function is entered.
+SITE_LENGTH = {
+    Form.REL32: 5,
+    Form.GOTPCREL: 6,
+    Form.GOT_EBX: 6,
+    Form.ADDR32_REL32: 6,
+    Form.TAIL: 5,
+    Form.RECORDED: 5,
+    Form.PATCHABLE: 5,
+}
+
+# What -fpatchable-function-entry=N,M leaves where the function is entered, when N-M is 5 (gcc: any N-M >= 5),
+# by the id an object's record keeps of it (nopped.patchable_record): gcc writes one-byte nops, clang one nop
+# of N-M bytes. Only these 5 bytes end on an instruction boundary, so only they can become a call.
+PATCHABLE_NOPS = {1: b"\x90" * 5, 2: bytes.fromhex("0f1f440008")}
+# What `nop` writes at such a site in a linked file, which has no room to remember the compiler's bytes: always
+# this one (clang's own, and a nop uftrace's `record -P` patches), so that the file differs only at its sites.
+LINKED_PATCHABLE_NOP = PATCHABLE_NOPS[2]
 
 
 # endbr64 and endbr32, which -fcf-protection puts at an address-taken function's entry, before its __fentry__ call.
@@ -275,6 +293,8 @@ _PADDING = {
 _FOREIGN = {
     bytes.fromhex("0f1f440000"): Nop("p6", None, None, 0, True),
     bytes.fromhex("660f1f440000"): Nop("p6", None, None, 0, True),
+    # gcc's -fpatchable-function-entry, which `nop` gives back to an object that `call --target` made a call.
+    b"\x90" * 5: Nop("gcc", True, None, 0, True),
 }
 
 

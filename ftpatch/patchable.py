@@ -1,0 +1,89 @@
+"""-fpatchable-function-entry=N[,M]: where, among the nops an entry of __patchable_function_entries lists,
+a function is entered, and whether a call fits there.
+
+Each entry is the address of the first of N nop bytes, M of them before the
+function's symbol (gcc and clang write one-byte `90` there) and N-M where the
+function is entered: after its `endbr64` where -fcf-protection put one (at the
+symbol, the M nops before it), else at the symbol. gcc writes N-M one-byte `90`,
+clang one nop of N-M bytes. A call takes 5 bytes ending on an instruction
+boundary: gcc's 90s when N-M >= 5, clang's nop only when N-M == 5 (`0f 1f 44 00
+08`). Where the function starts is read from its symbol (or a linked file's
+unwind tables), never guessed from the bytes: gcc's 90s do not say where M ends.
+Objects and linked files each give their own reader of bytes and their function
+starts; this module knows neither.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .x86 import ENDBR, Arch, decode, nops
+
+SECTION = "__patchable_function_entries"
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a listed entry's function is entered, and what is there."""
+
+    listed: int  # the entry's address: its first nop
+    site: int  # where the function is entered: the 5 bytes a call would take
+    code: bytes  # the 5 bytes there
+
+
+def place(
+    listed: int, read: Callable[[int, int], bytes], starts: Sequence[int], arch: Arch, where: Callable[[int], str]
+) -> Place | str:
+    """The site of the entry that lists `listed`, or why no call can go there (a sentence after its place).
+
+    `read(at, n)`: n bytes at `at` (fewer at the end of the code); `starts`: the sorted starts of the
+    functions, in the same addresses as `listed`; `where(at)`: a place for a message."""
+    i = bisect_left(starts, listed)
+    if listed - 4 in starts and read(listed - 4, 4) in ENDBR:
+        site = listed  # M = 0, after endbr64: the entry lists the nops, not the function's symbol
+    elif i < len(starts) and starts[i] == listed:
+        site = listed  # M = 0
+    elif i < len(starts):
+        start = starts[i]
+        before = read(listed, start - listed)
+        if before != b"\x90" * (start - listed):
+            return (
+                f"{where(listed)}: an entry of {SECTION} lists this place, but the {start - listed} bytes from it to "
+                f"the next function ({where(start)}) are not the nops -fpatchable-function-entry puts before a "
+                "function"
+            )
+        site = start + 4 if read(start, 4) in ENDBR else start
+    else:
+        return f"{where(listed)}: an entry of {SECTION} lists this place, but no function starts there or after it"
+    code = read(site, 5)
+    if len(code) == 5 and code in nops(5, arch):
+        return Place(listed, site, code)
+    room = _nop_bytes(read(site, 16), arch)
+    if room is not None:
+        count, single = room
+        if count < 5:
+            return (
+                f"{where(site)}: -fpatchable-function-entry left {count} nop bytes where the function is entered "
+                f"(N-M = {count}), and a call takes 5: build with N-M of at least 5 (-fpatchable-function-entry=5)"
+            )
+        if single:
+            return (
+                f"{where(site)}: -fpatchable-function-entry left one nop of {count} bytes where the function is "
+                f"entered (N-M = {count}, clang), and a 5-byte call over it would leave {count - 5} bytes that are "
+                "no instruction: build with N-M = 5"
+            )
+    # Neither a nop a call can replace nor too few nop bytes: a site still, whose bytes verification refuses.
+    return Place(listed, site, code)
+
+
+def _nop_bytes(code: bytes, arch: Arch) -> tuple[int, bool] | None:
+    """How many nop bytes `code` begins with, and whether they are one multi-byte nop (clang) rather than
+    one-byte `90`s (gcc); None if it begins with no nop."""
+    if code[:1] == b"\x90":
+        return len(code) - len(code.lstrip(b"\x90")), False
+    first = next(decode(code, arch), None)
+    if first is None or not first.text.startswith("nop"):
+        return None
+    return first.size, True
