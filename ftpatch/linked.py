@@ -35,18 +35,32 @@ call live; after a nop the check runs again on the new bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .demangle import demangle
 from .elf import SHF_ALLOC, SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Section, words
-from .errors import InputError
+from .errors import InputError, VerifyError
 from .functions import Functions
 from .livecalls import LiveCalls
-from .sites import DEFAULT_TARGETS, Action, Checks, Finding, Located, Redirect, ScanResult, SiteGroup, State, at_entry
+from .patchable import SECTION, Place, place
+from .sites import (
+    DEFAULT_TARGETS,
+    Action,
+    Checks,
+    Finding,
+    Located,
+    Redirect,
+    ScanResult,
+    SiteGroup,
+    State,
+    at_entry,
+    site_state,
+)
 from .targets import R_RELATIVE, Targets, dynamic_relocations, profiling_runtime, resolve, text_relocations
 from .x86 import (
     ENDBR,
+    LINKED_PATCHABLE_NOP,
     SITE_LENGTH,
     Arch,
     Form,
@@ -338,6 +352,41 @@ class _Locator:
 _KERNEL_TABLE = ("__start_mcount_loc", "__stop_mcount_loc")
 
 
+def _patchable(elf: ElfFile, functions: Functions, locator: _Locator) -> tuple[list[Place], list[str]]:
+    """The site of every entry of __patchable_function_entries, where its function is entered (functions.starts:
+    .symtab, .dynsym, the unwind tables), and why a call cannot go where the others are entered. An entry
+    outside the code is refused as ftrace_bug refuses a bad site: nothing is written."""
+    sec = elf.section_named(SECTION)
+    if sec is None or sec.sh_type == SHT_NOBITS:
+        return [], []
+    places: list[Place] = []
+    reasons: list[str] = []
+    for va in _addresses(elf, SECTION, sec.sh_addr, bytes(elf.section_data(sec))):
+        if not elf.in_code(va):
+            raise VerifyError("", f"site {va:#x}, listed in {SECTION}, is not in the file's executable code")
+        found = place(va, elf.read, functions.starts, elf.arch, locator.where)
+        if isinstance(found, str):
+            reasons.append(found)
+        else:
+            places.append(found)
+    return places, reasons
+
+
+def _addresses(elf: ElfFile, name: str, start: int, raw: bytes) -> list[int]:
+    """The addresses a table of words at `start` lists; in a PIE, from the R_*_RELATIVE addends. The entry of a
+    function the link discarded (--gc-sections) is 0."""
+    word = elf.arch.word
+    if len(raw) % word:
+        raise elf.fail(f"{name} is {len(raw):#x} bytes, not a multiple of {word}")
+    listed = dict(zip(range(start, start + len(raw), word), words(raw, word), strict=True))
+    relocations = dynamic_relocations(elf)
+    if relocations is not None and elf.arch.rela and R_RELATIVE in relocations.values:
+        for i in relocations.holding(R_RELATIVE):
+            if relocations.r_offset[i] in listed:
+                listed[relocations.r_offset[i]] = relocations.r_addend[i]
+    return sorted({va for va in listed.values() if va})
+
+
 def _site_table(elf: ElfFile) -> tuple[str, list[int]]:
     """The file's site table, named as errors name it, and the addresses it lists: __mcount_loc, or a kernel
     image's table between __start_mcount_loc and __stop_mcount_loc (vmlinux.lds.h gathers __mcount_loc and
@@ -353,17 +402,7 @@ def _site_table(elf: ElfFile) -> tuple[str, list[int]]:
             raise elf.fail(f"{name} ({start:#x} to {stop:#x}) is not all in one loaded section with file bytes")
     else:
         return "", []
-    word = elf.arch.word
-    if len(raw) % word:
-        raise elf.fail(f"{name} is {len(raw):#x} bytes, not a multiple of {word}")
-    listed = dict(zip(range(start, start + len(raw), word), words(raw, word), strict=True))
-    relocations = dynamic_relocations(elf)
-    if relocations is not None and elf.arch.rela and R_RELATIVE in relocations.values:
-        for i in relocations.holding(R_RELATIVE):
-            if relocations.r_offset[i] in listed:
-                listed[relocations.r_offset[i]] = relocations.r_addend[i]
-    # The entry of a function the link discarded (--gc-sections) is 0.
-    return name, sorted({va for va in listed.values() if va})
+    return name, _addresses(elf, name, start, raw)
 
 
 def _kernel_table(elf: ElfFile) -> tuple[int, int] | None:
@@ -413,9 +452,24 @@ def scan_linked(path: str, elf: ElfFile, names: Iterable[str]) -> ScanResult:
     table, recorded = _site_table(elf)
     targets = resolve(elf, names, {va: functions.entry(va, listed=True) for va in recorded})
     locator = _Locator(elf, targets, functions)
-    located, found, refused, blind = _locate(elf, names, table, recorded, targets, functions, locator)
+    places, too_small = _patchable(elf, functions, locator)
+    patchable = {p.site for p in places}
+    located, found, refused, blind = _locate(elf, names, table, recorded, targets, functions, locator, patchable)
     sites = {f.va: f for f in found}
     findings: list[Finding] = []
+    for p in places:
+        if p.site not in sites:
+            call = targets.call_at(p.code, p.site)
+            sites[p.site] = (
+                Found(p.site, call.form, call.target.name, State.CALL, call.code, call.code)
+                if call is not None
+                else Found(p.site, Form.PATCHABLE, None, site_state(p.code, None, elf.arch), p.code, None)
+            )
+    if places and located is Located.NOWHERE and not refused:
+        located = Located.PATCHABLE
+    if too_small:
+        more = f" (and {len(too_small) - 1} more functions)" if len(too_small) > 1 else ""
+        findings.append(Finding(f"has a site that no call fits: {too_small[0]}{more}", frozenset({Action.CALL})))
     if refused:
         findings.append(Finding(refused, frozenset(Action)))
     if blind:
@@ -458,7 +512,7 @@ def scan_linked(path: str, elf: ElfFile, names: Iterable[str]) -> ScanResult:
         elf.type_name,
         elf.arch,
         elf.data,
-        _groups(elf, sites.values(), functions),
+        _groups(elf, sites.values(), functions, patchable),
         located,
         tuple(findings),
         checks,
@@ -473,6 +527,7 @@ def _locate(
     targets: Targets,
     functions: Functions,
     locator: _Locator,
+    patchable: Collection[int],
 ) -> tuple[Located, list[Found], str, str]:
     """Where the sites are, by the first strategy the file allows: (how they were located, the sites found,
     why every action refuses the file, why `call` does); the last two "" where nothing stops them."""
@@ -486,7 +541,7 @@ def _locate(
         # it, one can hide only in a profiling runtime linked in, and glibc's says it is there.
         if not elf.has_symtab and profiling_runtime(elf):
             return Located.NOWHERE, [], OPAQUE, ""
-        count = _nopped_without_targets(elf, functions, locator)
+        count = _nopped_without_targets(elf, functions, locator, patchable)
         return Located.NOWHERE, [], "", RELINKED.format(count=count) if count else ""
     if emitted := _emitted(elf, names):
         return Located.EMIT_RELOCS, list(locator.emitted(emitted)), "", ""
@@ -547,12 +602,15 @@ def _ftpatch_nops(elf: ElfFile) -> list[tuple[int, bytes]]:
     ]
 
 
-def _nopped_without_targets(elf: ElfFile, functions: Functions, locator: _Locator) -> int:
-    """How many instructions are nops only ftpatch writes, or ftpatch's nops at a function's entry."""
+def _nopped_without_targets(elf: ElfFile, functions: Functions, locator: _Locator, patchable: Collection[int]) -> int:
+    """How many instructions are nops only ftpatch writes, or ftpatch's nops at a function's entry; not the
+    -fpatchable-function-entry sites, whose nop clang writes too."""
     if not functions:
         return 0
     at_entries = {
-        start for start in functions.starts if any(written_by_ftpatch(elf.read(start, n), elf.arch) for n in (5, 6))
+        start
+        for start in functions.starts
+        if start not in patchable and any(written_by_ftpatch(elf.read(start, n), elf.arch) for n in (5, 6))
     }
     return len(at_entries | locator.on_instructions(va for va, _ in _ftpatch_nops(elf)))
 
@@ -574,16 +632,20 @@ def _file_offset(elf: ElfFile, va: int) -> int:
     return sec.sh_offset + va - sec.sh_addr
 
 
-def _groups(elf: ElfFile, found: Iterable[Found], functions: Functions) -> tuple[SiteGroup, ...]:
-    """Sites as groups, one per form, target, place (at a function's entry or not) and doubt; each site keeps
-    its section and its own call. A target's name says its place (__fentry__, mcount), or its site's place does."""
-    grouped: dict[tuple[Form, str | None, bool, str], list[tuple[Section, Found]]] = {}
+def _groups(
+    elf: ElfFile, found: Iterable[Found], functions: Functions, patchable: Collection[int]
+) -> tuple[SiteGroup, ...]:
+    """Sites as groups, one per form, target, place (at a function's entry or not), doubt and whether a call fills
+    a -fpatchable-function-entry site (whose nop is then always LINKED_PATCHABLE_NOP); each site keeps its section
+    and its own call. A target's name says its place (__fentry__, mcount), or its site's place does."""
+    grouped: dict[tuple[Form, str | None, bool, str, bool], list[tuple[Section, Found]]] = {}
     for f in sorted(found, key=lambda f: f.va):
         sec = elf.section_at(f.va)
         assert sec is not None
         kind = at_entry(f.target)
         entry = kind if kind is not None else bool(functions.entry(f.va))
-        grouped.setdefault((f.form, f.target, entry, f.doubt), []).append((sec, f))
+        filled = f.form is not Form.PATCHABLE and f.va in patchable
+        grouped.setdefault((f.form, f.target, entry, f.doubt, filled), []).append((sec, f))
     return tuple(
         SiteGroup(
             form,
@@ -594,6 +656,7 @@ def _groups(elf: ElfFile, found: Iterable[Found], functions: Functions) -> tuple
             tuple(f.call for _, f in group),
             entry=entry,
             doubt=doubt,
+            compiler_nop=LINKED_PATCHABLE_NOP if filled else None,
         )
-        for (form, target, entry, doubt), group in grouped.items()
+        for (form, target, entry, doubt, filled), group in grouped.items()
     )
