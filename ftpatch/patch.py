@@ -255,6 +255,10 @@ def plan(
             continue
         if keep and not all(keep):
             group = group.subset(keep)
+        if group.form is Form.PATCHABLE and (wrong := group.wrong(result.arch)):
+            # Bytes that are no nop where __patchable_function_entries lists a site: ftrace_bug's EINVAL.
+            bad += [result.site(group, i) for i in wrong]
+            continue
         if target is not None:
             with naming(result.path):
                 redirect = result.checks.redirect(group, target)

@@ -5,9 +5,9 @@ Each entry is the address of the first of N nop bytes, M of them before the
 function's symbol (gcc and clang write one-byte `90` there) and N-M where the
 function is entered: after its `endbr64` where -fcf-protection put one (at the
 symbol, the M nops before it), else at the symbol. gcc writes N-M one-byte `90`,
-clang one nop of N-M bytes. A call takes 5 bytes ending on an instruction
-boundary: gcc's 90s when N-M >= 5, clang's nop only when N-M == 5 (`0f 1f 44 00
-08`). Where the function starts is read from its symbol (or a linked file's
+clang one nop of N-M bytes on x86-64 (`0f 1f 44 00 08` for 5) and on i386
+`66 90 66 90 90` for 5. A call takes 5 bytes ending on an instruction boundary:
+gcc's 90s when N-M >= 5, clang's nops only when N-M == 5. Where the function starts is read from its symbol (or a linked file's
 unwind tables), never guessed from the bytes: gcc's 90s do not say where M ends.
 Objects and linked files each give their own reader of bytes and their function
 starts; this module knows neither.
@@ -60,30 +60,30 @@ def place(
     code = read(site, 5)
     if len(code) == 5 and code in nops(5, arch):
         return Place(listed, site, code)
-    room = _nop_bytes(read(site, 16), arch)
-    if room is not None:
-        count, single = room
+    count, ends = _nop_run(read(site, 32), arch)
+    if count and 5 not in ends:
         if count < 5:
             return (
                 f"{where(site)}: -fpatchable-function-entry left {count} nop bytes where the function is entered "
                 f"(N-M = {count}), and a call takes 5: build with N-M of at least 5 (-fpatchable-function-entry=5)"
             )
-        if single:
-            return (
-                f"{where(site)}: -fpatchable-function-entry left one nop of {count} bytes where the function is "
-                f"entered (N-M = {count}, clang), and a 5-byte call over it would leave {count - 5} bytes that are "
-                "no instruction: build with N-M = 5"
-            )
+        return (
+            f"{where(site)}: -fpatchable-function-entry left {count} nop bytes where the function is entered "
+            f"(N-M = {count}, clang), but no instruction of them ends 5 bytes in, so a 5-byte call over them would "
+            "leave bytes that are no instruction: build with N-M = 5"
+        )
     # Neither a nop a call can replace nor too few nop bytes: a site still, whose bytes verification refuses.
     return Place(listed, site, code)
 
 
-def _nop_bytes(code: bytes, arch: Arch) -> tuple[int, bool] | None:
-    """How many nop bytes `code` begins with, and whether they are one multi-byte nop (clang) rather than
-    one-byte `90`s (gcc); None if it begins with no nop."""
-    if code[:1] == b"\x90":
-        return len(code) - len(code.lstrip(b"\x90")), False
-    first = next(decode(code, arch), None)
-    if first is None or not first.text.startswith("nop"):
-        return None
-    return first.size, True
+def _nop_run(code: bytes, arch: Arch) -> tuple[int, set[int]]:
+    """How many bytes of nop instructions `code` begins with, and where each of them ends."""
+    ends: set[int] = set()
+    end = 0
+    for ins in decode(code, arch):
+        # capstone calls `66 90` (clang's 2-byte nop on i386) xchg %ax,%ax, which it is, and a nop.
+        if not ins.text.startswith("nop") and code[ins.offset : ins.offset + ins.size] != b"\x66\x90":
+            break
+        end = ins.offset + ins.size
+        ends.add(end)
+    return end, ends

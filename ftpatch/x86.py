@@ -50,8 +50,9 @@ SITE_LENGTH = {
 
 # What -fpatchable-function-entry=N,M leaves where the function is entered, when N-M is 5 (gcc: any N-M >= 5),
 # by the id an object's record keeps of it (nopped.patchable_record): gcc writes one-byte nops, clang one nop
-# of N-M bytes. Only these 5 bytes end on an instruction boundary, so only they can become a call.
-PATCHABLE_NOPS = {1: b"\x90" * 5, 2: bytes.fromhex("0f1f440008")}
+# of N-M bytes on x86-64 and, on i386, 66 90 66 90 90. These 5 bytes end on an instruction boundary, so a call
+# can take their place.
+PATCHABLE_NOPS = {1: b"\x90" * 5, 2: bytes.fromhex("0f1f440008"), 3: bytes.fromhex("6690669090")}
 # What `nop` writes at such a site in a linked file, which has no room to remember the compiler's bytes: always
 # this one (clang's own, and a nop uftrace's `record -P` patches), so that the file differs only at its sites.
 LINKED_PATCHABLE_NOP = PATCHABLE_NOPS[2]
@@ -295,6 +296,7 @@ _FOREIGN = {
     bytes.fromhex("660f1f440000"): Nop("p6", None, None, 0, True),
     # gcc's -fpatchable-function-entry, which `nop` gives back to an object that `call --target` made a call.
     b"\x90" * 5: Nop("gcc", True, None, 0, True),
+    bytes.fromhex("6690669090"): Nop("clang", True, None, 0, True),  # clang's, on i386
 }
 
 

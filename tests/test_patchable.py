@@ -1,0 +1,191 @@
+"""-fpatchable-function-entry=N[,M]: its nops, listed in __patchable_function_entries, are sites (form
+`patchable`, state nop). `call --target NAME` makes them calls, in objects and linked programs built by gcc 12
+and clang 14 and linked by bfd, gold and lld; a counting hook counts as many calls from retargeted objects as
+from the retargeted program; `nop` gives an object its compiler's exact code back, and a linked file differs
+from its original only at the sites. Too few nop bytes, a call without --target and bad entries are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import PROGRAM_OUTPUT, ftpatch
+from elftools.elf.constants import SH_FLAGS
+from elftools.elf.elffile import ELFFile
+from test_retarget import HOOK, PROG, counted, hook_object, ok, sh, zlib_source  # noqa: F401 (a fixture)
+
+# name -> (compile flags, link flags, linker)
+BUILDS = {
+    "pie": (["-O2", "-fpatchable-function-entry=5"], [], "bfd"),
+    "nopie": (["-O2", "-fpatchable-function-entry=5", "-fno-pie"], ["-no-pie"], "gold"),
+    "cet-before": (["-O2", "-fpatchable-function-entry=8,3", "-fcf-protection"], [], "lld"),
+    "cet": (["-O2", "-fpatchable-function-entry=5", "-fcf-protection", "-fno-pie"], ["-no-pie"], "lld"),
+    "m32": (["-m32", "-O2", "-fpatchable-function-entry=5"], ["-m32"], "bfd"),
+}
+CASES = [(build, cc) for build in BUILDS for cc in ("gcc", "clang")]
+
+
+def code(path: Path) -> dict[str, bytes]:
+    """The bytes of every executable section, by name (clang's -ffunction-sections names repeat: numbered)."""
+    with path.open("rb") as f:
+        elf = ELFFile(f)
+        return {
+            f"{i}:{s.name}": s.data()
+            for i, s in enumerate(elf.iter_sections())
+            if s["sh_flags"] & SH_FLAGS.SHF_EXECINSTR and s["sh_type"] != "SHT_NOBITS"
+        }
+
+
+def sites(path: Path, *args: str) -> list[dict[str, object]]:
+    doc = json.loads(ok("scan", "--json", *args, path).stdout)
+    return [site for f in doc["files"] for site in f["sites"]]
+
+
+@pytest.mark.parametrize(("build", "cc"), CASES, ids=[f"{b}-{c}" for b, c in CASES])
+def test_objects_and_programs_call_the_hook_and_nop_gives_the_code_back(tmp_path: Path, build: str, cc: str) -> None:
+    cflags, lflags, linker = BUILDS[build]
+    ld = [f"-fuse-ld={linker}"]
+    obj, hook = tmp_path / "prog.o", hook_object(tmp_path, cc, cflags)
+    sh(cc, *cflags, "-c", PROG, "-o", obj, cwd=tmp_path)
+    found = sites(obj)
+    assert found and {(s["form"], s["state"], s["length"]) for s in found} == {("patchable", "nop", 5)}
+
+    hooked = tmp_path / "prog-hook.o"
+    ok("call", "--target", HOOK, obj, "-o", hooked)
+    assert {(s["form"], s["target"], s["state"]) for s in sites(hooked, "--symbol", HOOK)} == {("rel32", HOOK, "call")}
+    exe = tmp_path / "from-objects"
+    sh(cc, *lflags, *ld, hooked, hook, "-o", exe, cwd=tmp_path)
+    printed, from_objects = counted(exe, tmp_path)
+    assert printed == PROGRAM_OUTPUT and from_objects > 1000
+
+    program, program_hooked = tmp_path / "prog", tmp_path / "prog-hooked"
+    sh(cc, *lflags, *ld, obj, hook, "-o", program, cwd=tmp_path)
+    assert counted(program, tmp_path) == (PROGRAM_OUTPUT, 0)
+    listed = sites(program)
+    assert len(listed) == len(found) and {s["form"] for s in listed} == {"patchable"}
+    ok("call", "--target", HOOK, program, "-o", program_hooked)
+    assert counted(program_hooked, tmp_path) == (PROGRAM_OUTPUT, from_objects)
+
+    # nop: the program differs from the original only at its sites (clang's x86-64 nop is the one ftpatch writes);
+    # call --target gives back the retargeted program exactly.
+    off = tmp_path / "prog-off"
+    ok("nop", "--symbol", HOOK, program_hooked, "-o", off)
+    before, after = program.read_bytes(), off.read_bytes()
+    assert len(before) == len(after)
+    changed = {i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b}
+    at_sites = {int(str(s["file_offset"])) + k for s in listed for k in range(5)}
+    assert changed <= at_sites and (changed == set()) == (cc == "clang" and "-m32" not in cflags)
+    again = tmp_path / "prog-again"
+    ok("call", "--target", HOOK, off, "-o", again)
+    assert again.read_bytes() == program_hooked.read_bytes()
+
+    # An object's nop writes back the compiler's own bytes: its code is the original's, byte for byte.
+    nopped = tmp_path / "prog-off.o"
+    proc = ftpatch("nop", "--symbol", HOOK, hooked, "-o", nopped)
+    if "-m32" in cflags:  # REL: no addend to record the compiler's nop in
+        assert proc.returncode == 1 and "i386 object's relocation entries have no addend" in proc.stderr
+        assert not nopped.exists()
+        return
+    assert proc.returncode == 0, proc.stderr
+    assert code(nopped) == code(obj)
+    back = tmp_path / "prog-back.o"
+    ok("call", "--target", HOOK, nopped, "-o", back)
+    assert back.read_bytes() == hooked.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("cc", "option", "said"),
+    [
+        ("gcc", "-fpatchable-function-entry=3", "N-M = 3"),
+        ("gcc", "-fpatchable-function-entry=7,4", "N-M = 3"),
+        ("clang", "-fpatchable-function-entry=3", "N-M = 3"),
+        ("clang", "-fpatchable-function-entry=7", "7 nop bytes where the function is entered (N-M = 7"),
+    ],
+)
+def test_too_few_nop_bytes_are_refused_with_the_numbers(tmp_path: Path, cc: str, option: str, said: str) -> None:
+    obj, out = tmp_path / "prog.o", tmp_path / "out.o"
+    sh(cc, "-O2", option, "-c", PROG, "-o", obj, cwd=tmp_path)
+    proc = ftpatch("call", "--target", HOOK, obj, "-o", out)
+    assert proc.returncode == 1 and said in proc.stderr and not out.exists(), proc.stderr
+    assert said in ftpatch("scan", obj).stderr  # a warning: nop has nothing to do
+
+
+def test_call_without_target_says_to_name_one(tmp_path: Path) -> None:
+    obj, out = tmp_path / "prog.o", tmp_path / "out.o"
+    sh("gcc", "-O2", "-fpatchable-function-entry=5", "-c", PROG, "-o", obj, cwd=tmp_path)
+    proc = ftpatch("call", obj, "-o", out)
+    assert proc.returncode == 1 and "`call --target NAME`" in proc.stderr and not out.exists()
+    assert "0 patched, 8 already nop" in ok("nop", obj, "-o", out).stdout
+
+
+@pytest.mark.parametrize("kind", ["object", "program"])
+def test_garbage_at_a_listed_entry_is_exit_3_nothing_written(tmp_path: Path, kind: str) -> None:
+    built = tmp_path / "prog"
+    sh(
+        "gcc",
+        "-O2",
+        "-fpatchable-function-entry=5",
+        *(["-c"] if kind == "object" else [hook_object(tmp_path, "gcc", [])]),
+        PROG,
+        "-o",
+        built,
+        cwd=tmp_path,
+    )
+    first = sites(built)[0]
+    data = bytearray(built.read_bytes())
+    at = int(str(first["file_offset"]))
+    data[at : at + 5] = bytes.fromhex("0f0b909090")  # ud2 where the nops were
+    bad, out = tmp_path / "bad", tmp_path / "out"
+    bad.write_bytes(data)
+    for args in (["nop"], ["call", "--target", HOOK]):
+        proc = ftpatch(*args, bad, "-o", out)
+        assert proc.returncode == 3 and not out.exists(), proc.stderr
+        assert "expected a nop, actual 0f:0b:90:90:90 (ud2; nop; nop; nop)" in proc.stderr
+
+
+def test_an_entry_outside_the_code_is_exit_3_nothing_written(tmp_path: Path) -> None:
+    obj = tmp_path / "prog.o"
+    sh("gcc", "-O2", "-fpatchable-function-entry=5", "-c", PROG, "-o", obj, cwd=tmp_path)
+    data = bytearray(obj.read_bytes())
+    with obj.open("rb") as f:
+        elf = ELFFile(f)
+        rela = elf.get_section_by_name(".rela__patchable_function_entries")
+        text = elf.get_section_by_name(".text")
+        offset, size = rela["sh_offset"], text["sh_size"]
+    data[offset + 16 : offset + 24] = (size + 0x100).to_bytes(8, "little")  # the first entry's addend
+    bad, out = tmp_path / "bad.o", tmp_path / "out.o"
+    bad.write_bytes(data)
+    proc = ftpatch("call", "--target", HOOK, bad, "-o", out)
+    assert proc.returncode == 3 and not out.exists(), proc.stderr
+    assert "listed in __patchable_function_entries" in proc.stderr and "executable code" in proc.stderr
+
+
+@pytest.mark.parametrize("cc", ["gcc", "clang"])
+def test_zlib(tmp_path: Path, zlib_source: Path, cc: str) -> None:  # noqa: F811 (the fixture)
+    """zlib's own build with -fpatchable-function-entry=5: its static library's members retargeted, then linked,
+    count what the linked `example` retargeted counts; nop gives every member its code back."""
+    hook = hook_object(tmp_path, cc, [])
+    tree = tmp_path / "zlib"
+    shutil.copytree(zlib_source, tree, symlinks=True)
+    env = {**os.environ, "CC": cc, "CFLAGS": "-O2 -fpatchable-function-entry=5", "LDFLAGS": str(hook)}
+    sh("./configure", "--static", cwd=tree, env=env)
+    sh("make", "example", "libz.a", cwd=tree, env=env)
+    printed, none = counted(tree / "example", tree)
+    assert none == 0 and "zlib version" in printed
+    hooked = tmp_path / "example-hooked"
+    ok("call", "--target", HOOK, tree / "example", "-o", hooked)
+    hooked_printed, from_program = counted(hooked, tree)
+    assert hooked_printed == printed and from_program > 1000
+
+    original = {p.name: code(p) for p in tree.glob("*.o")}
+    objects = sorted(tree.glob("*.o"))
+    ok("call", "--target", HOOK, "--in-place", *objects)
+    relinked = tmp_path / "example-relinked"
+    members = [p for p in objects if p.name not in ("example.o", "minigzip.o")]
+    sh(cc, tree / "example.o", *members, hook, "-o", relinked, cwd=tree)
+    assert counted(relinked, tree) == (printed, from_program)
+    ok("nop", "--symbol", HOOK, "--in-place", *objects)
+    assert {p.name: code(p) for p in objects} == original
