@@ -43,7 +43,16 @@ from .elf import SHF_ALLOC, SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, S
 from .functions import Functions
 from .livecalls import LiveCalls
 from .sites import Action, Checks, Finding, Located, ScanResult, SiteGroup, State
-from .targets import R_RELATIVE, Targets, dynamic_relocations, profiling_runtime, resolve, text_relocations
+from .targets import (
+    R_RELATIVE,
+    Targets,
+    dynamic_relocations,
+    is_plt,
+    profiling_runtime,
+    resolve,
+    site_sections,
+    text_relocations,
+)
 from .x86 import (
     ENDBR,
     Arch,
@@ -55,6 +64,7 @@ from .x86 import (
     inner_form,
     instruction_starts,
     marked_nops,
+    nop_slot,
     nops,
     site_openers,
     written_by_ftpatch,
@@ -123,7 +133,7 @@ class _Locator:
             if len(code) < length:
                 continue
             for kind in self._kinds(code, entry, exact):
-                options = self.targets.calls(va, length, kind, inner_form(code, self.arch))
+                options = self.targets.calls(va, length, kind, inner_form(code, self.arch), nop_slot(code, self.arch))
                 if not options:
                     continue
                 ambiguity = ""
@@ -185,6 +195,9 @@ class _Locator:
     def walk(self, i: int) -> Found | None:
         """The site of the i-th function: the first call to a target, or nop in a site's place, from its entry."""
         start = self.functions.starts[i]
+        sec = self.elf.section_at(start)
+        if sec is None or is_plt(sec):  # the unwind tables cover the PLT too
+            return None
         code = self.elf.read(start, (self.functions.end(i, _SPAN) or start) - start)
         entry = start
         openers = site_openers(self.arch)
@@ -245,7 +258,7 @@ class _Locator:
 
     def sweep(self) -> Iterator[Found]:
         """Every call to a target, and nop ftpatch wrote inside a function, in a linear decode of the code."""
-        for sec in self.elf.code_sections:
+        for sec in site_sections(self.elf):
             code = bytes(self.elf.section_data(sec))
             pos = 0
             while pos < len(code):
@@ -372,7 +385,7 @@ def scan_linked(path: str, elf: ElfFile, names: Iterable[str]) -> ScanResult:
     loose_nops: list[str] = []
     live_calls = None
     if targets:
-        live_calls = LiveCalls(targets, tuple((s.sh_addr, s.sh_offset, s.sh_size) for s in elf.code_sections))
+        live_calls = LiveCalls(targets, tuple((s.sh_addr, s.sh_offset, s.sh_size) for s in site_sections(elf)))
         calls = live_calls(elf.data)
         nopped = _ftpatch_nops(elf)
         if located is Located.FUNCTIONS:
@@ -476,7 +489,7 @@ def _ftpatch_nops(elf: ElfFile) -> list[tuple[int, bytes]]:
     """(address, bytes) of every nop in the code that only ftpatch writes, by a search of its bytes."""
     return [
         (sec.sh_addr + at - sec.sh_offset, nop)
-        for sec in elf.code_sections
+        for sec in site_sections(elf)
         for at, nop in find_marked_nops(elf.data, elf.arch, sec.sh_offset, sec.sh_offset + sec.sh_size).items()
     ]
 

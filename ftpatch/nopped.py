@@ -26,14 +26,15 @@ import zlib
 from collections.abc import Mapping, Sequence
 
 from .elf import SHT_NOBITS, ElfFile, Relocations
-from .relocated import SiteEntries
-from .sites import at_entry
+from .relocated import SiteEntries, by_opcode
+from .sites import at_entry, slot
 from .x86 import SITE_LENGTH, TAGS, Form, disp_offset, known_nops, nops
 
 RECORD = 0x4654  # "FT": the top 16 bits of the r_addend of an entry ftpatch nop'd
 # Per form, the relocation types a tag names (tag 1, tag 2) in an i386 object: gcc's first, clang's or
 # `as -mrelax-relocations=no`'s second.
-TAG_TYPES = {Form.REL32: (2, 4), Form.GOT_EBX: (43, 3)}  # R_386_PC32, R_386_PLT32; R_386_GOT32X, R_386_GOT32
+# R_386_PC32, R_386_PLT32 (a tail jmp's too); R_386_GOT32X, R_386_GOT32
+TAG_TYPES = {Form.REL32: (2, 4), Form.TAIL: (2, 4), Form.GOT_EBX: (43, 3)}
 
 
 def name_hash(name: str) -> int:
@@ -101,7 +102,10 @@ def _recorded(
             )
             strays[_end(entries, i)] = f"{_where(entries, i)}: relocation {entries.name(i)} was nop'd, but {why}"
             continue
-        found.append(SiteEntries(positions, form, symbols[0], r_type, bytes(arch.word) + value.to_bytes(8, "little")))
+        held = bytes(arch.word) + value.to_bytes(8, "little")
+        found += [
+            SiteEntries(at, f, symbols[0], r_type, held) for f, at in by_opcode(elf, entries, positions, form).items()
+        ]
     for i in unrecorded:
         nop = _nop_ending_at(elf, entries, i)
         strays[_end(entries, i)] = (
@@ -144,7 +148,12 @@ def _tagged(
                 )
             continue
         (form, nop), *more = tagged
-        symbols = [s for s, name in targets.items() if nop.entry is None or at_entry(name) == nop.entry]
+        form = nop.form if nop.form is Form.TAIL else form
+        symbols = [
+            s
+            for s, name in targets.items()
+            if (nop.entry is None or at_entry(name) == nop.entry) and slot(name) == nop.slot
+        ]
         if more or len(symbols) != 1:
             why = (
                 "a 5-byte and a 6-byte tagged nop end there"
@@ -167,7 +176,11 @@ def restorable(elf: ElfFile, targets: Mapping[int, str], target: str | None, new
     if elf.arch.rela or target is None:
         return True
     nop = known_nops(elf.arch).get(new)
-    kind = [name for name in targets.values() if nop is not None and nop.entry in (None, at_entry(name))]
+    kind = [
+        name
+        for name in targets.values()
+        if nop is not None and nop.entry in (None, at_entry(name)) and slot(name) == nop.slot
+    ]
     return nop is not None and nop.tag in TAGS and kind == [target]
 
 

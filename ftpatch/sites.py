@@ -21,14 +21,25 @@ from .elf import SHT_RELA, Section
 from .errors import naming
 from .x86 import Arch, Form, nops
 
-DEFAULT_TARGETS = ("mcount", "_mcount", "__fentry__")
-# Called after the prologue, not as a function's first instruction.
-MCOUNT_TARGETS = frozenset({"mcount", "_mcount"})
+CYG_ENTER, CYG_EXIT = "__cyg_profile_func_enter", "__cyg_profile_func_exit"  # -finstrument-functions
+DEFAULT_TARGETS = ("mcount", "_mcount", "__fentry__", CYG_ENTER, CYG_EXIT)
+# Called inside a function, not as its first instruction: mcount after the prologue, the enter hook after its
+# arguments are set, the exit hook before each return (docs/facts.md).
+INSIDE_TARGETS = frozenset({"mcount", "_mcount", CYG_ENTER, CYG_EXIT})
+# Which target a nop inside a function says it replaced, where a function calls more than one (x86.NopStyle):
+# 0 for the one target of its kind, mcount's.
+_SLOTS = {CYG_ENTER: 1, CYG_EXIT: 2}
 
 
 def at_entry(target: str | None) -> bool:
-    """Whether calls to `target` are a function's first instruction (__fentry__, a --symbol), not after its prologue."""
-    return target is not None and target not in MCOUNT_TARGETS
+    """Whether calls to `target` are a function's first instruction (__fentry__, a --symbol), not inside it."""
+    return target is not None and target not in INSIDE_TARGETS
+
+
+def slot(target: str | None) -> int:
+    """What a nop says of the target it replaced: 1 for __cyg_profile_func_enter, 2 for
+    __cyg_profile_func_exit, which the same functions call, and 0 for any other."""
+    return _SLOTS.get(target or "", 0)
 
 
 class State(StrEnum):
@@ -125,6 +136,10 @@ class SiteGroup:
     @property
     def entry(self) -> bool:
         return at_entry(self.target)
+
+    @property
+    def slot(self) -> int:
+        return slot(self.target)
 
     def file_offsets(self, base: int = 0) -> list[int]:
         """The file offset of each site; `base` is added."""
