@@ -242,14 +242,16 @@ def _lea(length: int, inner: Form | None, tag: int, slot: int) -> bytes:
     # The SIB's scale bits, ignored without an index register, are the tag. gas pads i386 code with
     # the 6-byte lea, so inside a function the 5-byte one with an operand-size prefix takes its place
     # (a lea of %esi into %si, which it leaves as it was), its segment prefix naming the form.
-    # Inside a function the segment prefix also says the slot (es, ss for 5 bytes; fs, gs or cs, ds for 6).
-    sib = 0x26 | tag << 6
+    # The slot is the register, loaded with itself: %esi, %edi, %ebp. Not a segment prefix: the last
+    # five bytes of a 6-byte lea (26 8d 74 26 00, 36 8d 74 26 00) must stay no 5-byte nop of ftpatch's,
+    # or an i386 object's nop'd got-ebx site would read back as a 5-byte site too (nopped._tagged).
+    reg = _LEA_REGISTERS[slot]
+    modrm, sib = 0x44 | reg << 3, tag << 6 | 0x20 | reg
     if length == 5:  # ds at an entry, as the kernel's; cs inside a function, which no assembler pads with
-        return bytes((0x3E if inner is None else _LEA5_SLOTS[slot], 0x8D, 0x74, sib, 0x00))
+        return bytes((0x3E if inner is None else 0x2E, 0x8D, modrm, sib, 0x00))
     if inner is None:
         return bytes.fromhex("8db600000000") if tag == 0 else b""  # no i386 object has a 6-byte entry site
-    segments = _LEA_SEGMENTS[inner]
-    return bytes((0x66, segments[slot], 0x8D, 0x74, sib, 0x00)) if slot < len(segments) else b""
+    return bytes((0x66, _LEA_SEGMENTS[inner], 0x8D, modrm, sib, 0x00))
 
 
 # A jmp to mcount is mcount's call and the function's return at once: its nop is the return alone, whatever the
@@ -262,14 +264,8 @@ _O16_SLOTS = (0x66, 0x64, 0x65)  # by slot: none, fs, gs
 # By slot: int3, hlt, cmc, one byte each in both modes, so that decoding across the filler stays in step
 # (0xcd would take the next byte, 0xce is no instruction on x86-64).
 _FILLER_SLOTS = (0xCC, 0xF4, 0xF5)
-_LEA5_SLOTS = (0x2E, 0x26, 0x36)  # by slot: cs, es, ss
-# By form, then slot. Only the i386 forms of 6 bytes have a 6-byte lea; REL32 is never 6 bytes.
-_LEA_SEGMENTS = {
-    Form.REL32: (0x3E,),
-    Form.GOTPCREL: (0x26, 0x64, 0x65),
-    Form.GOT_EBX: (0x26, 0x64, 0x65),
-    Form.ADDR32_REL32: (0x36, 0x2E, 0x3E),
-}
+_LEA_REGISTERS = (6, 7, 5)  # by slot: %esi, %edi, %ebp
+_LEA_SEGMENTS = {Form.REL32: 0x3E, Form.GOTPCREL: 0x26, Form.GOT_EBX: 0x26, Form.ADDR32_REL32: 0x36}
 _MEMBERS = {"p6": _p6, "o16": _o16, "jmp": _jmp, "lea": _lea}
 TAGS = (1, 2)
 SLOTS = (1, 2)
