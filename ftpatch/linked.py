@@ -42,7 +42,7 @@ from .demangle import demangle
 from .elf import SHF_ALLOC, SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Section, words
 from .functions import Functions
 from .livecalls import LiveCalls
-from .sites import Action, Checks, Finding, Located, ScanResult, SiteGroup, State
+from .sites import HOOK_TARGETS, Action, Checks, Finding, Located, ScanResult, SiteGroup, State
 from .targets import (
     R_RELATIVE,
     Targets,
@@ -388,12 +388,18 @@ def scan_linked(path: str, elf: ElfFile, names: Iterable[str]) -> ScanResult:
         live_calls = LiveCalls(targets, tuple((s.sh_addr, s.sh_offset, s.sh_size) for s in site_sections(elf)))
         calls = live_calls(elf.data)
         nopped = _ftpatch_nops(elf)
-        if located is Located.FUNCTIONS:
+        if located is Located.FUNCTIONS or (located is Located.MCOUNT_LOC and functions):
             # What the byte search finds beyond the walks' sites: sites deep in a function, once decoding confirms them.
             ends = _live_ends(elf, sites)
             candidates = [va for end in calls if end not in ends for va in (_va(elf, end) - 5, _va(elf, end) - 6)]
             candidates += [va for va, _ in nopped if va not in sites]
-            sites.update((f.va, f) for f in locator.inside(candidates))
+            inside = locator.inside(candidates)
+            if located is Located.MCOUNT_LOC:
+                # __mcount_loc lists mcount's and __fentry__'s sites, never the -finstrument-functions hooks' (gcc
+                # -mrecord-mcount, ftpatch record): those are found as in a file without the table. Any other
+                # call it does not list stays a call at no site.
+                inside = (f for f in inside if f.target in HOOK_TARGETS)
+            sites.update((f.va, f) for f in inside)
         ends = _live_ends(elf, sites)
         findings += [
             Finding(

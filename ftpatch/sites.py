@@ -29,6 +29,9 @@ INSIDE_TARGETS = frozenset({"mcount", "_mcount", CYG_ENTER, CYG_EXIT})
 # Which target a nop inside a function says it replaced, where a function calls more than one (x86.NopStyle):
 # 0 for the one target of its kind, mcount's.
 _SLOTS = {CYG_ENTER: 1, CYG_EXIT: 2}
+# The -finstrument-functions hooks, which __mcount_loc never lists: the kernel and uftrace read it as the table of
+# mcount and __fentry__ calls, and gcc -mrecord-mcount lists only those (record.py, linked.py).
+HOOK_TARGETS = frozenset(_SLOTS)
 
 
 def at_entry(target: str | None) -> bool:

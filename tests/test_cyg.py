@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ftpatch, run_cli
+from conftest import call_places, ftpatch, run_cli, table_places
 
 SRC = Path(__file__).parent / "cyg"
 TOOLS = all(shutil.which(t) for t in ("gcc", "clang", "objdump", "ld.gold", "ld.lld"))
@@ -183,3 +183,71 @@ def test_zlib(tmp_path: Path, zlib_source: Path, cc: str) -> None:
         assert ftpatch("nop", obj, "-o", tmp_path / "n.o").returncode == 0
         assert ftpatch("call", tmp_path / "n.o", "-o", tmp_path / "b.o").returncode == 0
         assert (tmp_path / "b.o").read_bytes() == obj.read_bytes(), obj.name
+
+
+# (compiler, flags) of objects that call mcount or __fentry__ and the hooks.
+BOTH = [("gcc", "-pg"), ("gcc", "-pg -mfentry"), ("gcc", "-m32 -pg"), ("clang", "-pg"), ("clang", "-m32 -pg")]
+
+
+@pytest.mark.parametrize(("cc", "flags"), BOTH, ids=[f"{cc}{flags.replace(' ', '')}" for cc, flags in BOTH])
+def test_record_lists_mcount_and_fentry_sites_never_the_hooks(tmp_path: Path, cc: str, flags: str) -> None:
+    """The kernel and uftrace take every __mcount_loc entry for a call of mcount or __fentry__: `record` and
+    `nop --record` list those alone, as gcc -mrecord-mcount does, and nothing for an object that calls only the
+    hooks."""
+    for name in ("lib", "main"):
+        obj = tmp_path / f"{name}.o"
+        sh(cc, "-O2", "-finstrument-functions", *flags.split(), "-c", SRC / f"{name}.c", "-o", obj, cwd=tmp_path)
+        assert "__cyg_profile_func_" in sh("objdump", "-r", obj, cwd=tmp_path)
+        mcount = call_places(obj)
+        assert mcount and nsites(obj) > len(mcount)  # the hooks' sites are sites, but not for the table
+        assert ftpatch("record", obj, "-o", tmp_path / "r.o").returncode == 0
+        assert table_places(tmp_path / "r.o") == mcount
+        assert ftpatch("nop", "--record", obj, "-o", tmp_path / "nr.o").returncode == 0
+        assert table_places(tmp_path / "nr.o") == mcount
+        if cc == "gcc":
+            ref = tmp_path / "gcc.o"
+            sh(cc, "-O2", "-finstrument-functions", *flags.split(), "-mrecord-mcount", "-c", SRC / f"{name}.c",
+               "-o", ref, cwd=tmp_path)  # fmt: skip
+            assert table_places(ref) == mcount
+    hooks_only = tmp_path / "hooks-only.o"
+    bits = ["-m32"] if "-m32" in flags else []
+    sh(cc, "-O2", "-finstrument-functions", *bits, "-c", SRC / "lib.c", "-o", hooks_only, cwd=tmp_path)
+    assert nsites(hooks_only) > 0
+    done = ftpatch("record", hooks_only, "-o", tmp_path / "r.o")
+    assert done.returncode == 0, done.stderr
+    assert table_places(tmp_path / "r.o") is None
+
+
+# (name, compile flags, link flags, how the table is made: gcc's -mrecord-mcount or ftpatch record)
+TABLED = [
+    ("gcc", "", "", "gcc"),
+    ("gcc", "", "", "ftpatch"),
+    ("gcc", "-mfentry -fno-pie", "-no-pie", "gcc"),
+    ("gcc", "-m32", "-m32", "ftpatch"),
+    ("clang", "", "", "ftpatch"),
+    ("clang", "-m32", "-m32", "ftpatch"),
+]
+
+
+@pytest.mark.parametrize(
+    ("cc", "cflags", "lflags", "table"), TABLED, ids=[f"{c[0]}{c[1].replace(' ', '')}-{c[3]}" for c in TABLED]
+)
+def test_programs_with_mcount_loc_and_the_hooks(tmp_path: Path, cc: str, cflags: str, lflags: str, table: str) -> None:
+    """A program whose __mcount_loc lists its mcount sites and not the hooks': the hooks' sites are found as in a
+    program without the table, and nop and call round trip all of them."""
+    bits = ["-m32"] if "-m32" in cflags else []
+    sh("gcc", *bits, "-O2", "-fPIC", "-shared", SRC / "hooks.c", "-o", tmp_path / "libhooks.so", cwd=tmp_path)
+    objects = []
+    for name in ("main", "lib"):
+        obj = tmp_path / f"{name}.o"
+        extra = ["-mrecord-mcount"] if table == "gcc" else []
+        sh(cc, "-O2", "-pg", "-finstrument-functions", *cflags.split(), *extra, "-c", SRC / f"{name}.c", "-o", obj,
+           cwd=tmp_path)  # fmt: skip
+        if table == "ftpatch":
+            assert ftpatch("record", "--in-place", obj).returncode == 0
+        objects.append(obj)
+    exe = tmp_path / "prog"
+    sh(cc, "-pg", *lflags.split(), *objects, "-L.", "-lhooks", "-o", exe, cwd=tmp_path)
+    assert sh("readelf", "-SW", exe, cwd=tmp_path).count("__mcount_loc") == 1
+    assert nsites(exe) == objdump_sites(exe) + sum(len(call_places(o)) for o in objects)
+    round_trip(exe, exe, tmp_path)
