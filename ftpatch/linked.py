@@ -43,8 +43,29 @@ from .elf import SHF_ALLOC, SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, S
 from .errors import InputError
 from .functions import Functions
 from .livecalls import LiveCalls
-from .sites import DEFAULT_TARGETS, Action, Checks, Finding, Located, Redirect, ScanResult, SiteGroup, State, at_entry
-from .targets import R_RELATIVE, Targets, dynamic_relocations, profiling_runtime, resolve, text_relocations
+from .sites import (
+    DEFAULT_TARGETS,
+    HOOK_TARGETS,
+    Action,
+    Checks,
+    Finding,
+    Located,
+    Redirect,
+    ScanResult,
+    SiteGroup,
+    State,
+    at_entry,
+)
+from .targets import (
+    R_RELATIVE,
+    Targets,
+    dynamic_relocations,
+    is_plt,
+    profiling_runtime,
+    resolve,
+    site_sections,
+    text_relocations,
+)
 from .x86 import (
     ENDBR,
     SITE_LENGTH,
@@ -57,6 +78,7 @@ from .x86 import (
     inner_form,
     instruction_starts,
     marked_nops,
+    nop_slot,
     nops,
     site_openers,
     written_by_ftpatch,
@@ -137,7 +159,7 @@ class _Locator:
                 continue
             for kind in self._kinds(code, entry, exact):
                 said = inner_form(code, self.arch)
-                options = self.targets.calls(va, length, kind, said)
+                options = self.targets.calls(va, length, kind, said, nop_slot(code, self.arch))
                 doubt = ""
                 if not options and said is not None and said is not Form.TAIL:
                     # The nop replaced a call of a form no target has here: one to a function a --target
@@ -236,6 +258,9 @@ class _Locator:
     def walk(self, i: int) -> Found | None:
         """The site of the i-th function: the first call to a target, or nop in a site's place, from its entry."""
         start = self.functions.starts[i]
+        sec = self.elf.section_at(start)
+        if sec is None or is_plt(sec):  # the unwind tables cover the PLT too
+            return None
         code = self.elf.read(start, (self.functions.end(i, _SPAN) or start) - start)
         entry = start
         openers = site_openers(self.arch)
@@ -296,7 +321,7 @@ class _Locator:
 
     def sweep(self) -> Iterator[Found]:
         """Every call to a target, and nop ftpatch wrote inside a function, in a linear decode of the code."""
-        for sec in self.elf.code_sections:
+        for sec in site_sections(self.elf):
             code = bytes(self.elf.section_data(sec))
             pos = 0
             while pos < len(code):
@@ -426,15 +451,21 @@ def scan_linked(path: str, elf: ElfFile, names: Iterable[str]) -> ScanResult:
     loose_nops: list[str] = []
     live_calls = None
     if targets:
-        live_calls = LiveCalls(targets, tuple((s.sh_addr, s.sh_offset, s.sh_size) for s in elf.code_sections))
+        live_calls = LiveCalls(targets, tuple((s.sh_addr, s.sh_offset, s.sh_size) for s in site_sections(elf)))
         calls = live_calls(elf.data)
         nopped = _ftpatch_nops(elf)
-        if located is Located.FUNCTIONS:
+        if located is Located.FUNCTIONS or (located is Located.MCOUNT_LOC and functions):
             # What the byte search finds beyond the walks' sites: sites deep in a function, once decoding confirms them.
             ends = _live_ends(elf, sites)
             candidates = [va for end in calls if end not in ends for va in (_va(elf, end) - 5, _va(elf, end) - 6)]
             candidates += [va for va, _ in nopped if va not in sites]
-            sites.update((f.va, f) for f in locator.inside(candidates))
+            inside = locator.inside(candidates)
+            if located is Located.MCOUNT_LOC:
+                # __mcount_loc lists mcount's and __fentry__'s sites, never the -finstrument-functions hooks' (gcc
+                # -mrecord-mcount, ftpatch record): those are found as in a file without the table. Any other
+                # call it does not list stays a call at no site.
+                inside = (f for f in inside if f.target in HOOK_TARGETS)
+            sites.update((f.va, f) for f in inside)
         ends = _live_ends(elf, sites)
         findings += [
             Finding(
@@ -542,7 +573,7 @@ def _ftpatch_nops(elf: ElfFile) -> list[tuple[int, bytes]]:
     """(address, bytes) of every nop in the code that only ftpatch writes, by a search of its bytes."""
     return [
         (sec.sh_addr + at - sec.sh_offset, nop)
-        for sec in elf.code_sections
+        for sec in site_sections(elf)
         for at, nop in find_marked_nops(elf.data, elf.arch, sec.sh_offset, sec.sh_offset + sec.sh_size).items()
     ]
 

@@ -28,14 +28,15 @@ import zlib
 from collections.abc import Mapping, Sequence
 
 from .elf import SHT_NOBITS, ElfFile, Relocations
-from .relocated import SiteEntries
-from .sites import at_entry
+from .relocated import SiteEntries, by_opcode
+from .sites import at_entry, slot
 from .x86 import SITE_LENGTH, TAGS, Form, disp_offset, known_nops, nops
 
 RECORD = 0x4654  # "FT": the top 16 bits of the r_addend of an entry ftpatch nop'd
 # Per form, the relocation types a tag names (tag 1, tag 2) in an i386 object: gcc's first, clang's or
 # `as -mrelax-relocations=no`'s second.
-TAG_TYPES = {Form.REL32: (2, 4), Form.GOT_EBX: (43, 3)}  # R_386_PC32, R_386_PLT32; R_386_GOT32X, R_386_GOT32
+# R_386_PC32, R_386_PLT32 (a tail jmp's too); R_386_GOT32X, R_386_GOT32
+TAG_TYPES = {Form.REL32: (2, 4), Form.TAIL: (2, 4), Form.GOT_EBX: (43, 3)}
 
 
 def name_hash(name: str) -> int:
@@ -103,7 +104,10 @@ def _recorded(
             )
             strays[_end(entries, i)] = f"{_where(entries, i)}: relocation {entries.name(i)} was nop'd, but {why}"
             continue
-        found.append(SiteEntries(positions, form, symbols[0], r_type, bytes(arch.word) + value.to_bytes(8, "little")))
+        held = bytes(arch.word) + value.to_bytes(8, "little")
+        found += [
+            SiteEntries(at, f, symbols[0], r_type, held) for f, at in by_opcode(elf, entries, positions, form).items()
+        ]
     for i in unrecorded:
         nop = _nop_ending_at(elf, entries, i)
         strays[_end(entries, i)] = (
@@ -146,7 +150,8 @@ def _tagged(
                 )
             continue
         (form, nop), *more = tagged
-        kind = _of_kind(targets, nop.entry)
+        form = nop.form if nop.form is Form.TAIL else form
+        kind = _of_kind(targets, nop.entry, nop.slot)
         if more or not kind:
             why = "a 5-byte and a 6-byte tagged nop end there" if more else "no target symbol is of its kind"
             strays[_end(entries, i)] = f"{_where(entries, i)}: relocation {entries.name(i)} was nop'd, but {why}"
@@ -165,10 +170,15 @@ def _tagged(
     return found, strays
 
 
-def _of_kind(targets: Mapping[int, str], entry: bool | None) -> list[int]:
+def _of_kind(targets: Mapping[int, str], entry: bool | None, nop_slot: int) -> list[int]:
     """The target symbols a REL nop written at a function's entry (True), inside one (False) or at either
-    (None) can have replaced a call to: those whose name says that place, or says none (a --target)."""
-    return [s for s, name in targets.items() if entry is None or at_entry(name) in (None, entry)]
+    (None), saying slot `nop_slot`, can have replaced a call to: those whose name says that place and slot, or
+    says none (a --target)."""
+    return [
+        s
+        for s, name in targets.items()
+        if at_entry(name) is None or ((entry is None or at_entry(name) == entry) and slot(name) == nop_slot)
+    ]
 
 
 def restorable(elf: ElfFile, targets: Mapping[int, str], target: str | None, new: bytes) -> bool:
@@ -179,7 +189,7 @@ def restorable(elf: ElfFile, targets: Mapping[int, str], target: str | None, new
     nop = known_nops(elf.arch).get(new)
     if nop is None or nop.tag not in TAGS:
         return False
-    kind = [targets[s] for s in _of_kind(targets, nop.entry)]
+    kind = [targets[s] for s in _of_kind(targets, nop.entry, nop.slot)]
     # Where a --target or --symbol makes it one of several, `call` asks which (SiteGroup.doubt): no guess either way.
     return kind == [target] or (target in kind and any(at_entry(name) is None for name in kind))
 

@@ -38,6 +38,7 @@ from .sites import DEFAULT_TARGETS, Action, Checks, Finding, Located, Redirect, 
 from .x86 import (
     ENDBR,
     SITE_LENGTH,
+    TAIL_OF,
     Form,
     call_bytes,
     disp_offset,
@@ -281,6 +282,11 @@ def _recorded(elf: ElfFile, listed: Sequence[tuple[Section, int]]) -> SiteGroup:
     )
 
 
+def _opcodes(form: Form) -> tuple[Form, ...]:
+    """The forms a call relocation of `form` relocates: an `e8` one an `e9` tail jmp too (relocated.by_opcode)."""
+    return (form, TAIL_OF[form]) if form in TAIL_OF else (form,)
+
+
 class ObjectChecks(Checks):
     """An object's checks: its function symbols, what `call` cannot restore, and its relocations read again."""
 
@@ -356,13 +362,13 @@ class ObjectChecks(Checks):
             form = arch.call_forms.get(r_type)
             if symbol not in self.symbols or form is None:
                 continue
-            call = call_bytes(form, 0 if arch.rela else arch.call_addend(form))
+            calls = [call_bytes(f, 0 if arch.rela else arch.call_addend(f)) for f in _opcodes(form)]
             for i in entries.holding(r_info):
                 sec, end = entries.section(i), entries.r_offset[i] + 4
                 at = sec.sh_offset + end
-                if sec.sh_type != SHT_NOBITS and data[at - len(call) : at] == call:
+                if sec.sh_type != SHT_NOBITS and any(data[at - len(call) : at] == call for call in calls):
                     found[at] = (
-                        f"{arch.reloc_name(r_type)} against {self.symbols[symbol]} at {sec.where(end - len(call))}, relocation {entries.name(i)}"
+                        f"{arch.reloc_name(r_type)} against {self.symbols[symbol]} at {sec.where(end - len(calls[0]))}, relocation {entries.name(i)}"
                     )
         return found
 

@@ -153,10 +153,10 @@ def _group_edits(
         if state is State.OTHER:
             bad += positions
         elif state is not (State.NOP if nop else State.CALL):
-            new = style.nop(group.form, group.entry, group.tag) if nop else call
+            new = style.nop(group.form, group.entry, group.tag, group.slot) if nop else call
             assert new is not None  # only a RECORDED site has no call, and it never gets here as a call
             if nop:
-                lost = checks.readback(group, new, positions)
+                lost = checks.readback(group, new, positions) if new else list(positions)
                 if lost:
                     unreadable += lost
                     continue

@@ -46,7 +46,7 @@ from .elf import (
 )
 from .errors import InputError, VerifyError, naming
 from .objects import scan_object
-from .sites import DEFAULT_TARGETS, ScanResult
+from .sites import DEFAULT_TARGETS, HOOK_TARGETS, ScanResult
 from .write import rewrite, rewrite_thin
 from .x86 import describe, hexbytes
 
@@ -115,10 +115,14 @@ def _groups(elf: ElfFile) -> dict[int, int]:
 def _places(result: ScanResult) -> dict[int, list[int]]:
     """Section index -> the offsets of its sites, each once, ascending; sections in index order.
 
+    Not the sites of the -finstrument-functions hooks: the kernel and uftrace take every entry of
+    __mcount_loc for a call of mcount or __fentry__, as gcc -mrecord-mcount writes it.
     A group's sites usually share one section: then its column of offsets is taken whole.
     """
     by_section: dict[int, list[int]] = {}
     for group in result.groups:
+        if group.target in HOOK_TARGETS:
+            continue
         sections = group.sections
         if sections and sections.count(sections[0]) == len(sections):
             by_section.setdefault(sections[0].shndx, []).extend(group.starts)
