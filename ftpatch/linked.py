@@ -35,7 +35,7 @@ call live; after a nop the check runs again on the new bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from .demangle import demangle
@@ -559,7 +559,7 @@ class LinkedChecks(Checks):
     def readback(self, group: SiteGroup, new: bytes, positions: Sequence[int]) -> list[int]:
         return self.locator.readback(self.exact, group, new, positions) if self.locator else []
 
-    def live_calls(self, data: bytes | bytearray) -> dict[int, str]:
+    def live_calls(self, data: bytes | bytearray) -> Mapping[int, str]:
         return self.live(data) if self.live else {}
 
     def redirect(self, group: SiteGroup, name: str) -> Redirect:

@@ -15,8 +15,9 @@ the scan takes about 15 ms.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from operator import itemgetter
 
 from .elf import (
@@ -43,6 +44,7 @@ from .x86 import (
     call_bytes,
     disp_offset,
     find_marked_nops,
+    find_nops,
     ftpatch_nops,
     instruction_starts,
     written_by_ftpatch,
@@ -287,6 +289,26 @@ def _opcodes(form: Form) -> tuple[Form, ...]:
     return (form, TAIL_OF[form]) if form in TAIL_OF else (form,)
 
 
+class _Said(Mapping[int, str]):
+    """The live calls found, each said only when asked: a plan of `call` asks only where they end, and saying
+    each of a module's thousand calls cost a third of its run."""
+
+    def __init__(self, found: dict[int, tuple[int, int, int, int]], say: Callable[..., str]) -> None:
+        self._found, self._say = found, say
+
+    def __getitem__(self, end: int) -> str:
+        return self._say(*self._found[end])
+
+    def __contains__(self, end: object) -> bool:
+        return end in self._found
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._found)
+
+    def __len__(self) -> int:
+        return len(self._found)
+
+
 class ObjectChecks(Checks):
     """An object's checks: its function symbols, what `call` cannot restore, and its relocations read again."""
 
@@ -349,14 +371,14 @@ class ObjectChecks(Checks):
             )
         return found[0]
 
-    def live_calls(self, data: bytes | bytearray) -> dict[int, str]:
+    def live_calls(self, data: bytes | bytearray) -> Mapping[int, str]:
         """Every relocation against a target, read again from `data`, that makes a call of its site's bytes:
         keyed by the file offset where the call ends, as the end of its displacement."""
         if not self.symbols:
             return {}
         elf = ElfFile(bytes(data))
         entries = elf.relocations(self.tables, len(self.elf.symbols))
-        arch, found = elf.arch, {}
+        arch, found = elf.arch, dict[int, tuple[int, int, int, int]]()
         for r_info in entries.values:
             symbol, r_type = arch.r_sym(r_info), arch.r_type(r_info)
             form = arch.call_forms.get(r_type)
@@ -364,13 +386,18 @@ class ObjectChecks(Checks):
                 continue
             calls = [call_bytes(f, 0 if arch.rela else arch.call_addend(f)) for f in _opcodes(form)]
             for i in entries.holding(r_info):
-                sec, end = entries.section(i), entries.r_offset[i] + 4
-                at = sec.sh_offset + end
+                sec = entries.section(i)
+                at = sec.sh_offset + entries.r_offset[i] + 4
                 if sec.sh_type != SHT_NOBITS and any(data[at - len(call) : at] == call for call in calls):
-                    found[at] = (
-                        f"{arch.reloc_name(r_type)} against {self.symbols[symbol]} at {sec.where(end - len(calls[0]))}, relocation {entries.name(i)}"
-                    )
-        return found
+                    found[at] = (r_type, symbol, i, len(calls[0]))
+        return _Said(found, partial(self._said, entries))
+
+    def _said(self, entries: Relocations, r_type: int, symbol: int, i: int, length: int) -> str:
+        arch, end = self.elf.arch, entries.r_offset[i] + 4
+        return (
+            f"{arch.reloc_name(r_type)} against {self.symbols[symbol]} at {entries.section(i).where(end - length)}, "
+            f"relocation {entries.name(i)}"
+        )
 
     def strays(self) -> tuple[str, ...]:
         """What `call` cannot restore: what the scan met, and nops only ftpatch writes, or nops at a
@@ -392,17 +419,15 @@ class ObjectChecks(Checks):
                 for at in sorted(self._on_instructions(sec, loose))
             ]
         # clang's -fpatchable-function-entry writes ftpatch's entry nop too, and lists where.
-        # Each function's entry is looked at only where the code holds such a nop at all, which bytes.find
-        # says in C: decoding a kernel module's symbols costs more than the rest of `call`.
+        # Each function's entry is looked at only where the code holds one of ftpatch's nops at all, which
+        # bytes.find says in C: decoding a kernel module's symbols costs more than the rest of `call`.
         code_ranges = [
             (s.sh_offset, s.sh_offset + s.sh_size) for s in elf.sections if s.is_exec and s.sh_type != SHT_NOBITS
         ]
         if (
             elf.has_symtab
             and elf.section_named("__patchable_function_entries") is None
-            and any(
-                elf.data.find(nop, first, last) >= 0 for nop in ftpatch_nops(elf.arch) for first, last in code_ranges
-            )
+            and any(find_nops(elf.data, ftpatch_nops(elf.arch), first, last) for first, last in code_ranges)
         ):
             for _, row in elf.symbols.function_rows():
                 if (

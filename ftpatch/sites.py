@@ -334,7 +334,7 @@ class Checks:
         written over them."""
         return []
 
-    def live_calls(self, data: bytes | bytearray) -> dict[int, str]:
+    def live_calls(self, data: bytes | bytearray) -> Mapping[int, str]:
         """Every live profiling call in the file's bytes `data`, found independently of the sites:
         file offset of the call's end -> what it is. `apply` runs it on the new bytes."""
         return {}

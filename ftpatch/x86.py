@@ -366,51 +366,59 @@ def marked_nops(length: int, arch: Arch) -> frozenset[bytes]:
 
 
 @cache
-def _marked_cores(arch: Arch) -> tuple[tuple[bytes, dict[int, tuple[bytes, ...]]], ...]:
-    """Every nop only ftpatch writes (not the jmp nops of slot 0: a tail jump over int3 padding to the next
-    function looks the same), by the few bytes at their heart that bytes.find looks for: (core, {where the core
-    sits in a nop: those nops, longest first})."""
-    marked = sorted(
-        (n for length in (6, 5) for n in marked_nops(length, arch) if n[0] != 0xEB or n[2] != 0xCC),
-        key=len,
-        reverse=True,
-    )
-    cores: dict[bytes, dict[int, list[bytes]]] = {}
-    for nop in marked:
+def _cores_of(nops_: frozenset[bytes]) -> tuple[tuple[bytes, tuple[tuple[int, int, frozenset[bytes]], ...]], ...]:
+    """These nops by the few bytes at their heart that bytes.find looks for: (core, ((where the core sits in a
+    nop, the nop's length, those nops), ... longest first))."""
+    cores: dict[bytes, dict[tuple[int, int], set[bytes]]] = {}
+    for nop in nops_:
         core = next((c for c in _CORES if c in nop), nop)
-        cores.setdefault(core, {}).setdefault(nop.index(core), []).append(nop)
-    return tuple((core, {at: tuple(ns) for at, ns in places.items()}) for core, places in cores.items())
+        cores.setdefault(core, {}).setdefault((nop.index(core), len(nop)), set()).add(nop)
+    return tuple(
+        (
+            core,
+            tuple((at, length, frozenset(ns)) for (at, length), ns in sorted(places.items(), key=lambda p: -p[0][1])),
+        )
+        for core, places in cores.items()
+    )
 
 
-# What the nops only ftpatch writes hold (x86.NopStyle): the p6 nopl's opcode and ModRM, o16's prefixes, lea's
-# opcode and ModRM (one per register), a tail site's ret and int3, the jmp of a hook's nop.
+# What the nops ftpatch writes hold (x86.NopStyle): the p6 nopl's opcode and ModRM, o16's prefixes, lea's opcode
+# and ModRM (one per register), a tail site's ret and int3, the jmp of a jmp nop.
 _CORES = (b"\x1f\x44", b"\x66\x66\x90", b"\x8d\x74", b"\x8d\x7c", b"\x8d\x6c", b"\xc3\xcc", b"\xeb\x03", b"\xeb\x04")
 
 
 def find_marked_nops(code: bytes | memoryview, arch: Arch, start: int = 0, end: int | None = None) -> dict[int, bytes]:
     """Offset -> bytes of every nop in `code[start:end]` that only ftpatch writes, found by its bytes alone:
     they may lie inside other instructions (see instruction_starts). A 6-byte nop that holds a 5-byte one
-    (o16, lea) counts once.
+    (o16, lea) counts once. (Not the jmp nops of slot 0: a tail jump over int3 padding to the next function
+    looks the same.)"""
+    marked = frozenset(n for length in (6, 5) for n in marked_nops(length, arch) if n[0] != 0xEB or n[2] != 0xCC)
+    return find_nops(code, marked, start, end)
+
+
+def find_nops(
+    code: bytes | memoryview, wanted: frozenset[bytes], start: int = 0, end: int | None = None
+) -> dict[int, bytes]:
+    """Offset -> bytes of every nop of `wanted` in `code[start:end]`, the longest where several begin; one that
+    begins a byte after a 6-byte one, inside it, is not counted.
 
     Each nop holds one of a few cores, which bytes.find finds in C; only where one is are the nops around it
-    compared. A regular expression of the nops took twice as long on a kernel module's code (and a
-    lookahead one, tried at every byte, five times longer again).
+    compared. A regular expression of the nops took twice as long on a kernel module's code (and a lookahead
+    one, tried at every byte, five times longer again).
     """
     end = len(code) if end is None else end
     data = code if isinstance(code, bytes) else bytes(code)
     starts: dict[int, bytes] = {}
-    for core, places in _marked_cores(arch):
+    for core, places in _cores_of(wanted):
         at = data.find(core, start, end)
         while at >= 0:
-            for offset, candidates in places.items():
+            for offset, length, candidates in places:
                 first = at - offset
-                if first < start:
+                if first < start or first + length > end:
                     continue
-                for nop in candidates:
-                    if first + len(nop) <= end and data.startswith(nop, first):
-                        if len(nop) > len(starts.get(first, b"")):
-                            starts[first] = nop
-                        break
+                nop = data[first : first + length]
+                if nop in candidates and length > len(starts.get(first, b"")):
+                    starts[first] = nop
             at = data.find(core, at + 1, end)
     found: dict[int, bytes] = {}
     for at in sorted(starts):
@@ -455,9 +463,9 @@ def written_inside(code: bytes, arch: Arch) -> bool:
 
 
 @cache
-def ftpatch_nops(arch: Arch) -> tuple[bytes, ...]:
+def ftpatch_nops(arch: Arch) -> frozenset[bytes]:
     """Every nop this version of ftpatch writes on this machine."""
-    return tuple(code for code in known_nops(arch) if code not in _FOREIGN)
+    return frozenset(code for code in known_nops(arch) if code not in _FOREIGN)
 
 
 def written_by_ftpatch(code: bytes, arch: Arch) -> bool:
