@@ -43,7 +43,7 @@ from .elf import SHF_ALLOC, SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, S
 from .functions import Functions
 from .livecalls import LiveCalls
 from .sites import Action, Checks, Finding, Located, ScanResult, SiteGroup, State
-from .targets import R_RELATIVE, Targets, dynamic_relocations, profiling_runtime, resolve, text_relocations
+from .targets import Targets, dynamic_relocations, profiling_runtime, relative, resolve, text_relocations
 from .x86 import (
     ENDBR,
     Arch,
@@ -302,15 +302,14 @@ def _site_table(elf: ElfFile) -> tuple[str, list[int]]:
             raise elf.fail(f"{name} ({start:#x} to {stop:#x}) is not all in one loaded section with file bytes")
     else:
         return "", []
-    word = elf.arch.word
-    if len(raw) % word:
-        raise elf.fail(f"{name} is {len(raw):#x} bytes, not a multiple of {word}")
-    listed = dict(zip(range(start, start + len(raw), word), words(raw, word), strict=True))
-    relocations = dynamic_relocations(elf)
-    if relocations is not None and elf.arch.rela and R_RELATIVE in relocations.values:
-        for i in relocations.holding(R_RELATIVE):
-            if relocations.r_offset[i] in listed:
-                listed[relocations.r_offset[i]] = relocations.r_addend[i]
+    entry = elf.arch.mcount_loc_entry
+    if len(raw) % entry:
+        raise elf.fail(f"{name} is {len(raw):#x} bytes, not a multiple of {entry}")
+    listed = dict(zip(range(start, start + len(raw), entry), words(raw, entry), strict=True))
+    if elf.arch.rela:
+        for va, addend in relative(dynamic_relocations(elf), elf.arch).items():
+            if va in listed:
+                listed[va] = addend
     # The entry of a function the link discarded (--gc-sections) is 0.
     return name, sorted({va for va in listed.values() if va})
 

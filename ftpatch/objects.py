@@ -208,7 +208,7 @@ def _listed(elf: ElfFile) -> list[tuple[Section, int]]:
         addend = entries.addend(i)
         if addend is None:
             r_offset = entries.r_offset[i]
-            addend = int.from_bytes(words_[r_offset : r_offset + elf.arch.word], "little", signed=True)
+            addend = int.from_bytes(words_[r_offset : r_offset + elf.arch.mcount_loc_entry], "little", signed=True)
         shndx, st_value = places[symbol]
         if not 0 < shndx < len(elf.sections):
             continue
