@@ -125,7 +125,8 @@ def _recorded(
                 if form is None
                 else "its record names a symbol that is not one of the targets (was it nop'd with a --symbol?)"
                 if not symbols
-                else "its record names a symbol that more than one target symbol could be"
+                else f"its record's {layout.hash_bits} bits of a name's hash ({wanted:#04x}) fit more than one "
+                f"target: {', '.join(sorted(targets[s] for s in symbols))}"
             )
             strays[_end(entries, i)] = f"{_where(entries, i)}: relocation {entries.name(i)} was nop'd, but {why}"
             continue
@@ -188,6 +189,24 @@ def _tagged(
         for (form, r_type, symbol), positions in by_call.items()
     ]
     return found, strays
+
+
+def record_clash(elf: ElfFile, targets: Mapping[int, str], target: str | None) -> str:
+    """Why the record of a site of `target` nop'd in this object would not name it alone among the
+    object's targets, whatever the nop ('' if it would): x32's record keeps 8 bits of a name's CRC-32."""
+    if not elf.arch.rela or target is None:
+        return ""
+    layout = records(elf)
+    mine = layout.name_hash(target)
+    others = sorted({name for name in targets.values() if name != target and layout.name_hash(name) == mine})
+    if not others:
+        return ""
+    room = f"{elf.arch.name}'s {8 * elf.arch.word}-bit r_addend"
+    return (
+        f"the record a nop'd entry keeps in {room} holds {layout.hash_bits} bits of the target's name hash, and "
+        f"{target} and {', '.join(others)} have the same {layout.hash_bits} ({mine:#04x}): `call` could not tell "
+        "which of them the site called"
+    )
 
 
 def restorable(elf: ElfFile, targets: Mapping[int, str], target: str | None, new: bytes) -> bool:

@@ -20,7 +20,7 @@ from operator import itemgetter
 
 from .elf import SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Relocations, Section
 from .errors import InputError
-from .nopped import Strays, nop_entry, nopped, restorable, tag
+from .nopped import Strays, nop_entry, nopped, record_clash, restorable, tag
 from .relocated import SiteEntries, call_entry, live
 from .sites import Action, Checks, Finding, Located, ScanResult, SiteGroup
 from .x86 import (
@@ -260,6 +260,9 @@ class ObjectChecks(Checks):
 
     def readback(self, group: SiteGroup, new: bytes, positions: Sequence[int]) -> list[int]:
         return [] if restorable(self.elf, self.symbols, group.target, new) else list(positions)
+
+    def clash(self, group: SiteGroup) -> str:
+        return record_clash(self.elf, self.symbols, group.target)
 
     def live_calls(self, data: bytes | bytearray) -> dict[int, str]:
         """Every relocation against a target, read again from `data`, that makes a call of its site's bytes:

@@ -90,8 +90,8 @@ def nop_style(name: str | None, arch: Arch, path: str) -> NopStyle:
     if arch.x86_64 and not style.x86_64:
         raise InputError(
             path,
-            f"nop style {style.name} is not a nop on x86-64, choose one of "
-            + ", ".join(s.name for s in NOP_STYLES.values() if s.x86_64),
+            f"nop style {style.name} is not a nop on {'x86-64' if arch.word == 8 else 'x32, whose code is x86-64'}, "
+            "choose one of " + ", ".join(s.name for s in NOP_STYLES.values() if s.x86_64),
         )
     return style
 
@@ -170,6 +170,7 @@ def plan(
     problems = list(result.strays) if action is Action.CALL else []
     live: list[int] = []  # nop: the calls --only / --except keep; call: every chosen site
     unrestorable: list[Site] = []
+    clash = ""  # why no nop of some unrestorable sites would do
     edits: dict[tuple[bytes, bytes], list[int]] = {}
     bad: list[Site] = []
     patched = chosen_sites = filtered = 0
@@ -200,6 +201,7 @@ def plan(
         chosen_sites += len(group)
         bad += [result.site(group, i) for i in refused]
         unrestorable += [result.site(group, i) for i in lost]
+        clash = clash or (result.checks.clash(group) if lost else "")
         if action is Action.CALL:
             live += [start + len(call or b"") for start, call in zip(group.file_offsets(), group.calls, strict=True)]
     if bad:
@@ -211,6 +213,8 @@ def plan(
     if unrestorable:
         site = min(unrestorable, key=attrgetter("file_offset"))
         more = f" (and {len(unrestorable) - 1} more sites)" if len(unrestorable) > 1 else ""
+        if clash:
+            raise InputError(result.path, f"{site.where}: {clash}{more}; nothing was written")
         raise InputError(
             result.path,
             f"{site.where}: the {style.name} nop would not read back as {hexbytes(site.call or b'')}, so `call` could "
