@@ -57,11 +57,11 @@ from .sites import (
     at_entry,
 )
 from .targets import (
-    R_RELATIVE,
     Targets,
     dynamic_relocations,
     is_plt,
     profiling_runtime,
+    relative,
     resolve,
     site_sections,
     text_relocations,
@@ -378,15 +378,14 @@ def _site_table(elf: ElfFile) -> tuple[str, list[int]]:
             raise elf.fail(f"{name} ({start:#x} to {stop:#x}) is not all in one loaded section with file bytes")
     else:
         return "", []
-    word = elf.arch.word
-    if len(raw) % word:
-        raise elf.fail(f"{name} is {len(raw):#x} bytes, not a multiple of {word}")
-    listed = dict(zip(range(start, start + len(raw), word), words(raw, word), strict=True))
-    relocations = dynamic_relocations(elf)
-    if relocations is not None and elf.arch.rela and R_RELATIVE in relocations.values:
-        for i in relocations.holding(R_RELATIVE):
-            if relocations.r_offset[i] in listed:
-                listed[relocations.r_offset[i]] = relocations.r_addend[i]
+    entry = elf.arch.mcount_loc_entry
+    if len(raw) % entry:
+        raise elf.fail(f"{name} is {len(raw):#x} bytes, not a multiple of {entry}")
+    listed = dict(zip(range(start, start + len(raw), entry), words(raw, entry), strict=True))
+    if elf.arch.rela:
+        for va, addend in relative(dynamic_relocations(elf), elf.arch).items():
+            if va in listed:
+                listed[va] = addend
     # The entry of a function the link discarded (--gc-sections) is 0.
     return name, sorted({va for va in listed.values() if va})
 

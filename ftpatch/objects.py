@@ -33,7 +33,7 @@ from .elf import (
     Section,
 )
 from .errors import InputError
-from .nopped import Strays, nop_entry, nopped, restorable, tag
+from .nopped import Strays, nop_entry, nopped, record_clash, restorable, tag
 from .relocated import SiteEntries, call_entry, live
 from .sites import DEFAULT_TARGETS, Action, Checks, Finding, Located, Redirect, ScanResult, SiteGroup, at_entry
 from .x86 import (
@@ -255,7 +255,7 @@ def _listed(elf: ElfFile) -> list[tuple[Section, int]]:
         addend = entries.addend(i)
         if addend is None:
             r_offset = entries.r_offset[i]
-            addend = int.from_bytes(words_[r_offset : r_offset + elf.arch.word], "little", signed=True)
+            addend = int.from_bytes(words_[r_offset : r_offset + elf.arch.mcount_loc_entry], "little", signed=True)
         shndx, st_value = places[symbol]
         if not 0 < shndx < len(elf.sections):
             continue
@@ -370,6 +370,9 @@ class ObjectChecks(Checks):
                 f"{name}: symbol {found[0]} is not a function (st_type {symbol.st_type}), a call cannot go to it"
             )
         return found[0]
+
+    def clash(self, group: SiteGroup) -> str:
+        return record_clash(self.elf, self.symbols, group.target)
 
     def live_calls(self, data: bytes | bytearray) -> Mapping[int, str]:
         """Every relocation against a target, read again from `data`, that makes a call of its site's bytes:

@@ -334,6 +334,11 @@ class Checks:
         written over them."""
         return []
 
+    def clash(self, group: SiteGroup) -> str:
+        """Why `call` could not restore a nop'd site of this group whatever the nop ('' if it could): the
+        sentence `nop` refuses with, where readback found such sites."""
+        return ""
+
     def live_calls(self, data: bytes | bytearray) -> Mapping[int, str]:
         """Every live profiling call in the file's bytes `data`, found independently of the sites:
         file offset of the call's end -> what it is. `apply` runs it on the new bytes."""

@@ -42,8 +42,8 @@ from .elf import (
 from .sites import DEFAULT_TARGETS, at_entry
 from .x86 import ENDBR, SITE_LENGTH, TAILS, Arch, Form, branch_destination, call_bytes, decode_lite
 
-# Dynamic relocation types, the same numbers on x86-64 and i386.
-R_GLOB_DAT, R_JUMP_SLOT, R_RELATIVE = 6, 7, 8
+# Dynamic relocation types, the same numbers on x86-64, x32 and i386 (R_*_RELATIVE: Arch.relative_types).
+R_GLOB_DAT, R_JUMP_SLOT = 6, 7
 # glibc's profiling runtime, gmon.o: __monstartup and _mcleanup, which every -pg link calls (gcrt1.o) and which
 # glibc's mcount, _mcount and __fentry__ bring in wherever they are linked (mcount.o needs gmon.o's _gmonparam).
 # In a stripped file their messages are what is left of them; a program built without -pg has neither
@@ -335,6 +335,18 @@ def dynamic_relocations(elf: ElfFile) -> Relocations | None:
     return elf.relocations(tables, len(dynsym) if dynsym is not None else 1)
 
 
+def relative(relocations: Relocations | None, arch: Arch) -> dict[int, int]:
+    """Where each R_*_RELATIVE entry writes -> its addend (0 on REL, whose addend is the word it relocates)."""
+    if relocations is None:
+        return {}
+    return {
+        relocations.r_offset[i]: relocations.r_addend[i]
+        for r_type in sorted(arch.relative_types)
+        if r_type in relocations.values  # r_info is the type alone: no symbol
+        for i in relocations.holding(r_type)
+    }
+
+
 def _dynamic_slots(elf: ElfFile, relocations: Relocations | None, names: list[str]) -> dict[str, set[int]]:
     """name -> the GOT slots the dynamic linker fills with it."""
     dynsym = elf.dynamic_symbols
@@ -372,18 +384,16 @@ def _static_slots(elf: ElfFile, relocations: Relocations | None, addresses: dict
     if not addresses:
         return {}
     by_address = {address: name for name, address in reversed(addresses.items())}
-    relative: dict[int, int] = {}
-    if relocations is not None and R_RELATIVE in relocations.values:
-        relative = {relocations.r_offset[i]: relocations.r_addend[i] for i in relocations.holding(R_RELATIVE)}
     arch, found = elf.arch, {}
+    relative_ = relative(relocations, arch)
     for got in elf.sections:
         if not got.name.startswith(".got") or not got.sh_flags & SHF_WRITE or got.sh_type != SHT_PROGBITS:
             continue
         raw = elf.section_data(got)
         for at in range(0, len(raw) - arch.word + 1, arch.word):
             va = got.sh_addr + at
-            value = relative.get(va) if arch.rela else None
-            if value is None and (elf.e_type == ET_EXEC or va in relative):
+            value = relative_.get(va) if arch.rela else None
+            if value is None and (elf.e_type == ET_EXEC or va in relative_):
                 value = int.from_bytes(raw[at : at + arch.word], "little")
             if value in by_address:
                 found[va] = by_address[value]

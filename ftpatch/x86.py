@@ -1,4 +1,4 @@
-"""x86 encodings: the two machines' layouts, the call forms compilers emit for profiling,
+"""x86 encodings: the three machines (x86-64, x32, i386) and their layouts, the call forms compilers emit for profiling,
 and the nops that replace them.
 
 Pure tables and functions over bytes. Capstone is imported only by the
@@ -75,10 +75,14 @@ def call_bytes(form: Form, disp: int) -> bytes:
 
 @dataclass(frozen=True, eq=False)
 class Arch:
-    """What differs between an x86-64 and an i386 file, made once when the file is read and
+    """What differs between an x86-64, an x32 and an i386 file, made once when the file is read and
     passed along, as recordmcount.h is compiled once per word size.
 
-    There are two, X86_64 and I386, compared by identity (and so cached by): one that
+    The instruction set (`x86_64`: the machine, e_machine) and the word (`word`: the ELF class's,
+    held by `layout`) are two facts: x32 (gcc -mx32) is the x86-64 instruction set with ELFCLASS32's
+    4-byte words. Ask the one that is meant.
+
+    There are three, X86_64, X32 and I386, compared by identity (and so cached by): one that
     crosses a process boundary comes back as the same one.
     """
 
@@ -91,10 +95,12 @@ class Arch:
     pic_form: Form  # the 6-byte form of position-independent code
     default_nop: str
     capstone_mode: int  # capstone's CS_MODE_64 or CS_MODE_32
+    mcount_loc_entry: int  # bytes in an __mcount_loc entry: gcc writes .quad for x86-64 code, x32 too
+    relative_types: frozenset[int]  # R_*_RELATIVE: a dynamic relocation whose addend is the address it writes
 
     @property
     def word(self) -> int:
-        """Bytes in an address, r_offset and r_info."""
+        """Bytes in an address, a GOT slot, r_offset, r_info and r_addend: the ELF class's, not the machine's."""
         return self.layout.word
 
     @property
@@ -121,7 +127,7 @@ class Arch:
 
     @property
     def x86_64(self) -> bool:
-        """The 64-bit instruction set: RIP-relative addressing, and the 64-bit nops."""
+        """The x86-64 instruction set (x86-64 and x32): RIP-relative addressing, and the 64-bit nops; not the word."""
         return self.e_machine == X86_64.e_machine
 
     def __reduce__(self) -> tuple[Callable[[str], Arch], tuple[str]]:
@@ -146,6 +152,23 @@ X86_64 = Arch(
     pic_form=Form.GOTPCREL,
     default_nop="p6",
     capstone_mode=1 << 3,  # capstone.CS_MODE_64, without importing capstone
+    mcount_loc_entry=8,
+    relative_types=frozenset({8}),  # R_X86_64_RELATIVE
+)
+# gcc -mx32: ELFCLASS32, RELA, the x86-64 instruction set and its relocation types, 4-byte GOT slots.
+X32 = Arch(
+    name="x32",
+    e_machine=X86_64.e_machine,
+    layout=ELF32,
+    rela=True,
+    call_forms=X86_64.call_forms,
+    reloc_names=X86_64.reloc_names,
+    pic_form=X86_64.pic_form,
+    default_nop=X86_64.default_nop,
+    capstone_mode=X86_64.capstone_mode,
+    mcount_loc_entry=8,  # gcc -mx32 -mrecord-mcount writes .quad entries, relocated by R_X86_64_64
+    # R_X86_64_RELATIVE writes 4 bytes, R_X86_64_RELATIVE64 8: bfd relocates gcc's 8-byte entries in a PIE with both.
+    relative_types=frozenset({8, 38}),
 )
 I386 = Arch(
     name="i386",
@@ -164,8 +187,10 @@ I386 = Arch(
     pic_form=Form.GOT_EBX,
     default_nop="lea",
     capstone_mode=1 << 2,  # capstone.CS_MODE_32
+    mcount_loc_entry=4,
+    relative_types=frozenset({8}),  # R_386_RELATIVE
 )
-ARCHES = {(arch.e_machine, arch.layout.elfclass): arch for arch in (X86_64, I386)}
+ARCHES = {(arch.e_machine, arch.layout.elfclass): arch for arch in (X86_64, X32, I386)}
 
 
 def _arch_named(name: str) -> Arch:
