@@ -409,7 +409,16 @@ class ObjectChecks(Checks):
         sites = {(s.shndx, start) for g in self.groups for s, start in zip(g.sections, g.starts, strict=True)}
         found = list(self.found_strays.values())
         said = self.found_strays.keys()  # a zeroed entry said so already: its nop is said once
-        for sec in (s for s in elf.sections if s.is_exec and s.sh_type != SHT_NOBITS):
+        # The code is searched for any nop of ftpatch's once; only where one is are its marked nops, and its
+        # functions' entries, looked at: a retarget's objects, fresh from the compiler, hold none.
+        holding = [
+            sec
+            for sec in elf.sections
+            if sec.is_exec
+            and sec.sh_type != SHT_NOBITS
+            and find_nops(elf.data, ftpatch_nops(elf.arch), sec.sh_offset, sec.sh_offset + sec.sh_size)
+        ]
+        for sec in holding:
             code = elf.section_data(sec)
             loose = {
                 at: nop
@@ -421,17 +430,9 @@ class ObjectChecks(Checks):
                 f"restore{_LOST}"
                 for at in sorted(self._on_instructions(sec, loose))
             ]
-        # clang's -fpatchable-function-entry writes ftpatch's entry nop too, and lists where.
-        # Each function's entry is looked at only where the code holds one of ftpatch's nops at all, which
-        # bytes.find says in C: decoding a kernel module's symbols costs more than the rest of `call`.
-        code_ranges = [
-            (s.sh_offset, s.sh_offset + s.sh_size) for s in elf.sections if s.is_exec and s.sh_type != SHT_NOBITS
-        ]
-        if (
-            elf.has_symtab
-            and elf.section_named("__patchable_function_entries") is None
-            and any(find_nops(elf.data, ftpatch_nops(elf.arch), first, last) for first, last in code_ranges)
-        ):
+        # clang's -fpatchable-function-entry writes ftpatch's entry nop too, and lists where. (Decoding a kernel
+        # module's symbols costs more than the rest of `call`: only where a section holds one of ftpatch's nops.)
+        if holding and elf.has_symtab and elf.section_named("__patchable_function_entries") is None:
             for _, row in elf.symbols.function_rows():
                 if (
                     not 0 < row.st_shndx < len(elf.sections)
