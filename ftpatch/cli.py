@@ -437,11 +437,12 @@ def record(
 @app.command()
 def nops() -> None:
     """List the nop styles: name, 5-byte and 6-byte members at a function's entry, where each is a nop."""
-    from .x86 import I386, NOP_STYLES, X86_64
+    from .x86 import I386, NOP_STYLES, X32, X86_64
 
     for s in NOP_STYLES.values():
-        where = "x86-64 and i386" if s.x86_64 else "i386 only"
-        default = [label for label, arch in (("x86-64", X86_64), ("i386", I386)) if arch.default_nop == s.name]
+        where = "x86-64, x32 and i386" if s.x86_64 else "i386 only"
+        arches = (("x86-64", X86_64), ("x32", X32), ("i386", I386))
+        default = [label for label, arch in arches if arch.default_nop == s.name]
         mark = f" (default on {', '.join(default)})" if default else ""
         print(f"{s.name:4} {s.nop5.hex(' '):17} {s.nop6.hex(' '):20} {where}{mark}: {s.about}")
 

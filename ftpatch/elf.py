@@ -114,7 +114,7 @@ class SymbolTable:
         return len(self._table) // self._size
 
     def __getitem__(self, index: int) -> Symbol:
-        row = self._rows[index]
+        row = self._row(index)
         return Symbol(index, self.name_at(row.st_name), row.st_value, row.st_size, row.st_type, row.st_shndx)
 
     def __iter__(self) -> Iterator[Symbol]:
@@ -122,8 +122,18 @@ class SymbolTable:
 
     def place(self, index: int) -> tuple[int, int]:
         """(st_shndx, st_value) of a symbol, without decoding its name."""
-        row = self._rows[index]
+        row = self._row(index)
         return row.st_shndx, row.st_value
+
+    def _row(self, index: int) -> _Row:
+        """One symbol's fields but its name: from every row if they were decoded, else from its entry alone
+        (`call --target` asks of one symbol in a table of thousands)."""
+        if "_rows" in self.__dict__ or self._extended is not None or not 0 <= index < len(self):
+            return self._rows[index]
+        n, info, shndx, value, size = itemgetter(*self._layout.sym_fields)(
+            self._layout.sym.unpack_from(self._table, index * self._size)
+        )
+        return _Row(n, info & 0xF, info >> 4, shndx, value, size)
 
     @cached_property
     def _rows(self) -> list[_Row]:

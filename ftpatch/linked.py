@@ -35,7 +35,7 @@ call live; after a nop the check runs again on the new bytes.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from .demangle import demangle
@@ -46,6 +46,7 @@ from .livecalls import LiveCalls
 from .patchable import SECTION, Place, place
 from .sites import (
     DEFAULT_TARGETS,
+    HOOK_TARGETS,
     Action,
     Checks,
     Finding,
@@ -57,7 +58,16 @@ from .sites import (
     at_entry,
     site_state,
 )
-from .targets import R_RELATIVE, Targets, dynamic_relocations, profiling_runtime, resolve, text_relocations
+from .targets import (
+    Targets,
+    dynamic_relocations,
+    is_plt,
+    profiling_runtime,
+    relative,
+    resolve,
+    site_sections,
+    text_relocations,
+)
 from .x86 import (
     ENDBR,
     LINKED_PATCHABLE_NOP,
@@ -71,6 +81,7 @@ from .x86 import (
     inner_form,
     instruction_starts,
     marked_nops,
+    nop_slot,
     nops,
     site_openers,
     written_by_ftpatch,
@@ -151,7 +162,7 @@ class _Locator:
                 continue
             for kind in self._kinds(code, entry, exact):
                 said = inner_form(code, self.arch)
-                options = self.targets.calls(va, length, kind, said)
+                options = self.targets.calls(va, length, kind, said, nop_slot(code, self.arch))
                 doubt = ""
                 if not options and said is not None and said is not Form.TAIL:
                     # The nop replaced a call of a form no target has here: one to a function a --target
@@ -250,6 +261,9 @@ class _Locator:
     def walk(self, i: int) -> Found | None:
         """The site of the i-th function: the first call to a target, or nop in a site's place, from its entry."""
         start = self.functions.starts[i]
+        sec = self.elf.section_at(start)
+        if sec is None or is_plt(sec):  # the unwind tables cover the PLT too
+            return None
         code = self.elf.read(start, (self.functions.end(i, _SPAN) or start) - start)
         entry = start
         openers = site_openers(self.arch)
@@ -310,7 +324,7 @@ class _Locator:
 
     def sweep(self) -> Iterator[Found]:
         """Every call to a target, and nop ftpatch wrote inside a function, in a linear decode of the code."""
-        for sec in self.elf.code_sections:
+        for sec in site_sections(self.elf):
             code = bytes(self.elf.section_data(sec))
             pos = 0
             while pos < len(code):
@@ -361,7 +375,7 @@ def _patchable(elf: ElfFile, functions: Functions, locator: _Locator) -> tuple[l
         return [], []
     places: list[Place] = []
     reasons: list[str] = []
-    for va in _addresses(elf, SECTION, sec.sh_addr, bytes(elf.section_data(sec))):
+    for va in _addresses(elf, SECTION, sec.sh_addr, bytes(elf.section_data(sec)), elf.arch.word):
         if not elf.in_code(va):
             raise VerifyError("", f"site {va:#x}, listed in {SECTION}, is not in the file's executable code")
         found = place(va, elf.read, functions.starts, elf.arch, locator.where)
@@ -372,18 +386,16 @@ def _patchable(elf: ElfFile, functions: Functions, locator: _Locator) -> tuple[l
     return places, reasons
 
 
-def _addresses(elf: ElfFile, name: str, start: int, raw: bytes) -> list[int]:
-    """The addresses a table of words at `start` lists; in a PIE, from the R_*_RELATIVE addends. The entry of a
-    function the link discarded (--gc-sections) is 0."""
-    word = elf.arch.word
-    if len(raw) % word:
-        raise elf.fail(f"{name} is {len(raw):#x} bytes, not a multiple of {word}")
-    listed = dict(zip(range(start, start + len(raw), word), words(raw, word), strict=True))
-    relocations = dynamic_relocations(elf)
-    if relocations is not None and elf.arch.rela and R_RELATIVE in relocations.values:
-        for i in relocations.holding(R_RELATIVE):
-            if relocations.r_offset[i] in listed:
-                listed[relocations.r_offset[i]] = relocations.r_addend[i]
+def _addresses(elf: ElfFile, name: str, start: int, raw: bytes, entry: int) -> list[int]:
+    """The addresses a table of `entry`-byte words at `start` lists; in a PIE, from the R_*_RELATIVE addends.
+    The entry of a function the link discarded (--gc-sections) is 0."""
+    if len(raw) % entry:
+        raise elf.fail(f"{name} is {len(raw):#x} bytes, not a multiple of {entry}")
+    listed = dict(zip(range(start, start + len(raw), entry), words(raw, entry), strict=True))
+    if elf.arch.rela:
+        for va, addend in relative(dynamic_relocations(elf), elf.arch).items():
+            if va in listed:
+                listed[va] = addend
     return sorted({va for va in listed.values() if va})
 
 
@@ -402,7 +414,7 @@ def _site_table(elf: ElfFile) -> tuple[str, list[int]]:
             raise elf.fail(f"{name} ({start:#x} to {stop:#x}) is not all in one loaded section with file bytes")
     else:
         return "", []
-    return name, _addresses(elf, name, start, raw)
+    return name, _addresses(elf, name, start, raw, elf.arch.mcount_loc_entry)
 
 
 def _kernel_table(elf: ElfFile) -> tuple[int, int] | None:
@@ -480,15 +492,21 @@ def scan_linked(path: str, elf: ElfFile, names: Iterable[str]) -> ScanResult:
     loose_nops: list[str] = []
     live_calls = None
     if targets:
-        live_calls = LiveCalls(targets, tuple((s.sh_addr, s.sh_offset, s.sh_size) for s in elf.code_sections))
+        live_calls = LiveCalls(targets, tuple((s.sh_addr, s.sh_offset, s.sh_size) for s in site_sections(elf)))
         calls = live_calls(elf.data)
         nopped = _ftpatch_nops(elf)
-        if located is Located.FUNCTIONS:
+        if located is Located.FUNCTIONS or (located is Located.MCOUNT_LOC and functions):
             # What the byte search finds beyond the walks' sites: sites deep in a function, once decoding confirms them.
             ends = _live_ends(elf, sites)
             candidates = [va for end in calls if end not in ends for va in (_va(elf, end) - 5, _va(elf, end) - 6)]
             candidates += [va for va, _ in nopped if va not in sites]
-            sites.update((f.va, f) for f in locator.inside(candidates))
+            inside = locator.inside(candidates)
+            if located is Located.MCOUNT_LOC:
+                # __mcount_loc lists mcount's and __fentry__'s sites, never the -finstrument-functions hooks' (gcc
+                # -mrecord-mcount, ftpatch record): those are found as in a file without the table. Any other
+                # call it does not list stays a call at no site.
+                inside = (f for f in inside if f.target in HOOK_TARGETS)
+            sites.update((f.va, f) for f in inside)
         ends = _live_ends(elf, sites)
         findings += [
             Finding(
@@ -583,7 +601,7 @@ class LinkedChecks(Checks):
     def readback(self, group: SiteGroup, new: bytes, positions: Sequence[int]) -> list[int]:
         return self.locator.readback(self.exact, group, new, positions) if self.locator else []
 
-    def live_calls(self, data: bytes | bytearray) -> dict[int, str]:
+    def live_calls(self, data: bytes | bytearray) -> Mapping[int, str]:
         return self.live(data) if self.live else {}
 
     def redirect(self, group: SiteGroup, name: str) -> Redirect:
@@ -597,7 +615,7 @@ def _ftpatch_nops(elf: ElfFile) -> list[tuple[int, bytes]]:
     """(address, bytes) of every nop in the code that only ftpatch writes, by a search of its bytes."""
     return [
         (sec.sh_addr + at - sec.sh_offset, nop)
-        for sec in elf.code_sections
+        for sec in site_sections(elf)
         for at, nop in find_marked_nops(elf.data, elf.arch, sec.sh_offset, sec.sh_offset + sec.sh_size).items()
     ]
 

@@ -15,6 +15,8 @@ from .targets import Targets
 from .x86 import hexbytes
 
 _WINDOW_BYTES = 1 << 16
+# call *disp32(%reg): %eax, %ecx, %edx, %ebx, %ebp, %esi, %edi (%esp would need a SIB byte).
+_GOT_BASE_MODRMS = (0x93, 0x90, 0x91, 0x92, 0x95, 0x96, 0x97)
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,11 @@ class LiveCalls:
     def _calls(self, code: bytes, sh_addr: int) -> Iterator[tuple[int, int, str]]:
         """(offset, length, target) of each call to a target in `code`, which is loaded at `sh_addr`."""
         targets, x86_64 = self.targets, self.targets.arch.x86_64
-        # Relative: e8 to a PLT entry or a definition (67 e8 holds one), x86-64 ff 15 to a GOT slot.
+        # Relative: e8 (e9, a tail jmp) to a PLT entry or a definition (67 e8 holds one), x86-64 ff 15 (ff 25)
+        # to a GOT slot.
         relative = [(op, 5, dest, t.name) for dest, t in targets.rel32.items() for op in (b"\xe8", b"\xe9")]
         if x86_64:
-            relative += [(b"\xff\x15", 6, slot, t.name) for slot, t in targets.slot.items()]
+            relative += [(op, 6, slot, t.name) for slot, t in targets.slot.items() for op in (b"\xff\x15", b"\xff\x25")]
         for opcode, length, dest, name in relative:
             for window in range(0, len(code), _WINDOW_BYTES):
                 # disp = dest - (sh_addr + at + length) for `at` in this window: its top two bytes.
@@ -63,7 +66,13 @@ class LiveCalls:
         # Absolute: i386 ff 93 disp(%ebx) and ff 15 abs32, x86-64 ff 14 25 abs32: the same bytes wherever they are.
         absolute = [(b"\xff\x14\x25" if x86_64 else b"\xff\x15", slot, t.name) for slot, t in targets.slot.items()]
         if not x86_64 and targets.got_base is not None:
-            absolute += [(b"\xff\x93", slot - targets.got_base, t.name) for slot, t in targets.slot.items()]
+            # ff 93 through %ebx, and gcc -m32 -fno-plt's ff 97 (ff 96, ...) through another register that holds
+            # the GOT base: no site ftpatch patches, but a live call all the same.
+            absolute += [
+                (bytes((0xFF, modrm)), slot - targets.got_base, t.name)
+                for slot, t in targets.slot.items()
+                for modrm in _GOT_BASE_MODRMS
+            ]
         for opcode, value, name in absolute:
             needle = opcode + (value & 0xFFFFFFFF).to_bytes(4, "little")
             at = code.find(needle)

@@ -6,10 +6,13 @@ relocation against a profiling call that GNU ld links everywhere (docs/facts.md)
 What `call` needs to restore the entry and the bytes exactly, the nop'd object
 alone carries:
 
-- x86-64 (RELA): the entry's r_addend, which bfd, gold and lld ignore in a NONE
-  entry, holds a record: "FT" in its top 16 bits, the relocation type, and the
-  CRC-32 of the target's name (a name, not an index, since `ld -r` renumbers the
-  symbols and keeps the addend). The type gives the form, so the site's length.
+- x86-64 and x32 (RELA): the entry's r_addend, which bfd, gold and lld ignore in
+  a NONE entry, holds a record: "FT" in its top 16 bits, the relocation type, and
+  the CRC-32 of the target's name (a name, not an index, since `ld -r` renumbers
+  the symbols and keeps the addend). The type gives the form, so the site's
+  length. x32's r_addend is 32 bits: there the type is 8 bits and the name's
+  CRC-32 its low 8 (RecordLayout), and `nop` refuses a target whose 8 bits another
+  target of the object shares, as it refuses on REL what `call` could not restore.
 - i386 (REL): an entry has no addend, so the nop's own bytes say which of the
   form's two relocation types the site had (x86.NopStyle's tag), and the length;
   the symbol is the object's one target symbol of the site's kind (an object that
@@ -26,10 +29,11 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from .elf import SHT_NOBITS, ElfFile, Relocations
-from .relocated import SiteEntries
-from .sites import at_entry
+from .relocated import SiteEntries, by_opcode
+from .sites import at_entry, slot
 from .x86 import PATCHABLE_NOPS, SITE_LENGTH, TAGS, Form, disp_offset, known_nops, nops
 
 RECORD = 0x4654  # "FT": the top 16 bits of the r_addend of an entry ftpatch nop'd
@@ -38,22 +42,47 @@ RECORD = 0x4654  # "FT": the top 16 bits of the r_addend of an entry ftpatch nop
 PATCHABLE_RECORD = 0x4650
 # Per form, the relocation types a tag names (tag 1, tag 2) in an i386 object: gcc's first, clang's or
 # `as -mrelax-relocations=no`'s second.
-TAG_TYPES = {Form.REL32: (2, 4), Form.GOT_EBX: (43, 3)}  # R_386_PC32, R_386_PLT32; R_386_GOT32X, R_386_GOT32
+# R_386_PC32, R_386_PLT32 (a tail jmp's too); R_386_GOT32X, R_386_GOT32
+TAG_TYPES = {Form.REL32: (2, 4), Form.TAIL: (2, 4), Form.GOT_EBX: (43, 3)}
 
 
-def name_hash(name: str) -> int:
-    return zlib.crc32(name.encode())
+@dataclass(frozen=True)
+class RecordLayout:
+    """How a record fills an r_addend of `word` bytes: RECORD, then the type, then the name's hash."""
+
+    word: int
+
+    @property
+    def hash_bits(self) -> int:
+        return 32 if self.word == 8 else 8
+
+    @property
+    def type_bits(self) -> int:
+        return 8 * self.word - 16 - self.hash_bits
+
+    def name_hash(self, name: str) -> int:
+        return zlib.crc32(name.encode()) & ((1 << self.hash_bits) - 1)
+
+    def record(self, r_type: int, name: str) -> int:
+        """The r_addend of a nop'd entry: what restores it, the -4 of every call relocation aside."""
+        return (RECORD << self.type_bits | r_type) << self.hash_bits | self.name_hash(name)
+
+    def is_record(self, r_addend: int) -> bool:
+        return r_addend >> (8 * self.word - 16) == RECORD
+
+    def split(self, value: int) -> tuple[int, int]:
+        """(relocation type, name hash) of a record."""
+        return value >> self.hash_bits & ((1 << self.type_bits) - 1), value & ((1 << self.hash_bits) - 1)
 
 
-def record(r_type: int, name: str) -> int:
-    """The r_addend of a nop'd entry: what restores it, the -4 of every call relocation aside."""
-    return RECORD << 48 | r_type << 32 | name_hash(name)
+def records(elf: ElfFile) -> RecordLayout:
+    return RecordLayout(elf.arch.word)
 
 
 def nop_entry(elf: ElfFile, r_type: int, name: str) -> bytes:
     """What a nop'd site's entry holds after r_offset: r_info 0, and on RELA the record."""
     word = elf.arch.word
-    return bytes(word) + (record(r_type, name).to_bytes(word, "little") if elf.arch.rela else b"")
+    return bytes(word) + (records(elf).record(r_type, name).to_bytes(word, "little") if elf.arch.rela else b"")
 
 
 def tag(elf: ElfFile, form: Form, r_type: int) -> int:
@@ -96,21 +125,21 @@ def nopped(elf: ElfFile, entries: Relocations, targets: Mapping[int, str]) -> tu
 def _recorded(
     elf: ElfFile, entries: Relocations, zeroed: Sequence[int], targets: Mapping[int, str]
 ) -> tuple[list[SiteEntries], Strays]:
-    arch = elf.arch
+    arch, layout = elf.arch, records(elf)
     by_record: dict[int, list[int]] = {}
     unrecorded = []
     for i in zeroed:
-        if entries.r_addend[i] >> 48 == RECORD:
+        if layout.is_record(entries.r_addend[i]):
             by_record.setdefault(entries.r_addend[i], []).append(i)
         elif entries.r_addend[i] == arch.call_addend(Form.REL32) and entries.section(i).sh_type != SHT_NOBITS:
             unrecorded.append(i)
     hashes: dict[int, list[int]] = {}
     for symbol, name in targets.items():
-        hashes.setdefault(name_hash(name), []).append(symbol)
+        hashes.setdefault(layout.name_hash(name), []).append(symbol)
     found: list[SiteEntries] = []
     strays: Strays = {}
     for value, positions in by_record.items():
-        r_type, wanted, i = value >> 32 & 0xFFFF, value & 0xFFFFFFFF, positions[0]
+        (r_type, wanted), i = layout.split(value), positions[0]
         form = arch.call_forms.get(r_type)
         symbols = hashes.get(wanted, [])
         if form is None or len(symbols) != 1:
@@ -119,11 +148,15 @@ def _recorded(
                 if form is None
                 else "its record names a symbol that is not one of the targets (was it nop'd with a --symbol?)"
                 if not symbols
-                else "its record names a symbol that more than one target symbol could be"
+                else f"its record's {layout.hash_bits} bits of a name's hash ({wanted:#04x}) fit more than one "
+                f"target: {', '.join(sorted(targets[s] for s in symbols))}"
             )
             strays[_end(entries, i)] = f"{_where(entries, i)}: relocation {entries.name(i)} was nop'd, but {why}"
             continue
-        found.append(SiteEntries(positions, form, symbols[0], r_type, bytes(arch.word) + value.to_bytes(8, "little")))
+        held = bytes(arch.word) + value.to_bytes(arch.word, "little", signed=True)
+        found += [
+            SiteEntries(at, f, symbols[0], r_type, held) for f, at in by_opcode(elf, entries, positions, form).items()
+        ]
     for i in unrecorded:
         nop = _nop_ending_at(elf, entries, i)
         strays[_end(entries, i)] = (
@@ -166,7 +199,8 @@ def _tagged(
                 )
             continue
         (form, nop), *more = tagged
-        kind = _of_kind(targets, nop.entry)
+        form = nop.form if nop.form is Form.TAIL else form
+        kind = _of_kind(targets, nop.entry, nop.slot)
         if more or not kind:
             why = "a 5-byte and a 6-byte tagged nop end there" if more else "no target symbol is of its kind"
             strays[_end(entries, i)] = f"{_where(entries, i)}: relocation {entries.name(i)} was nop'd, but {why}"
@@ -185,21 +219,48 @@ def _tagged(
     return found, strays
 
 
-def _of_kind(targets: Mapping[int, str], entry: bool | None) -> list[int]:
+def _of_kind(targets: Mapping[int, str], entry: bool | None, nop_slot: int) -> list[int]:
     """The target symbols a REL nop written at a function's entry (True), inside one (False) or at either
-    (None) can have replaced a call to: those whose name says that place, or says none (a --target)."""
-    return [s for s, name in targets.items() if entry is None or at_entry(name) in (None, entry)]
+    (None), saying slot `nop_slot`, can have replaced a call to: those whose name says that place and slot, or
+    says none (a --target)."""
+    return [
+        s
+        for s, name in targets.items()
+        if at_entry(name) is None or ((entry is None or at_entry(name) == entry) and slot(name) == nop_slot)
+    ]
+
+
+def record_clash(elf: ElfFile, targets: Mapping[int, str], target: str | None) -> str:
+    """Why the record of a site of `target` nop'd in this object would not name it alone among the
+    object's targets, whatever the nop ('' if it would): x32's record keeps 8 bits of a name's CRC-32."""
+    if not elf.arch.rela or target is None:
+        return ""
+    layout = records(elf)
+    mine = layout.name_hash(target)
+    others = sorted({name for name in targets.values() if name != target and layout.name_hash(name) == mine})
+    if not others:
+        return ""
+    room = f"{elf.arch.name}'s {8 * elf.arch.word}-bit r_addend"
+    return (
+        f"the record a nop'd entry keeps in {room} holds {layout.hash_bits} bits of the target's name hash, and "
+        f"{target} and {', '.join(others)} have the same {layout.hash_bits} ({mine:#04x}): `call` could not tell "
+        "which of them the site called"
+    )
 
 
 def restorable(elf: ElfFile, targets: Mapping[int, str], target: str | None, new: bytes) -> bool:
     """Whether `call` would restore a site of `target` exactly were `new` written over it: on RELA the
-    record says all; on REL the nop must name the type, and the symbol be the one of its kind."""
-    if elf.arch.rela or target is None:
+    record says all, if its hash names one target alone (x32's 8 bits may not); on REL the nop must name
+    the type, and the symbol be the one of its kind."""
+    if target is None:
         return True
+    if elf.arch.rela:
+        layout = records(elf)
+        return [layout.name_hash(name) for name in targets.values()].count(layout.name_hash(target)) == 1
     nop = known_nops(elf.arch).get(new)
     if nop is None or nop.tag not in TAGS:
         return False
-    kind = [targets[s] for s in _of_kind(targets, nop.entry)]
+    kind = [targets[s] for s in _of_kind(targets, nop.entry, nop.slot)]
     # Where a --target or --symbol makes it one of several, `call` asks which (SiteGroup.doubt): no guess either way.
     return kind == [target] or (target in kind and any(at_entry(name) is None for name in kind))
 

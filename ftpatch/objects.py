@@ -15,8 +15,9 @@ the scan takes about 15 ms.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from operator import itemgetter
 
 from .elf import (
@@ -32,17 +33,19 @@ from .elf import (
     Section,
 )
 from .errors import InputError, VerifyError
-from .nopped import Strays, nop_entry, nopped, patchable_records, restorable, tag
+from .nopped import Strays, nop_entry, nopped, patchable_records, record_clash, restorable, tag
 from .patchable import SECTION, Place, place
 from .relocated import SiteEntries, call_entry, live
 from .sites import DEFAULT_TARGETS, Action, Checks, Finding, Located, Redirect, ScanResult, SiteGroup, at_entry
 from .x86 import (
     ENDBR,
     SITE_LENGTH,
+    TAIL_OF,
     Form,
     call_bytes,
     disp_offset,
     find_marked_nops,
+    find_nops,
     ftpatch_nops,
     instruction_starts,
     written_by_ftpatch,
@@ -248,7 +251,7 @@ def _misfit(elf: ElfFile, entries: Relocations, e: SiteEntries) -> tuple[int, In
 def _listed(elf: ElfFile) -> list[tuple[Section, int]]:
     """(section, offset) of every site __mcount_loc's relocations list, each checked to lie in file bytes."""
     listed = []
-    for sec, start, where in _table(elf, "__mcount_loc"):
+    for sec, start, where in _table(elf, "__mcount_loc", elf.arch.mcount_loc_entry):
         if sec.sh_type == SHT_NOBITS:
             raise elf.fail(f"site {sec.where(start)} is in {sec.name}, which has no file bytes (SHT_NOBITS), {where}")
         if start < 0 or start + 5 > sec.sh_size:
@@ -259,9 +262,10 @@ def _listed(elf: ElfFile) -> list[tuple[Section, int]]:
     return listed
 
 
-def _table(elf: ElfFile, name: str) -> list[tuple[Section, int, str]]:
+def _table(elf: ElfFile, name: str, size: int) -> list[tuple[Section, int, str]]:
     """(section, offset, the entry for a message) of every place a table of addresses (__mcount_loc,
-    __patchable_function_entries) lists through its relocations."""
+    __patchable_function_entries) lists through its relocations; `size`: the bytes of an entry, which hold a
+    REL entry's addend."""
     # clang makes one __patchable_function_entries a function section, all of one name.
     listed = []
     for loc in (s for s in elf.sections if s.name == name):
@@ -277,7 +281,7 @@ def _table(elf: ElfFile, name: str) -> list[tuple[Section, int, str]]:
             addend = entries.addend(i)
             if addend is None:
                 r_offset = entries.r_offset[i]
-                addend = int.from_bytes(words_[r_offset : r_offset + elf.arch.word], "little", signed=True)
+                addend = int.from_bytes(words_[r_offset : r_offset + size], "little", signed=True)
             shndx, st_value = places[symbol]
             if not 0 < shndx < len(elf.sections):
                 continue
@@ -292,7 +296,7 @@ def _patchable(elf: ElfFile) -> tuple[list[tuple[Section, Place]], list[str]]:
     places: list[tuple[Section, Place]] = []
     reasons: list[str] = []
     starts: dict[int, list[int]] = {}
-    for sec, listed, where in _table(elf, SECTION):
+    for sec, listed, where in _table(elf, SECTION, elf.arch.word):
         if not sec.is_exec or sec.sh_type == SHT_NOBITS or not 0 <= listed < sec.sh_size:
             raise VerifyError(
                 "", f"{sec.where(listed)}, listed in {SECTION} ({where}), is not in the object's executable code"
@@ -363,6 +367,31 @@ def _recorded(elf: ElfFile, listed: Sequence[tuple[Section, int]]) -> SiteGroup:
     )
 
 
+def _opcodes(form: Form) -> tuple[Form, ...]:
+    """The forms a call relocation of `form` relocates: an `e8` one an `e9` tail jmp too (relocated.by_opcode)."""
+    return (form, TAIL_OF[form]) if form in TAIL_OF else (form,)
+
+
+class _Said(Mapping[int, str]):
+    """The live calls found, each said only when asked: a plan of `call` asks only where they end, and saying
+    each of a module's thousand calls cost a third of its run."""
+
+    def __init__(self, found: dict[int, tuple[int, int, int, int]], say: Callable[..., str]) -> None:
+        self._found, self._say = found, say
+
+    def __getitem__(self, end: int) -> str:
+        return self._say(*self._found[end])
+
+    def __contains__(self, end: object) -> bool:
+        return end in self._found
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._found)
+
+    def __len__(self) -> int:
+        return len(self._found)
+
+
 class ObjectChecks(Checks):
     """An object's checks: its function symbols, what `call` cannot restore, and its relocations read again."""
 
@@ -430,28 +459,36 @@ class ObjectChecks(Checks):
             )
         return found[0]
 
-    def live_calls(self, data: bytes | bytearray) -> dict[int, str]:
+    def clash(self, group: SiteGroup) -> str:
+        return record_clash(self.elf, self.symbols, group.target)
+
+    def live_calls(self, data: bytes | bytearray) -> Mapping[int, str]:
         """Every relocation against a target, read again from `data`, that makes a call of its site's bytes:
         keyed by the file offset where the call ends, as the end of its displacement."""
         if not self.symbols:
             return {}
         elf = ElfFile(bytes(data))
         entries = elf.relocations(self.tables, len(self.elf.symbols))
-        arch, found = elf.arch, {}
+        arch, found = elf.arch, dict[int, tuple[int, int, int, int]]()
         for r_info in entries.values:
             symbol, r_type = arch.r_sym(r_info), arch.r_type(r_info)
             form = arch.call_forms.get(r_type)
             if symbol not in self.symbols or form is None:
                 continue
-            call = call_bytes(form, 0 if arch.rela else arch.call_addend(form))
+            calls = [call_bytes(f, 0 if arch.rela else arch.call_addend(f)) for f in _opcodes(form)]
             for i in entries.holding(r_info):
-                sec, end = entries.section(i), entries.r_offset[i] + 4
-                at = sec.sh_offset + end
-                if sec.sh_type != SHT_NOBITS and data[at - len(call) : at] == call:
-                    found[at] = (
-                        f"{arch.reloc_name(r_type)} against {self.symbols[symbol]} at {sec.where(end - len(call))}, relocation {entries.name(i)}"
-                    )
-        return found
+                sec = entries.section(i)
+                at = sec.sh_offset + entries.r_offset[i] + 4
+                if sec.sh_type != SHT_NOBITS and any(data[at - len(call) : at] == call for call in calls):
+                    found[at] = (r_type, symbol, i, len(calls[0]))
+        return _Said(found, partial(self._said, entries))
+
+    def _said(self, entries: Relocations, r_type: int, symbol: int, i: int, length: int) -> str:
+        arch, end = self.elf.arch, entries.r_offset[i] + 4
+        return (
+            f"{arch.reloc_name(r_type)} against {self.symbols[symbol]} at {entries.section(i).where(end - length)}, "
+            f"relocation {entries.name(i)}"
+        )
 
     def strays(self) -> tuple[str, ...]:
         """What `call` cannot restore: what the scan met, and nops only ftpatch writes, or nops at a
@@ -460,7 +497,16 @@ class ObjectChecks(Checks):
         sites = {(s.shndx, start) for g in self.groups for s, start in zip(g.sections, g.starts, strict=True)}
         found = list(self.found_strays.values())
         said = self.found_strays.keys()  # a zeroed entry said so already: its nop is said once
-        for sec in (s for s in elf.sections if s.is_exec and s.sh_type != SHT_NOBITS):
+        # The code is searched for any nop of ftpatch's once; only where one is are its marked nops, and its
+        # functions' entries, looked at: a retarget's objects, fresh from the compiler, hold none.
+        holding = [
+            sec
+            for sec in elf.sections
+            if sec.is_exec
+            and sec.sh_type != SHT_NOBITS
+            and find_nops(elf.data, ftpatch_nops(elf.arch), sec.sh_offset, sec.sh_offset + sec.sh_size)
+        ]
+        for sec in holding:
             code = elf.section_data(sec)
             loose = {
                 at: nop
@@ -472,19 +518,9 @@ class ObjectChecks(Checks):
                 f"restore{_LOST}"
                 for at in sorted(self._on_instructions(sec, loose))
             ]
-        # clang's -fpatchable-function-entry writes ftpatch's entry nop too, and lists where.
-        # Each function's entry is looked at only where the code holds such a nop at all, which bytes.find
-        # says in C: decoding a kernel module's symbols costs more than the rest of `call`.
-        code_ranges = [
-            (s.sh_offset, s.sh_offset + s.sh_size) for s in elf.sections if s.is_exec and s.sh_type != SHT_NOBITS
-        ]
-        if (
-            elf.has_symtab
-            and elf.section_named("__patchable_function_entries") is None
-            and any(
-                elf.data.find(nop, first, last) >= 0 for nop in ftpatch_nops(elf.arch) for first, last in code_ranges
-            )
-        ):
+        # clang's -fpatchable-function-entry writes ftpatch's entry nop too, and lists where. (Decoding a kernel
+        # module's symbols costs more than the rest of `call`: only where a section holds one of ftpatch's nops.)
+        if holding and elf.has_symtab and elf.section_named("__patchable_function_entries") is None:
             for _, row in elf.symbols.function_rows():
                 if (
                     not 0 < row.st_shndx < len(elf.sections)

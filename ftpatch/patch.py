@@ -102,8 +102,8 @@ def nop_style(name: str | None, arch: Arch, path: str) -> NopStyle:
     if arch.x86_64 and not style.x86_64:
         raise InputError(
             path,
-            f"nop style {style.name} is not a nop on x86-64, choose one of "
-            + ", ".join(s.name for s in NOP_STYLES.values() if s.x86_64),
+            f"nop style {style.name} is not a nop on {'x86-64' if arch.word == 8 else 'x32, whose code is x86-64'}, "
+            "choose one of " + ", ".join(s.name for s in NOP_STYLES.values() if s.x86_64),
         )
     return style
 
@@ -169,10 +169,10 @@ def _group_edits(
         if state is State.OTHER:
             bad += positions
         elif state is not (State.NOP if nop else State.CALL):
-            new = (group.compiler_nop or style.nop(group.form, group.entry, group.tag)) if nop else call
+            new = (group.compiler_nop or style.nop(group.form, group.entry, group.tag, group.slot)) if nop else call
             assert new is not None  # only a RECORDED or PATCHABLE site has no call, and it never gets here as a call
             if nop:
-                lost = checks.readback(group, new, positions)
+                lost = checks.readback(group, new, positions) if new else list(positions)
                 if lost:
                     unreadable += lost
                     continue
@@ -235,6 +235,7 @@ def plan(
     unrestorable: list[Site] = []
     cannot: list[tuple[Site, str]] = []  # --target: the sites that cannot call it, and why
     doubtful: list[tuple[Site, str]] = []  # call: nop'd sites whose call the file does not say (SiteGroup.doubt)
+    clash = ""  # why no nop of some unrestorable sites would do
     edits: dict[tuple[bytes, bytes], list[int]] = {}
     bad: list[Site] = []
     patched = chosen_sites = filtered = 0
@@ -290,6 +291,7 @@ def plan(
         chosen_sites += len(group)
         bad += [result.site(group, i) for i in refused]
         unrestorable += [result.site(group, i) for i in lost]
+        clash = clash or (result.checks.clash(group) if lost else "")
         if action is Action.CALL:
             live += [start + len(call or b"") for start, call in zip(group.file_offsets(), group.calls, strict=True)]
     if cannot:
@@ -309,6 +311,8 @@ def plan(
     if unrestorable:
         site = min(unrestorable, key=attrgetter("file_offset"))
         more = f" (and {len(unrestorable) - 1} more sites)" if len(unrestorable) > 1 else ""
+        if clash:
+            raise InputError(result.path, f"{site.where}: {clash}{more}; nothing was written")
         raise InputError(
             result.path,
             f"{site.where}: the {style.name} nop would not read back as {hexbytes(site.call or b'')}, so `call` could "

@@ -1,7 +1,8 @@
 """Recording: write __mcount_loc, the table of an object's call sites, as the kernel's recordmcount does.
 
-The table has one address-sized entry per site, pointing at its call
-instruction (or at the nop that replaced it: a nop'd site is still a site).
+The table has one entry per site, pointing at its call instruction (or at
+the nop that replaced it: a nop'd site is still a site): 8 bytes on x86-64
+and x32, whose gcc -mrecord-mcount writes `.quad` entries, 4 on i386.
 Each entry is relocated by `.rela__mcount_loc` (`.rel__mcount_loc` on i386,
 whose addend is the entry itself) with R_X86_64_64 / R_386_32 against its
 section's STT_SECTION symbol, as objtool does: a function symbol may be weak and
@@ -46,12 +47,12 @@ from .elf import (
 )
 from .errors import InputError, VerifyError, naming
 from .objects import scan_object
-from .sites import DEFAULT_TARGETS, ScanResult
+from .sites import DEFAULT_TARGETS, HOOK_TARGETS, ScanResult
 from .write import rewrite, rewrite_thin
 from .x86 import describe, hexbytes
 
 MCOUNT_LOC = "__mcount_loc"
-R_ABSOLUTE = 1  # R_X86_64_64 and R_386_32 alike: a word holding the symbol's address plus the addend
+R_ABSOLUTE = 1  # R_X86_64_64 (x86-64 and x32) and R_386_32 alike: an entry holding the symbol's address plus the addend
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,14 @@ def _groups(elf: ElfFile) -> dict[int, int]:
 def _places(result: ScanResult) -> dict[int, list[int]]:
     """Section index -> the offsets of its sites, each once, ascending; sections in index order.
 
+    Not the sites of the -finstrument-functions hooks: the kernel and uftrace take every entry of
+    __mcount_loc for a call of mcount or __fentry__, as gcc -mrecord-mcount writes it.
     A group's sites usually share one section: then its column of offsets is taken whole.
     """
     by_section: dict[int, list[int]] = {}
     for group in result.groups:
+        if group.target in HOOK_TARGETS:
+            continue
         sections = group.sections
         if sections and sections.count(sections[0]) == len(sections):
             by_section.setdefault(sections[0].shndx, []).extend(group.starts)
@@ -156,10 +161,12 @@ def _tables(
     """A __mcount_loc and its relocation table, for sites at these offsets of these sections; `index`
     is the table's section index, `flags` more sh_flags for both (SHF_GROUP)."""
     arch = elf.arch
-    word, shift = arch.word, arch.r_sym_shift
+    # The relocation entries are the class's words; the table's entries are the machine's (8 bytes on x32,
+    # as gcc -mx32 -mrecord-mcount writes them).
+    word, shift, entry = arch.word, arch.r_sym_shift, arch.mcount_loc_entry
     code = "Q" if word == 8 else "I"
     count = sum(map(len, places.values()))
-    r_offset = array.array(code, range(0, word * count, word))
+    r_offset = array.array(code, range(0, entry * count, entry))
     r_info = array.array(code)
     addends = array.array(code)
     for shndx, starts in places.items():
@@ -168,17 +175,18 @@ def _tables(
     columns: tuple[array.array[int], ...]
     if arch.rela:
         # The addend is in the entry; the word relocated holds 0, as gas leaves it.
-        loc = bytes(word * count)
+        loc = bytes(entry * count)
         columns, name, sh_type = (r_offset, r_info, addends), f".rela{MCOUNT_LOC}", SHT_RELA
     else:
         # REL: the addend is the word relocated.
+        assert entry == word  # i386: R_386_32 relocates a word
         loc = packed(addends)
         columns, name, sh_type = (r_offset, r_info), f".rel{MCOUNT_LOC}", SHT_REL
     rel = array.array(code, bytes(word * len(columns) * count))
     for i, column in enumerate(columns):
         rel[i :: len(columns)] = column
     return [
-        NewSection(MCOUNT_LOC, SHT_PROGBITS, SHF_ALLOC | SHF_WRITE | flags, loc, 0, 0, word, word),
+        NewSection(MCOUNT_LOC, SHT_PROGBITS, SHF_ALLOC | SHF_WRITE | flags, loc, 0, 0, entry, entry),
         NewSection(
             name, sh_type, SHF_INFO_LINK | flags, packed(rel), elf.symtab.shndx, index, word, word * len(columns)
         ),

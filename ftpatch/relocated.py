@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .elf import ElfFile, Relocations
+from .elf import SHT_NOBITS, ElfFile, Relocations
 from .errors import InputError
-from .x86 import Form
+from .x86 import OPCODES, TAIL_OF, Form, disp_offset, known_nops
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,36 @@ def live(
                 )
             )
             continue
-        found.append(SiteEntries(positions, form, symbol, r_type, call_entry(elf, symbol, r_type)))
+        held = call_entry(elf, symbol, r_type)
+        found += [
+            SiteEntries(at, f, symbol, r_type, held) for f, at in by_opcode(elf, entries, positions, form).items()
+        ]
     return found, problems
+
+
+def by_opcode(elf: ElfFile, entries: Relocations, positions: Sequence[int], form: Form) -> dict[Form, Sequence[int]]:
+    """The entries of a relocation type of `form` by the form their site's bytes say: a call relocation
+    of an `e8` site also relocates an `e9`, a tail jmp (gcc and clang end a void function with
+    `jmp __cyg_profile_func_exit`), a GOT call's an `ff 25` (gcc -fno-plt), and a nop of ftpatch's says
+    which it replaced (x86.tail_ret)."""
+    jmp = TAIL_OF.get(form)
+    if jmp is None:
+        return {form: positions}
+    data, known, tails = elf.data, known_nops(elf.arch), []
+    disp, opcode = disp_offset(jmp), OPCODES[jmp]
+    for i in positions:
+        sec, r_offset = entries.section(i), entries.r_offset[i]
+        if sec.sh_type == SHT_NOBITS or not disp <= r_offset <= sec.sh_size - 4:
+            continue  # no site's bytes: objects.py refuses it
+        at = sec.sh_offset + r_offset - disp
+        nop = known.get(data[at : at + disp + 4])
+        if data[at : at + disp] == opcode or (nop is not None and nop.form is jmp):
+            tails.append(i)
+    if not tails:
+        return {form: positions}
+    tail = set(tails)
+    calls = [i for i in positions if i not in tail]
+    return {f: at for f, at in ((form, calls), (jmp, tails)) if at}
 
 
 def call_entry(elf: ElfFile, symbol: int, r_type: int) -> bytes:

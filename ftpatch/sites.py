@@ -21,18 +21,33 @@ from .elf import SHT_RELA, Section
 from .errors import InputError, naming
 from .x86 import OPCODES, Arch, Form, nops
 
-DEFAULT_TARGETS = ("mcount", "_mcount", "__fentry__")
-# Called after the prologue, not as a function's first instruction.
-MCOUNT_TARGETS = frozenset({"mcount", "_mcount"})
+CYG_ENTER, CYG_EXIT = "__cyg_profile_func_enter", "__cyg_profile_func_exit"  # -finstrument-functions
+DEFAULT_TARGETS = ("mcount", "_mcount", "__fentry__", CYG_ENTER, CYG_EXIT)
+# Called inside a function, not as its first instruction: mcount after the prologue, the enter hook after its
+# arguments are set, the exit hook before each return (docs/facts.md).
+INSIDE_TARGETS = frozenset({"mcount", "_mcount", CYG_ENTER, CYG_EXIT})
+# Which target a nop inside a function says it replaced, where a function calls more than one (x86.NopStyle):
+# 0 for the one target of its kind, mcount's.
+_SLOTS = {CYG_ENTER: 1, CYG_EXIT: 2}
+# The -finstrument-functions hooks, which __mcount_loc never lists: the kernel and uftrace read it as the table of
+# mcount and __fentry__ calls, and gcc -mrecord-mcount lists only those (record.py, linked.py).
+HOOK_TARGETS = frozenset(_SLOTS)
 
 
 def at_entry(target: str | None) -> bool | None:
-    """Whether calls to `target` are a function's first instruction (__fentry__: True) or come after its
-    prologue (mcount, _mcount: False). Any other name (a --symbol, a --target) says neither: a site of it is
-    where it is, as a call that `call --target` pointed at a hook stays where the compiler put it."""
+    """Whether calls to `target` are a function's first instruction (__fentry__: True) or inside it (mcount and
+    _mcount after the prologue, the -finstrument-functions hooks: False). Any other name (a --symbol, a
+    --target) says neither: a site of it is where it is, as a call that `call --target` pointed at a hook stays
+    where the compiler put it."""
     if target is None:
         return None
-    return target not in MCOUNT_TARGETS if target in DEFAULT_TARGETS else None
+    return target not in INSIDE_TARGETS if target in DEFAULT_TARGETS else None
+
+
+def slot(target: str | None) -> int:
+    """What a nop says of the target it replaced: 1 for __cyg_profile_func_enter, 2 for
+    __cyg_profile_func_exit, which the same functions call, and 0 for any other."""
+    return _SLOTS.get(target or "", 0)
 
 
 class State(StrEnum):
@@ -143,6 +158,10 @@ class SiteGroup:
 
     def __len__(self) -> int:
         return len(self.starts)
+
+    @property
+    def slot(self) -> int:
+        return slot(self.target)
 
     def file_offsets(self, base: int = 0) -> list[int]:
         """The file offset of each site; `base` is added."""
@@ -321,7 +340,12 @@ class Checks:
         written over them."""
         return []
 
-    def live_calls(self, data: bytes | bytearray) -> dict[int, str]:
+    def clash(self, group: SiteGroup) -> str:
+        """Why `call` could not restore a nop'd site of this group whatever the nop ('' if it could): the
+        sentence `nop` refuses with, where readback found such sites."""
+        return ""
+
+    def live_calls(self, data: bytes | bytearray) -> Mapping[int, str]:
         """Every live profiling call in the file's bytes `data`, found independently of the sites:
         file offset of the call's end -> what it is. `apply` runs it on the new bytes."""
         return {}

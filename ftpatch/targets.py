@@ -1,4 +1,5 @@
-"""Call targets in a linked file: every way its code can reach mcount, _mcount or __fentry__.
+"""Call targets in a linked file: every way its code can reach mcount, _mcount, __fentry__ or the
+-finstrument-functions hooks __cyg_profile_func_enter and __cyg_profile_func_exit.
 
 A linked file has no relocation at its sites, so a site is recognised by
 where it calls. That is resolved here, once per file and before any site is
@@ -21,6 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property, partial
 
+from . import sites
 from .elf import (
     DT_PLTGOT,
     ET_EXEC,
@@ -38,10 +40,10 @@ from .elf import (
     SymbolTable,
 )
 from .sites import DEFAULT_TARGETS, at_entry
-from .x86 import ENDBR, SITE_LENGTH, Arch, Form, branch_destination, call_bytes, decode_lite
+from .x86 import ENDBR, SITE_LENGTH, TAILS, Arch, Form, branch_destination, call_bytes, decode_lite
 
-# Dynamic relocation types, the same numbers on x86-64 and i386.
-R_GLOB_DAT, R_JUMP_SLOT, R_RELATIVE = 6, 7, 8
+# Dynamic relocation types, the same numbers on x86-64, x32 and i386 (R_*_RELATIVE: Arch.relative_types).
+R_GLOB_DAT, R_JUMP_SLOT = 6, 7
 # glibc's profiling runtime, gmon.o: __monstartup and _mcleanup, which every -pg link calls (gcrt1.o) and which
 # glibc's mcount, _mcount and __fentry__ bring in wherever they are linked (mcount.o needs gmon.o's _gmonparam).
 # In a stripped file their messages are what is left of them; a program built without -pg has neither
@@ -64,6 +66,11 @@ class Target:
         """Called as a function's first instruction (__fentry__: True), after its prologue (mcount: False),
         or either (None: a --symbol or --target, whose sites are where the compiler's were)."""
         return at_entry(self.name)
+
+    @property
+    def slot(self) -> int:
+        """What a nop that replaced a call to it says (sites.slot)."""
+        return sites.slot(self.name)
 
 
 @dataclass(frozen=True)
@@ -134,27 +141,34 @@ class Targets:
             target = self.addr32.get(branch_destination(code, va, 6))
             return Call(Form.ADDR32_REL32, target, code[:6]) if target else None
         disp = int.from_bytes(code[2:6], "little", signed=True)
-        if op == b"\xff\x15" and self.arch.x86_64:
+        if op in (b"\xff\x15", b"\xff\x25") and self.arch.x86_64:
             target = self.slot.get(va + 6 + disp)
-            return Call(Form.GOTPCREL, target, code[:6]) if target else None
+            form = Form.GOTPCREL if op == b"\xff\x15" else Form.TAIL_GOTPCREL
+            return Call(form, target, code[:6]) if target else None
         if op == b"\xff\x93" and not self.arch.x86_64 and self.got_base is not None:
             target = self.slot.get((self.got_base + disp) & 0xFFFFFFFF)
             return Call(Form.GOT_EBX, target, code[:6]) if target else None
         return None
 
-    def calls(self, va: int, length: int, entry: bool | None, form: Form | None = None) -> dict[bytes, Call]:
+    def calls(
+        self, va: int, length: int, entry: bool | None, form: Form | None = None, slot: int | None = None
+    ) -> dict[bytes, Call]:
         """Every call to a target that a site of `length` bytes at `va` could hold, by its bytes.
 
         `entry` says whether the site is at a function's entry (True), inside one
-        (False) or unknown (None); `form`, the form the site's nop says it replaced.
-        A tail jmp is only what a nop that says so replaced: its nop is a ret, not a nop.
+        (False) or unknown (None); `form`, the form the site's nop says it replaced,
+        and `slot`, which target it says (None: any). A tail jmp is only what a nop
+        that says so replaced: its nop is a ret, not a nop.
         """
         found: dict[bytes, Call] = {}
         for t in self.targets:
-            if entry is not None and t.entry not in (None, entry):
+            # A target whose name says no place (a --symbol, a --target) may be any nop's.
+            if t.entry is not None and (
+                (entry is not None and t.entry != entry) or (slot is not None and t.slot != slot)
+            ):
                 continue
             for call in self._encodings(t, va, length):
-                if call.form is form or (form is None and call.form is not Form.TAIL):
+                if call.form is form or (form is None and call.form not in TAILS):
                     found.setdefault(call.code, call)
         return found
 
@@ -200,6 +214,7 @@ class Targets:
         for slot in sorted(t.slots):
             if self.arch.x86_64:
                 yield from near(Form.GOTPCREL, slot - (va + 6))
+                yield from near(Form.TAIL_GOTPCREL, slot - (va + 6))
             elif self.got_base is not None:
                 yield from near(Form.GOT_EBX, ((slot - self.got_base + 2**31) % 2**32) - 2**31)
 
@@ -210,7 +225,9 @@ def resolve(elf: ElfFile, names: Iterable[str], recorded: Mapping[int, bool | No
     `recorded`: the sites __mcount_loc lists, each at a function's entry or not. A stripped
     static program names no target, and there the calls at those sites say where the targets are.
     """
-    ordered = sorted(set(names), key=lambda n: (DEFAULT_TARGETS.index(n) if n in DEFAULT_TARGETS else 3, n))
+    ordered = sorted(
+        set(names), key=lambda n: (DEFAULT_TARGETS.index(n) if n in DEFAULT_TARGETS else len(DEFAULT_TARGETS), n)
+    )
     tables = [t for t in (elf.symbols if elf.has_symtab else None, elf.dynamic_symbols) if t is not None]
     addresses = _defined(elf, tables, ordered)
     got_base = _got_base(elf, tables) if not elf.arch.x86_64 else None
@@ -318,6 +335,18 @@ def dynamic_relocations(elf: ElfFile) -> Relocations | None:
     return elf.relocations(tables, len(dynsym) if dynsym is not None else 1)
 
 
+def relative(relocations: Relocations | None, arch: Arch) -> dict[int, int]:
+    """Where each R_*_RELATIVE entry writes -> its addend (0 on REL, whose addend is the word it relocates)."""
+    if relocations is None:
+        return {}
+    return {
+        relocations.r_offset[i]: relocations.r_addend[i]
+        for r_type in sorted(arch.relative_types)
+        if r_type in relocations.values  # r_info is the type alone: no symbol
+        for i in relocations.holding(r_type)
+    }
+
+
 def _dynamic_slots(elf: ElfFile, relocations: Relocations | None, names: list[str]) -> dict[str, set[int]]:
     """name -> the GOT slots the dynamic linker fills with it."""
     dynsym = elf.dynamic_symbols
@@ -355,29 +384,38 @@ def _static_slots(elf: ElfFile, relocations: Relocations | None, addresses: dict
     if not addresses:
         return {}
     by_address = {address: name for name, address in reversed(addresses.items())}
-    relative: dict[int, int] = {}
-    if relocations is not None and R_RELATIVE in relocations.values:
-        relative = {relocations.r_offset[i]: relocations.r_addend[i] for i in relocations.holding(R_RELATIVE)}
     arch, found = elf.arch, {}
+    relative_ = relative(relocations, arch)
     for got in elf.sections:
         if not got.name.startswith(".got") or not got.sh_flags & SHF_WRITE or got.sh_type != SHT_PROGBITS:
             continue
         raw = elf.section_data(got)
         for at in range(0, len(raw) - arch.word + 1, arch.word):
             va = got.sh_addr + at
-            value = relative.get(va) if arch.rela else None
-            if value is None and (elf.e_type == ET_EXEC or va in relative):
+            value = relative_.get(va) if arch.rela else None
+            if value is None and (elf.e_type == ET_EXEC or va in relative_):
                 value = int.from_bytes(raw[at : at + arch.word], "little")
             if value in by_address:
                 found[va] = by_address[value]
     return found
 
 
+def is_plt(sec: Section) -> bool:
+    """Whether a code section is a PLT, whose entries jmp through the targets' GOT slots (`ff 25`, as gcc
+    -fno-plt's tail jmp to __cyg_profile_func_exit does): the way to a target, never a site."""
+    return sec.name.startswith((".plt", ".iplt"))
+
+
+def site_sections(elf: ElfFile) -> list[Section]:
+    """The code sections that can hold a site: all but the PLTs."""
+    return [sec for sec in elf.code_sections if not is_plt(sec)]
+
+
 def _plt_entries(elf: ElfFile, slots: dict[int, str], got_base: int | None) -> dict[int, str]:
     """PLT entry -> the target whose slot its indirect jmp goes through, in every .plt* section."""
     arch, entries = elf.arch, {}
     for sec in elf.code_sections:
-        if not sec.name.startswith((".plt", ".iplt")):
+        if not is_plt(sec):
             continue
         code = bytes(elf.section_data(sec))
         previous_start, previous_end = -1, -1

@@ -1,4 +1,4 @@
-"""x86 encodings: the two machines' layouts, the call forms compilers emit for profiling,
+"""x86 encodings: the three machines (x86-64, x32, i386) and their layouts, the call forms compilers emit for profiling,
 and the nops that replace them.
 
 Pure tables and functions over bytes. Capstone is imported only by the
@@ -22,7 +22,8 @@ class Form(StrEnum):
     GOTPCREL = "gotpcrel"  # ff 15 disp32: call *mcount@GOTPCREL(%rip)
     GOT_EBX = "got-ebx"  # ff 93 disp32: call *mcount@GOT(%ebx), i386 PIC
     ADDR32_REL32 = "addr32-rel32"  # 67 e8 rel32: a GOT call the linker resolved locally (static)
-    TAIL = "tail-rel32"  # e9 rel32: jmp mcount@plt, where clang's LTO made a function's last call a tail call
+    TAIL = "tail-rel32"  # e9 rel32: jmp mcount@plt (clang's LTO), jmp __cyg_profile_func_exit (a void function)
+    TAIL_GOTPCREL = "tail-gotpcrel"  # ff 25 disp32: jmp *__cyg_profile_func_exit@GOTPCREL(%rip), gcc -fno-plt
     RECORDED = "mcount-loc"  # no call at all: gcc -mnop-mcount, listed in __mcount_loc
     PATCHABLE = "patchable"  # no call at all: -fpatchable-function-entry's nops, listed in __patchable_function_entries
 
@@ -33,7 +34,12 @@ OPCODES = {
     Form.GOT_EBX: b"\xff\x93",
     Form.ADDR32_REL32: b"\x67\xe8",
     Form.TAIL: b"\xe9",
+    Form.TAIL_GOTPCREL: b"\xff\x25",
 }
+# The jmps that are a call and the function's return at once: their nop is the return alone.
+TAILS = frozenset({Form.TAIL, Form.TAIL_GOTPCREL})
+# The tail jmp that a call relocation of a call form also relocates, in an object.
+TAIL_OF = {Form.REL32: Form.TAIL, Form.GOTPCREL: Form.TAIL_GOTPCREL}
 
 
 # A RECORDED site is the one 5-byte nop gcc put there; a PATCHABLE one the 5 bytes a call takes of the nops
@@ -44,6 +50,7 @@ SITE_LENGTH = {
     Form.GOT_EBX: 6,
     Form.ADDR32_REL32: 6,
     Form.TAIL: 5,
+    Form.TAIL_GOTPCREL: 6,
     Form.RECORDED: 5,
     Form.PATCHABLE: 5,
 }
@@ -80,10 +87,14 @@ def call_bytes(form: Form, disp: int) -> bytes:
 
 @dataclass(frozen=True, eq=False)
 class Arch:
-    """What differs between an x86-64 and an i386 file, made once when the file is read and
+    """What differs between an x86-64, an x32 and an i386 file, made once when the file is read and
     passed along, as recordmcount.h is compiled once per word size.
 
-    There are two, X86_64 and I386, compared by identity (and so cached by): one that
+    The instruction set (`x86_64`: the machine, e_machine) and the word (`word`: the ELF class's,
+    held by `layout`) are two facts: x32 (gcc -mx32) is the x86-64 instruction set with ELFCLASS32's
+    4-byte words. Ask the one that is meant.
+
+    There are three, X86_64, X32 and I386, compared by identity (and so cached by): one that
     crosses a process boundary comes back as the same one.
     """
 
@@ -96,10 +107,12 @@ class Arch:
     pic_form: Form  # the 6-byte form of position-independent code
     default_nop: str
     capstone_mode: int  # capstone's CS_MODE_64 or CS_MODE_32
+    mcount_loc_entry: int  # bytes in an __mcount_loc entry: gcc writes .quad for x86-64 code, x32 too
+    relative_types: frozenset[int]  # R_*_RELATIVE: a dynamic relocation whose addend is the address it writes
 
     @property
     def word(self) -> int:
-        """Bytes in an address, r_offset and r_info."""
+        """Bytes in an address, a GOT slot, r_offset, r_info and r_addend: the ELF class's, not the machine's."""
         return self.layout.word
 
     @property
@@ -122,11 +135,11 @@ class Arch:
 
     def call_addend(self, form: Form) -> int:
         """The addend of a call relocation: -4 in a RELA entry; in a REL site's bytes, what the form holds."""
-        return -4 if self.rela or form is Form.REL32 else 0
+        return -4 if self.rela or form in (Form.REL32, Form.TAIL) else 0
 
     @property
     def x86_64(self) -> bool:
-        """The 64-bit instruction set: RIP-relative addressing, and the 64-bit nops."""
+        """The x86-64 instruction set (x86-64 and x32): RIP-relative addressing, and the 64-bit nops; not the word."""
         return self.e_machine == X86_64.e_machine
 
     def __reduce__(self) -> tuple[Callable[[str], Arch], tuple[str]]:
@@ -151,6 +164,23 @@ X86_64 = Arch(
     pic_form=Form.GOTPCREL,
     default_nop="p6",
     capstone_mode=1 << 3,  # capstone.CS_MODE_64, without importing capstone
+    mcount_loc_entry=8,
+    relative_types=frozenset({8}),  # R_X86_64_RELATIVE
+)
+# gcc -mx32: ELFCLASS32, RELA, the x86-64 instruction set and its relocation types, 4-byte GOT slots.
+X32 = Arch(
+    name="x32",
+    e_machine=X86_64.e_machine,
+    layout=ELF32,
+    rela=True,
+    call_forms=X86_64.call_forms,
+    reloc_names=X86_64.reloc_names,
+    pic_form=X86_64.pic_form,
+    default_nop=X86_64.default_nop,
+    capstone_mode=X86_64.capstone_mode,
+    mcount_loc_entry=8,  # gcc -mx32 -mrecord-mcount writes .quad entries, relocated by R_X86_64_64
+    # R_X86_64_RELATIVE writes 4 bytes, R_X86_64_RELATIVE64 8: bfd relocates gcc's 8-byte entries in a PIE with both.
+    relative_types=frozenset({8, 38}),
 )
 I386 = Arch(
     name="i386",
@@ -169,8 +199,10 @@ I386 = Arch(
     pic_form=Form.GOT_EBX,
     default_nop="lea",
     capstone_mode=1 << 2,  # capstone.CS_MODE_32
+    mcount_loc_entry=4,
+    relative_types=frozenset({8}),  # R_386_RELATIVE
 )
-ARCHES = {(arch.e_machine, arch.layout.elfclass): arch for arch in (X86_64, I386)}
+ARCHES = {(arch.e_machine, arch.layout.elfclass): arch for arch in (X86_64, X32, I386)}
 
 
 def _arch_named(name: str) -> Arch:
@@ -191,17 +223,24 @@ class NopStyle:
     A tag (1 or 2) marks the nops of an i386 object, whose REL entries have no addend to
     keep what the nop'd relocation was: it says which of the form's two relocation types the
     site had. Tag 0 is no tag: every other file, and files nop'd before tags.
+
+    A slot (1 or 2, sites.slot) says which of two targets a nop inside a function replaced,
+    where functions call both: __cyg_profile_func_enter and __cyg_profile_func_exit
+    (-finstrument-functions). Slot 0 is the one target of its kind, mcount's. A style with no
+    member for a slot gives b"", which `nop` refuses as a nop `call` could not read back.
     """
 
     name: str
     x86_64: bool  # whether every member is also a nop in 64-bit mode
     about: str
 
-    def nop(self, form: Form, entry: bool, tag: int = 0) -> bytes:
+    def nop(self, form: Form, entry: bool, tag: int = 0, slot: int = 0) -> bytes:
         """What `nop` writes over a site of this form, at a function's entry or inside it."""
-        if form is Form.TAIL:
-            return TAIL_RET
-        return _MEMBERS[self.name](SITE_LENGTH[form], None if entry else form, tag)
+        if entry and slot:
+            return b""  # the targets that need a slot are called inside a function
+        if form in TAILS:
+            return tail_ret(slot, tag, SITE_LENGTH[form])
+        return _MEMBERS[self.name](SITE_LENGTH[form], None if entry else form, tag, slot)
 
     @property
     def nop5(self) -> bytes:
@@ -212,47 +251,66 @@ class NopStyle:
         return self.nop(Form.GOTPCREL, True)
 
 
-def _p6(length: int, inner: Form | None, tag: int) -> bytes:
+def _p6(length: int, inner: Form | None, tag: int, slot: int) -> bytes:
     # The disp8 of a P6 nop is never used (a nopl touches no memory): gas pads with 00. ftpatch writes 08
     # at an entry, which uftrace's `record -P` patches as it patches 00 (clang's -fpatchable-function-entry
-    # writes it too), and f1..f4 inside a function, one per form. The SIB byte is the tag.
+    # writes it too), and f1..f4 inside a function, one per form. The SIB byte is the tag and the slot.
     mark = _P6_MARKS[inner] if inner else 0x08
-    nop = bytes((0x0F, 0x1F, 0x44, tag, mark))
+    nop = bytes((0x0F, 0x1F, 0x44, tag | slot << 2, mark))
     if length == 5:
         return nop
     return b"\x66" + nop if inner else nop + b"\x90"
 
 
-def _o16(length: int, inner: Form | None, tag: int) -> bytes:
-    # A segment prefix in place of the first operand-size prefix is the tag: one prefix of each group.
-    return bytes((_SEGMENT[tag],)) + b"\x66" * (length - 2) + b"\x90"
+def _o16(length: int, inner: Form | None, tag: int, slot: int) -> bytes:
+    # A segment prefix in place of the first operand-size prefix is the tag, and fs or gs in place of
+    # the second the slot.
+    return bytes((_SEGMENT[tag], _O16_SLOTS[slot])) + b"\x66" * (length - 3) + b"\x90"
 
 
-def _jmp(length: int, inner: Form | None, tag: int) -> bytes:
-    # The filler is never executed; int3 traps anything that jumps into it. Its last byte is the tag.
-    return bytes((0xEB, length - 2)) + b"\xcc" * (length - 3) + bytes((0xCC ^ tag,))
+def _jmp(length: int, inner: Form | None, tag: int, slot: int) -> bytes:
+    # The filler is never executed; int3 traps anything that jumps into it. Its last byte is the tag,
+    # its first the slot.
+    return bytes((0xEB, length - 2, _FILLER_SLOTS[slot])) + b"\xcc" * (length - 4) + bytes((0xCC ^ tag,))
 
 
-def _lea(length: int, inner: Form | None, tag: int) -> bytes:
+def _lea(length: int, inner: Form | None, tag: int, slot: int) -> bytes:
     # The SIB's scale bits, ignored without an index register, are the tag. gas pads i386 code with
     # the 6-byte lea, so inside a function the 5-byte one with an operand-size prefix takes its place
     # (a lea of %esi into %si, which it leaves as it was), its segment prefix naming the form.
-    sib = 0x26 | tag << 6
+    # The slot is the register, loaded with itself: %esi, %edi, %ebp. Not a segment prefix: the last
+    # five bytes of a 6-byte lea (26 8d 74 26 00, 36 8d 74 26 00) must stay no 5-byte nop of ftpatch's,
+    # or an i386 object's nop'd got-ebx site would read back as a 5-byte site too (nopped._tagged).
+    reg = _LEA_REGISTERS[slot]
+    modrm, sib = 0x44 | reg << 3, tag << 6 | 0x20 | reg
     if length == 5:  # ds at an entry, as the kernel's; cs inside a function, which no assembler pads with
-        return bytes((0x3E if inner is None else 0x2E, 0x8D, 0x74, sib, 0x00))
+        return bytes((0x3E if inner is None else 0x2E, 0x8D, modrm, sib, 0x00))
     if inner is None:
         return bytes.fromhex("8db600000000") if tag == 0 else b""  # no i386 object has a 6-byte entry site
-    return bytes((0x66, _LEA_SEGMENTS[inner], 0x8D, 0x74, sib, 0x00))
+    return bytes((0x66, _LEA_SEGMENTS[inner], 0x8D, modrm, sib, 0x00))
 
 
 # A jmp to mcount is mcount's call and the function's return at once: its nop is the return alone, whatever the
 # style. The filler never runs: int3, and an int1 that no compiler pads with, to mark it as ftpatch's.
+# Its third byte is the tag, its fourth the slot; the 6-byte one (for ff 25) ends f2 cc.
 TAIL_RET = bytes.fromhex("c3cccccc f1")
 _P6_MARKS = {Form.REL32: 0xF1, Form.GOTPCREL: 0xF2, Form.GOT_EBX: 0xF3, Form.ADDR32_REL32: 0xF4}
 _SEGMENT = (0x66, 0x2E, 0x3E)  # by tag; 0x66 is no segment prefix at all
+_O16_SLOTS = (0x66, 0x64, 0x65)  # by slot: none, fs, gs
+# By slot: int3, hlt, cmc, one byte each in both modes, so that decoding across the filler stays in step
+# (0xcd would take the next byte, 0xce is no instruction on x86-64).
+_FILLER_SLOTS = (0xCC, 0xF4, 0xF5)
+_LEA_REGISTERS = (6, 7, 5)  # by slot: %esi, %edi, %ebp
 _LEA_SEGMENTS = {Form.REL32: 0x3E, Form.GOTPCREL: 0x26, Form.GOT_EBX: 0x26, Form.ADDR32_REL32: 0x36}
 _MEMBERS = {"p6": _p6, "o16": _o16, "jmp": _jmp, "lea": _lea}
 TAGS = (1, 2)
+SLOTS = (1, 2)
+
+
+def tail_ret(slot: int, tag: int = 0, length: int = 5) -> bytes:
+    """The nop of a tail jmp to a target: the return alone, its filler naming the tag and the slot."""
+    return TAIL_RET[:2] + bytes((0xCC ^ tag, _FILLER_SLOTS[slot])) + (TAIL_RET[4:] if length == 5 else b"\xf2\xcc")
+
 
 NOP_STYLES: dict[str, NopStyle] = {
     style.name: style
@@ -279,6 +337,7 @@ class Nop:
     form: Form | None  # the form it names, where it names one
     tag: int
     padding: bool  # what a compiler's own output may also hold there: no mark of a site by itself
+    slot: int = 0  # which of the targets called inside a function it replaced (NopStyle)
 
 
 # What a compiler's or a kernel's output may hold: gas pads with 0f 1f 44 00 00 and 66 0f 1f 44 00 00
@@ -303,20 +362,25 @@ _FOREIGN = {
 @cache
 def known_nops(arch: Arch) -> dict[bytes, Nop]:
     """Every nop ftpatch writes on this machine, or takes for a nop'd site, and what it says."""
-    places: dict[bytes, tuple[str, int, set[Form | None]]] = {}
+    places: dict[bytes, tuple[str, int, int, set[Form | None]]] = {}
     for style in styles_for(arch):
         for tag in (0, *TAGS):
             for form in dict.fromkeys((Form.REL32, arch.pic_form, Form.ADDR32_REL32)):
-                for inner in (None, form):
-                    code = _MEMBERS[style.name](SITE_LENGTH[form], inner, tag)
-                    if code:
-                        places.setdefault(code, (style.name, tag, set()))[2].add(inner)
+                for slot in (0, *SLOTS):
+                    for inner in (None, form) if not slot else (form,):  # a slot only inside a function
+                        code = _MEMBERS[style.name](SITE_LENGTH[form], inner, tag, slot)
+                        if code:
+                            places.setdefault(code, (style.name, tag, slot, set()))[3].add(inner)
     found = dict(_FOREIGN)
-    found[TAIL_RET] = Nop("ret", False, Form.TAIL, 0, False)
-    for code, (name, tag, inners) in places.items():
+    for tag in (0, *TAGS) if not arch.rela else (0,):
+        for slot in (0, *SLOTS):
+            found[tail_ret(slot, tag)] = Nop("ret", False, Form.TAIL, tag, False, slot)
+            if arch.x86_64:
+                found[tail_ret(slot, tag, 6)] = Nop("ret", False, Form.TAIL_GOTPCREL, tag, False, slot)
+    for code, (name, tag, slot, inners) in places.items():
         entry = None if len(inners) > 1 and None in inners else None in inners
         named = next(iter(inners)) if len(inners) == 1 else None
-        found[code] = Nop(name, entry, named, tag, code in _PADDING)
+        found[code] = Nop(name, entry, named, tag, code in _PADDING, slot)
     return found
 
 
@@ -342,47 +406,59 @@ def marked_nops(length: int, arch: Arch) -> frozenset[bytes]:
 
 
 @cache
-def _marked_cores(arch: Arch) -> tuple[tuple[bytes, dict[int, tuple[bytes, ...]]], ...]:
-    """Every nop only ftpatch writes (not the jmp nops: a tail jump over int3 padding to the next function looks
-    the same), by the few bytes at their heart that bytes.find looks for: (core, {where the core sits in a
-    nop: those nops, longest first})."""
-    marked = sorted((n for length in (6, 5) for n in marked_nops(length, arch) if n[0] != 0xEB), key=len, reverse=True)
-    cores: dict[bytes, dict[int, list[bytes]]] = {}
-    for nop in marked:
-        core = next(c for c in _CORES if c in nop)
-        cores.setdefault(core, {}).setdefault(nop.index(core), []).append(nop)
-    return tuple((core, {at: tuple(ns) for at, ns in places.items()}) for core, places in cores.items())
+def _cores_of(nops_: frozenset[bytes]) -> tuple[tuple[bytes, tuple[tuple[int, int, frozenset[bytes]], ...]], ...]:
+    """These nops by the few bytes at their heart that bytes.find looks for: (core, ((where the core sits in a
+    nop, the nop's length, those nops), ... longest first))."""
+    cores: dict[bytes, dict[tuple[int, int], set[bytes]]] = {}
+    for nop in nops_:
+        core = next((c for c in _CORES if c in nop), nop)
+        cores.setdefault(core, {}).setdefault((nop.index(core), len(nop)), set()).add(nop)
+    return tuple(
+        (
+            core,
+            tuple((at, length, frozenset(ns)) for (at, length), ns in sorted(places.items(), key=lambda p: -p[0][1])),
+        )
+        for core, places in cores.items()
+    )
 
 
-# What every nop only ftpatch writes holds (x86.NopStyle): the p6 nopl's opcode and ModRM, o16's prefixes, lea's
-# opcode and ModRM, the int3s of a tail site's ret.
-_CORES = (b"\x1f\x44", b"\x66\x66\x66\x90", b"\x8d\x74", b"\xcc\xcc\xcc\xf1")
+# What the nops ftpatch writes hold (x86.NopStyle): the p6 nopl's opcode and ModRM, o16's prefixes, lea's opcode
+# and ModRM (one per register), a tail site's ret and int3, the jmp of a jmp nop.
+_CORES = (b"\x1f\x44", b"\x66\x66\x90", b"\x8d\x74", b"\x8d\x7c", b"\x8d\x6c", b"\xc3\xcc", b"\xeb\x03", b"\xeb\x04")
 
 
 def find_marked_nops(code: bytes | memoryview, arch: Arch, start: int = 0, end: int | None = None) -> dict[int, bytes]:
     """Offset -> bytes of every nop in `code[start:end]` that only ftpatch writes, found by its bytes alone:
     they may lie inside other instructions (see instruction_starts). A 6-byte nop that holds a 5-byte one
-    (o16, lea) counts once.
+    (o16, lea) counts once. (Not the jmp nops of slot 0: a tail jump over int3 padding to the next function
+    looks the same.)"""
+    marked = frozenset(n for length in (6, 5) for n in marked_nops(length, arch) if n[0] != 0xEB or n[2] != 0xCC)
+    return find_nops(code, marked, start, end)
+
+
+def find_nops(
+    code: bytes | memoryview, wanted: frozenset[bytes], start: int = 0, end: int | None = None
+) -> dict[int, bytes]:
+    """Offset -> bytes of every nop of `wanted` in `code[start:end]`, the longest where several begin; one that
+    begins a byte after a 6-byte one, inside it, is not counted.
 
     Each nop holds one of a few cores, which bytes.find finds in C; only where one is are the nops around it
-    compared. A regular expression of the 31 nops took four times as long on a kernel module's code (and a
-    lookahead one, tried at every byte, five times longer again).
+    compared. A regular expression of the nops took twice as long on a kernel module's code (and a lookahead
+    one, tried at every byte, five times longer again).
     """
     end = len(code) if end is None else end
     data = code if isinstance(code, bytes) else bytes(code)
     starts: dict[int, bytes] = {}
-    for core, places in _marked_cores(arch):
+    for core, places in _cores_of(wanted):
         at = data.find(core, start, end)
         while at >= 0:
-            for offset, candidates in places.items():
+            for offset, length, candidates in places:
                 first = at - offset
-                if first < start:
+                if first < start or first + length > end:
                     continue
-                for nop in candidates:
-                    if first + len(nop) <= end and data.startswith(nop, first):
-                        if len(nop) > len(starts.get(first, b"")):
-                            starts[first] = nop
-                        break
+                nop = data[first : first + length]
+                if nop in candidates and length > len(starts.get(first, b"")):
+                    starts[first] = nop
             at = data.find(core, at + 1, end)
     found: dict[int, bytes] = {}
     for at in sorted(starts):
@@ -408,6 +484,12 @@ def instruction_starts(code: bytes | memoryview, arch: Arch, address: int, wante
     return found
 
 
+def nop_slot(code: bytes, arch: Arch) -> int:
+    """The slot a nop of ftpatch's says, 0 where it says none (NopStyle)."""
+    nop = known_nops(arch).get(code)
+    return nop.slot if nop is not None else 0
+
+
 def inner_form(code: bytes, arch: Arch) -> Form | None:
     """The form an ftpatch nop made inside a function says it replaced, where it says."""
     nop = known_nops(arch).get(code)
@@ -421,9 +503,9 @@ def written_inside(code: bytes, arch: Arch) -> bool:
 
 
 @cache
-def ftpatch_nops(arch: Arch) -> tuple[bytes, ...]:
+def ftpatch_nops(arch: Arch) -> frozenset[bytes]:
     """Every nop this version of ftpatch writes on this machine."""
-    return tuple(code for code in known_nops(arch) if code not in _FOREIGN)
+    return frozenset(code for code in known_nops(arch) if code not in _FOREIGN)
 
 
 def written_by_ftpatch(code: bytes, arch: Arch) -> bool:

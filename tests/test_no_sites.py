@@ -37,7 +37,8 @@ def _elf_files(top: Path) -> list[str]:
 
 def test_every_elf_file_under_usr_is_no_sites(tmp: Path) -> None:
     """No package of this machine is built with -pg: each of its ELF files scans with 0 sites and no error,
-    but those of machines ftpatch does not support (x32's ELFCLASS32 EM_X86_64), which are named as such."""
+    x32's (/usr/libx32, gcc's x32 start files) included, but those of machines ftpatch does not support, which
+    are named as such."""
     files = _elf_files(Path("/usr"))
     assert len(files) > 500, "too few ELF files under /usr for this test to say anything"
     # Two scans at once, each over half the list, as a pipeline would split it.
@@ -59,6 +60,10 @@ def test_every_elf_file_under_usr_is_no_sites(tmp: Path) -> None:
     assert len(summaries) + len(unsupported) == len(files)
     with_sites = [line for line in summaries if ", 0 sites (0 call, 0 not)" not in line]
     assert with_sites == []
+    x32 = [line for line in summaries if ": x32 " in line]
+    if Path("/usr/libx32").is_dir():  # gcc-multilib's x32 glibc: its libraries, start files and ld-linux-x32.so.2
+        assert len(x32) >= len(_elf_files(Path("/usr/libx32"))) > 0
+    assert not [e for e in unsupported if "libx32" in e or "/x32/" in e]
 
 
 @pytest.fixture(scope="module")

@@ -74,11 +74,11 @@ class Elf:
             return -1
 
     def mcount_loc_entries(self):
-        """Entries in __mcount_loc (0 if absent)."""
+        """Entries in __mcount_loc (0 if absent): 8 bytes each for the x86-64 instruction set (x32's too), 4 on i386."""
         i = self.index_of(b"__mcount_loc")
         if i < 0:
             return 0
-        return self.sh[i][5] // (8 if self.is64 else 4)
+        return self.sh[i][5] // (8 if self.machine == 62 else 4)
 
 
 def _mcount_symbols(elf, symtab_idx):

@@ -39,7 +39,8 @@ TARGETS = frozenset({"mcount", "_mcount", "__fentry__"})
 SLOT_RELOCS = frozenset(
     {"R_X86_64_GLOB_DAT", "R_X86_64_JUMP_SLOT", "R_X86_64_64", "R_386_GLOB_DAT", "R_386_JUMP_SLOT", "R_386_32"}
 )
-RELATIVE_RELOCS = frozenset({"R_X86_64_RELATIVE", "R_386_RELATIVE"})
+# x32's R_X86_64_RELATIVE64 fills 8 bytes (bfd relocates gcc's 8-byte __mcount_loc entries with it).
+RELATIVE_RELOCS = frozenset({"R_X86_64_RELATIVE", "R_X86_64_RELATIVE64", "R_386_RELATIVE"})
 
 _INSN = re.compile(r"^\s*([0-9a-f]+):\t([0-9a-f ]+?)\s*\t(.*)$")
 _LABEL = re.compile(r"^([0-9a-f]+) <(.*)>:$")
@@ -104,6 +105,7 @@ class ElfInfo:
 
     path: Path
     bits: int
+    x86_64: bool  # the instruction set: x32 is ELFCLASS32 (32 bits) with EM_X86_64
     type: str
     sections: list[Section]
     symbols: list[Symbol]
@@ -115,7 +117,8 @@ class ElfInfo:
         header = run("readelf", "-hW", path)
         bits = 64 if re.search(r"Class:\s+ELF64", header) else 32
         etype = re.search(r"Type:\s+(\S+)", header).group(1)  # type: ignore[union-attr]
-        return cls(path, bits, etype, _sections(path), _symbols(path), relocations(path), _dynamic(path))
+        x86_64 = bool(re.search(r"Machine:\s+Advanced Micro Devices X86-64", header))
+        return cls(path, bits, x86_64, etype, _sections(path), _symbols(path), relocations(path), _dynamic(path))
 
     def section(self, name: str) -> Section | None:
         return next((s for s in self.sections if s.name == name), None)
@@ -337,11 +340,12 @@ class Resolver:
 
 
 def mcount_loc(info: ElfInfo, data: bytes) -> list[int] | None:
-    """The addresses __mcount_loc lists: each word, or the addend of the RELATIVE relocation that fills it (PIE)."""
+    """The addresses __mcount_loc lists: each entry, or the addend of the RELATIVE relocation that fills it (PIE).
+    gcc writes `.quad` entries for the x86-64 instruction set, x32 included, `.long` for i386."""
     s = info.section("__mcount_loc")
     if s is None:
         return None
-    word = 8 if info.bits == 64 else 4
+    word = 8 if info.x86_64 else 4
     fmt = "<Q" if word == 8 else "<I"
     relative = {r.offset: r.addend for r in info.relocs if r.type in RELATIVE_RELOCS and r.addend is not None}
     out = []
