@@ -90,9 +90,10 @@ def tag(elf: ElfFile, form: Form, r_type: int) -> int:
     return 1 + TAG_TYPES[form].index(r_type) if not elf.arch.rela else 0
 
 
-def patchable_record(nop: bytes) -> int:
-    """The r_addend of the NONE entry that keeps the compiler's nop at a -fpatchable-function-entry site."""
-    return PATCHABLE_RECORD << 48 | next(i for i, code in PATCHABLE_NOPS.items() if code == nop)
+def patchable_record(nop: bytes, word: int) -> int:
+    """The r_addend (of `word` bytes) of the NONE entry that keeps the compiler's nop at a
+    -fpatchable-function-entry site: "FP" in its top 16 bits, the nop's id in its low 16."""
+    return PATCHABLE_RECORD << (8 * word - 16) | next(i for i, code in PATCHABLE_NOPS.items() if code == nop)
 
 
 def patchable_records(elf: ElfFile, entries: Relocations) -> dict[tuple[int, int], bytes]:
@@ -100,9 +101,10 @@ def patchable_records(elf: ElfFile, entries: Relocations) -> dict[tuple[int, int
     if not elf.arch.rela or 0 not in entries.values:
         return {}
     found = {}
+    top = 8 * elf.arch.word - 16
     for i in entries.holding(0):
         addend = entries.r_addend[i]
-        if addend >> 48 == PATCHABLE_RECORD and (nop := PATCHABLE_NOPS.get(addend & 0xFFFF)) is not None:
+        if addend >> top == PATCHABLE_RECORD and (nop := PATCHABLE_NOPS.get(addend & 0xFFFF)) is not None:
             found[entries.section(i).shndx, entries.r_offset[i]] = nop
     return found
 

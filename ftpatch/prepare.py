@@ -127,8 +127,9 @@ def _object(result: ScanResult, target: str | None, only: Sequence[str], exclude
         # which `nop` gives back (REL has no addend: an i386 object's `nop` there refuses).
         entry = [start + disp_offset(Form.REL32), index[target] << arch.r_sym_shift | r_type]
         if arch.rela:
-            entry += [arch.call_addend(Form.REL32) & (1 << 64) - 1, start + disp_offset(Form.REL32), 0]
-            entry.append(patchable_record(held))
+            mask = (1 << 8 * arch.word) - 1
+            entry += [arch.call_addend(Form.REL32) & mask, start + disp_offset(Form.REL32), 0]
+            entry.append(patchable_record(held, arch.word))
         by_section.setdefault(shndx, array.array(code)).extend(entry)
     return bytes(with_calls(elf, missing, {shndx: packed(words) for shndx, words in by_section.items()}))
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import PROGRAM_OUTPUT, ftpatch
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
-from test_retarget import HOOK, PROG, counted, hook_object, ok, sh, zlib_source  # noqa: F401 (a fixture)
+from test_retarget import HOOK, HOOK_SOURCE, PROG, counted, hook_object, ok, sh, zlib_source  # noqa: F401 (a fixture)
 
 # name -> (compile flags, link flags, linker)
 BUILDS = {
@@ -189,3 +189,25 @@ def test_zlib(tmp_path: Path, zlib_source: Path, cc: str) -> None:  # noqa: F811
     assert counted(relinked, tree) == (printed, from_program)
     ok("nop", "--symbol", HOOK, "--in-place", *objects)
     assert {p.name: code(p) for p in objects} == original
+
+
+def test_x32_objects_and_programs(tmp_path: Path) -> None:
+    """x32 (gcc -mx32): 4-byte entries, and a 32-bit r_addend, whose top 16 bits are "FP" as on x86-64.
+    This machine's kernel runs no x32 program: their bytes are compared, not run."""
+    obj, hooked, nopped = tmp_path / "prog.o", tmp_path / "prog-hook.o", tmp_path / "off.o"
+    sh("gcc", "-mx32", "-O2", "-fpatchable-function-entry=5", "-c", PROG, "-o", obj, cwd=tmp_path)
+    assert len(sites(obj)) == 8
+    ok("call", "--target", HOOK, obj, "-o", hooked)
+    assert "R_X86_64_NONE                     46500001" in sh("readelf", "-rW", hooked, cwd=tmp_path).stdout
+    ok("nop", "--symbol", HOOK, hooked, "-o", nopped)
+    assert code(nopped) == code(obj)
+    program, program_hooked, off = tmp_path / "prog", tmp_path / "prog-hooked", tmp_path / "prog-off"
+    hook = tmp_path / "hook.o"
+    sh("gcc", "-mx32", "-O2", "-fPIC", "-mgeneral-regs-only", "-c", HOOK_SOURCE, "-o", hook, cwd=tmp_path)
+    sh("gcc", "-mx32", obj, hook, "-o", program, cwd=tmp_path)
+    ok("call", "--target", HOOK, program, "-o", program_hooked)
+    ok("nop", "--symbol", HOOK, program_hooked, "-o", off)
+    listed = sites(program)
+    at_sites = {int(str(s["file_offset"])) + k for s in listed for k in range(5)}
+    changed = {i for i, (a, b) in enumerate(zip(program.read_bytes(), off.read_bytes(), strict=True)) if a != b}
+    assert changed and changed <= at_sites
