@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,3 +189,16 @@ def call_places(path: Path) -> list[tuple[str, int]]:
     """Where the calls to mcount, _mcount and __fentry__ start, as sorted (section name, offset), from the call
     relocations, read by tests/oracles/elfsites.py, not ftpatch."""
     return elfsites.call_places(elfsites.Elf(path.read_bytes()))
+
+
+@pytest.fixture(scope="session")
+def zlib_source() -> Path:
+    """Debian's zlib source, fetched once (tests/oracles/corpus.py caches it), for the tests that build it their way."""
+    if not shutil.which("apt-get") or not shutil.which("dpkg-source"):
+        pytest.skip("needs apt-get and dpkg-source to fetch zlib")
+    from oracles.corpus import fetch
+
+    try:
+        return fetch(["zlib"], log=lambda _: None)["zlib"]
+    except (OSError, subprocess.CalledProcessError, AssertionError) as e:  # no network, no deb-src: say so
+        pytest.skip(f"cannot fetch zlib: {e}")

@@ -147,18 +147,6 @@ def test_gcc_m32_no_plt_calls_through_another_register_are_refused(tmp_path: Pat
     assert not (tmp_path / "n").exists()
 
 
-@pytest.fixture(scope="module")
-def zlib_source() -> Path:
-    if not shutil.which("apt-get") or not shutil.which("dpkg-source"):
-        pytest.skip("needs apt-get and dpkg-source to fetch zlib")
-    from oracles.corpus import fetch
-
-    try:
-        return fetch(["zlib"], log=lambda _: None)["zlib"]
-    except (OSError, subprocess.CalledProcessError, AssertionError) as e:  # no network, no deb-src: say so
-        pytest.skip(f"cannot fetch zlib: {e}")
-
-
 @pytest.mark.parametrize("cc", ["gcc", "clang"])
 def test_zlib(tmp_path: Path, zlib_source: Path, cc: str) -> None:
     """zlib's own build with -finstrument-functions: its example program against the counting hooks, and every

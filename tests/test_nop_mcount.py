@@ -11,20 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, PROGRAM_OUTPUT, call_graph, ftpatch
-from test_retarget import HOOK, code_and_relocations, counted, hook_object, sh
+from test_retarget import HOOK, code_and_relocations, counted, hook_object, ok, sh
 
 PROG = FIXTURES / "prog.c"
-
-
-def ok(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    proc = ftpatch(*args)
-    assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 @pytest.mark.parametrize("bits", [[], ["-m32"]], ids=["x86_64", "i386"])
@@ -87,18 +80,6 @@ def test_a_program_calls_what_it_defines_or_reaches(tmp_path: Path) -> None:
     assert ": 8 patched, 1 already call" in proc.stdout
     assert sh(tmp_path / "called", cwd=tmp_path).stdout == PROGRAM_OUTPUT
     assert "fib" in call_graph(tmp_path / "called", tmp_path).stdout
-
-
-@pytest.fixture(scope="module")
-def zlib_source() -> Path:
-    if not shutil.which("apt-get") or not shutil.which("dpkg-source"):
-        pytest.skip("needs apt-get and dpkg-source to fetch zlib")
-    from oracles.corpus import fetch
-
-    try:
-        return fetch(["zlib"], log=lambda _: None)["zlib"]
-    except (OSError, subprocess.CalledProcessError, AssertionError) as e:  # no network, no deb-src: say so
-        pytest.skip(f"cannot fetch zlib: {e}")
 
 
 def test_zlib(tmp_path: Path, zlib_source: Path) -> None:

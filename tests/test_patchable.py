@@ -15,7 +15,7 @@ import pytest
 from conftest import PROGRAM_OUTPUT, ftpatch
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
-from test_retarget import HOOK, HOOK_SOURCE, PROG, counted, hook_object, ok, sh, zlib_source  # noqa: F401 (a fixture)
+from test_retarget import HOOK, HOOK_SOURCE, PROG, counted, hook_object, ok, sh
 
 # name -> (compile flags, link flags, linker)
 BUILDS = {
@@ -164,7 +164,7 @@ def test_an_entry_outside_the_code_is_exit_3_nothing_written(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("cc", ["gcc", "clang"])
-def test_zlib(tmp_path: Path, zlib_source: Path, cc: str) -> None:  # noqa: F811 (the fixture)
+def test_zlib(tmp_path: Path, zlib_source: Path, cc: str) -> None:
     """zlib's own build with -fpatchable-function-entry=5: its static library's members retargeted, then linked,
     count what the linked `example` retargeted counts; nop gives every member its code back."""
     hook = hook_object(tmp_path, cc, [])

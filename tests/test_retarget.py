@@ -265,18 +265,6 @@ def test_i386_objects_say_which_call_only_when_asked(tmp_path: Path) -> None:
     assert code_and_relocations(out) == code_and_relocations(FIXTURES / "i386-pic.o")
 
 
-@pytest.fixture(scope="module")
-def zlib_source() -> Path:
-    if not shutil.which("apt-get") or not shutil.which("dpkg-source"):
-        pytest.skip("needs apt-get and dpkg-source to fetch zlib")
-    from oracles.corpus import fetch
-
-    try:
-        return fetch(["zlib"], log=lambda _: None)["zlib"]
-    except (OSError, subprocess.CalledProcessError, AssertionError) as e:  # no network, no deb-src: say so
-        pytest.skip(f"cannot fetch zlib: {e}")
-
-
 @pytest.mark.parametrize(("cc", "flags"), [("gcc", "-O2 -pg -mfentry"), ("clang", "-O2 -pg")])
 def test_zlib(tmp_path: Path, zlib_source: Path, cc: str, flags: str) -> None:
     """zlib's own build with -pg, its `example` test program: the static library's members retargeted, then
