@@ -47,6 +47,7 @@ from .patchable import SECTION, Place, place
 from .sites import (
     DEFAULT_TARGETS,
     HOOK_TARGETS,
+    RECURSIVE,
     Action,
     Checks,
     Finding,
@@ -228,9 +229,7 @@ class _Locator:
                     "defined here, or is out of rel32 reach"
                 )
             elif target.address is not None and around is not None and around[0] == target.address:
-                refused[i] = (
-                    f"is in {name} itself, whose call to {name} would recurse forever; leave it out with --except {name}"
-                )
+                refused[i] = RECURSIVE.format(name=name)
             calls.append(call)
         return Redirect(tuple(calls), refused=refused)
 

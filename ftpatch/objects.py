@@ -36,7 +36,18 @@ from .errors import InputError, VerifyError
 from .nopped import Strays, nop_entry, nopped, patchable_records, record_clash, restorable, tag
 from .patchable import SECTION, Place, place
 from .relocated import SiteEntries, call_entry, live
-from .sites import DEFAULT_TARGETS, Action, Checks, Finding, Located, Redirect, ScanResult, SiteGroup, at_entry
+from .sites import (
+    DEFAULT_TARGETS,
+    RECURSIVE,
+    Action,
+    Checks,
+    Finding,
+    Located,
+    Redirect,
+    ScanResult,
+    SiteGroup,
+    at_entry,
+)
 from .x86 import (
     ENDBR,
     SITE_LENGTH,
@@ -438,7 +449,7 @@ class ObjectChecks(Checks):
         # here has sites here.
         function_at, defined = self.function_at, elf.symbols.place(symbol)[0] != SHN_UNDEF
         refused = {
-            i: f"is in {name} itself, whose call to {name} would recurse forever; leave it out with --except {name}"
+            i: RECURSIVE.format(name=name)
             for i, (section, start) in enumerate(zip(group.sections, group.starts, strict=True))
             if defined and function_at(section, start) == name
         }

@@ -304,6 +304,10 @@ class Located(StrEnum):
     NOWHERE = "nowhere"  # no target is reached, or the file is refused: no site to look for
 
 
+# Why a site inside the function `call --target` names is not pointed at it (objects and linked files alike).
+RECURSIVE = "is in {name} itself, whose call to {name} would recurse forever; leave it out with --except {name}"
+
+
 @dataclass(frozen=True)
 class Redirect:
     """What pointing a group's sites at another function makes of them, decided once per group: each site's
