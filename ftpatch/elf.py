@@ -312,6 +312,7 @@ class ElfFile:
 
     def __init__(self, data: bytes) -> None:
         self.data = bytes(data)  # the same object when it is bytes already; sites are its slices
+        self._last_section: Section | None = None  # the section section_at found last
         self.e_type, self.arch, self.sections = self._check_container()
 
     def __reduce__(self) -> tuple[type[ElfFile], tuple[bytes]]:
@@ -537,9 +538,13 @@ class ElfFile:
 
     def section_at(self, va: int) -> Section | None:
         """The loaded section (with file bytes) that holds address `va`."""
+        last = self._last_section
+        if last is not None and last.sh_addr <= va < last.sh_addr + last.sh_size:
+            return last  # scanners ask about one section many times in a row: .text, mostly
         starts, loaded = self._loaded
         i = bisect.bisect_right(starts, va) - 1
         if i >= 0 and va < loaded[i].sh_addr + loaded[i].sh_size:
+            self._last_section = loaded[i]
             return loaded[i]
         return None
 

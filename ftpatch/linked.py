@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from .demangle import demangle
 from .elf import SHF_ALLOC, SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Section, words
@@ -77,6 +78,7 @@ from .x86 import (
     Form,
     branch_destination,
     decode_lite,
+    decode_one,
     find_marked_nops,
     hexbytes,
     inner_form,
@@ -84,6 +86,7 @@ from .x86 import (
     marked_nops,
     nop_slot,
     nops,
+    site_opener_search,
     site_openers,
     written_by_ftpatch,
     written_inside,
@@ -100,6 +103,7 @@ UNCALLED = (
     "sites at another function, name that one with --symbol NAME (or --target NAME) to find them"
 )
 _WINDOW = 64  # instructions decoded from a function's entry, at most
+_ENDS = -1  # a run of instructions that ends a walk (_Locator._run)
 _SPAN = 512  # bytes decoded from a function's entry, at most
 OPAQUE = (
     "is a stripped static program: no symbol is left to say where mcount, _mcount or __fentry__ is, and glibc's "
@@ -147,6 +151,9 @@ class _Locator:
         self.arch: Arch = elf.arch
         self.targets = targets
         self.functions = functions
+        self._runs: dict[bytes, int | None] = {}  # _run's answer for each run of bytes a walk met
+        # readback's answer for each (exact, form, target, nop, the bytes after it, its place) it met
+        self._readbacks: dict[tuple[bool, Form, str | None, bytes, bytes, bool | None], bool] = {}
 
     def classify(self, va: int, window: bytes, entry: bool | None, exact: bool) -> Found | None:
         """What the bytes at `va` are as a site: a live call to a target, or a nop that replaced one.
@@ -198,17 +205,43 @@ class _Locator:
         """Of these sites of the group, those `call` would not find again, with their exact call, were `new`
         written over them."""
         lost = []
+        # Where every target is in rel32 reach of all the code, what classify makes of a nop depends on its
+        # bytes, the bytes after it and its place, not on its address (a group's calls are all of one form and
+        # target): decided once for each of those in the file.
+        decided = self._readbacks if self._reach_everywhere else None
         for i in positions:
             va = group.sections[i].sh_addr + group.starts[i]
-            window = new + self.elf.read(va + len(new), 6 - len(new))
+            after = self.elf.read(va + len(new), 6 - len(new))
             entry = self.functions.entry(va, listed=exact) if self.functions else False
-            found = self.classify(va, window, entry, exact)
-            if found is None or found.state is not State.NOP or group.calls[i] not in found.calls:
-                lost.append(i)
-            elif found.doubt and not any(at_entry(t) is None for t in self.targets.names):
-                # Several calls of the file's own targets: `call` could not say which, and nothing would tell it.
+            key = (exact, group.form, group.target, new, after, entry)
+            if decided is not None and key in decided:
+                gone = decided[key]
+            else:
+                gone = self._lost(self.classify(va, new + after, entry, exact), group.calls[i])
+                if decided is not None:
+                    decided[key] = gone
+            if gone:
                 lost.append(i)
         return lost
+
+    def _lost(self, found: Found | None, call: bytes | None) -> bool:
+        """Whether `call` cannot find the site again as `found` reads it, with the call it had."""
+        if found is None or found.state is not State.NOP or call not in found.calls:
+            return True
+        # Several calls of the file's own targets: `call` could not say which, and nothing would tell it.
+        return bool(found.doubt) and not any(at_entry(t) is None for t in self.targets.names)
+
+    @cached_property
+    def _reach_everywhere(self) -> bool:
+        """Whether every place a call to a target can go to is within rel32 reach of every code address."""
+        code = self.elf.code_sections
+        dests = [
+            d for t in self.targets.targets for d in (*t.plt, *t.slots, *([t.address] if t.address is not None else []))
+        ]
+        if not code or not dests:
+            return True
+        low, high = min(*dests, code[0].sh_addr), max(*dests, max(s.sh_addr + s.sh_size for s in code))
+        return high - low < 2**31 - 16
 
     def redirect(self, group: SiteGroup, name: str) -> Redirect:
         """Each site's call to `name`, a function this file defines or reaches through a PLT entry or a GOT
@@ -258,28 +291,57 @@ class _Locator:
         return f"{demangle(around[1])} ({place})" if around and around[1] else place
 
     def walk(self, i: int) -> Found | None:
-        """The site of the i-th function: the first call to a target, or nop in a site's place, from its entry."""
+        """The site of the i-th function: the first call to a target, or nop in a site's place, from its entry.
+
+        A run of bytes none of which can begin a site (site_openers) is decoded once for the whole
+        file: prologues repeat (`push %rbp; mov %rsp,%rbp`), and a run decodes alike wherever it is.
+        The rest is decoded an instruction at a time, as capstone decodes the function from its entry."""
         start = self.functions.starts[i]
         sec = self.elf.section_at(start)
         if sec is None or is_plt(sec):  # the unwind tables cover the PLT too
             return None
         code = self.elf.read(start, (self.functions.end(i, _SPAN) or start) - start)
-        entry = start
-        openers = site_openers(self.arch)
-        for n, (va, size, mnemonic, _ops) in enumerate(decode_lite(code, self.arch, start, batch=8)):
-            at = va - start
-            if n == _WINDOW:
-                return None
-            if va == entry and code[at : at + 4] in ENDBR:
-                entry = va + size
+        openers, opener = site_openers(self.arch), site_opener_search(self.arch)
+        at = entry = n = 0
+        while at < len(code) and n < _WINDOW:
+            if not openers[code[at]]:
+                stop = found.start() if (found := opener.search(code, at)) else len(code)
+                run = code[at:stop]
+                count = self._runs[run] if run in self._runs else self._runs.setdefault(run, self._run(run))
+                if count == _ENDS:
+                    return None
+                if count is not None:  # whole instructions, ending where the run does
+                    if n + count > _WINDOW:
+                        return None
+                    at, n = stop, n + count
+                    continue
+            va = start + at
+            if at == entry and code[at : at + 4] in ENDBR:
+                at = entry = at + 4
+                n += 1
                 continue
-            if openers[code[at]] and (found := self.classify(va, code[at : at + 6], va == entry, exact=False)):
-                return found
-            if mnemonic.endswith(("jmp", "ret")) or mnemonic in ("ud2", "hlt", "int3", "iretd", "iretq"):
+            if openers[code[at]] and (site := self.classify(va, code[at : at + 6], at == entry, exact=False)):
+                return site
+            decoded = decode_one(code[at:], self.arch, va)
+            if decoded is None:
                 return None
-            if mnemonic.endswith("call") and not self._sets_up_got(code, at, va, size):
+            size, mnemonic = decoded[1], decoded[2]
+            if _ends_walk(mnemonic) or (mnemonic.endswith("call") and not self._sets_up_got(code, at, va, size)):
                 return None
+            at += size
+            n += 1
         return None
+
+    def _run(self, run: bytes) -> int | None:
+        """How many instructions `run`, bytes none of which can begin a site, decodes to: _ENDS if one of them
+        ends a walk (no call in it can be the i386 GOT set-up, which begins with e8), None if they do not end
+        where the run does (an instruction goes on past it)."""
+        count = end = 0
+        for _, size, mnemonic, _ops in decode_lite(run, self.arch):
+            if _ends_walk(mnemonic) or mnemonic.endswith("call"):
+                return _ENDS
+            count, end = count + 1, end + size
+        return count if end == len(run) else None
 
     def on_instructions(self, candidates: Iterable[int]) -> set[int]:
         """The candidates that begin an instruction of their function, decoded from its start.
@@ -608,6 +670,11 @@ class LinkedChecks(Checks):
         if self.locator is None:
             raise InputError("", f"{name}: {_UNREACHED}")
         return self.locator.redirect(group, name)
+
+
+def _ends_walk(mnemonic: str) -> bool:
+    """Whether a walk from a function's entry stops at this instruction: control leaves the prologue."""
+    return mnemonic.endswith(("jmp", "ret")) or mnemonic in ("ud2", "hlt", "int3", "iretd", "iretq")
 
 
 def _ftpatch_nops(elf: ElfFile) -> list[tuple[int, bytes]]:

@@ -162,23 +162,32 @@ def _group_edits(
     nop = action is Action.NOP
     offsets = group.file_offsets(base)
     bad: list[int] = []
-    unreadable: list[int] = []
-    changed = 0
+    changing: list[tuple[bytes, bytes | None, Sequence[int]]] = []  # (old bytes, its call, positions)
+    wanted = State.NOP if nop else State.CALL
     for (code, call), positions in group.pairs().items():
         state = site_state(code, call, arch)
         if state is State.OTHER:
             bad += positions
-        elif state is not (State.NOP if nop else State.CALL):
-            new = (group.compiler_nop or style.nop(group.form, group.entry, group.tag, group.slot)) if nop else call
-            assert new is not None  # only a RECORDED or PATCHABLE site has no call, and it never gets here as a call
-            if nop:
-                lost = checks.readback(group, new, positions) if new else list(positions)
-                if lost:
-                    unreadable += lost
-                    continue
-            at = offsets if len(positions) == len(offsets) else [offsets[i] for i in positions]
+        elif state is not wanted:
+            changing.append((code, call, positions))
+    # Every nop is read back as `call` would read it, all the group's at once; a style without a nop for the
+    # group's form leaves nothing to read back.
+    unreadable: list[int] = []
+    group_nop = b""
+    if nop and changing:
+        group_nop = group.compiler_nop or style.nop(group.form, group.entry, group.tag, group.slot)
+        positions = [i for *_, at in changing for i in at]
+        unreadable = checks.readback(group, group_nop, positions) if group_nop else positions
+    lost = set(unreadable)
+    changed = 0
+    for code, call, positions in changing:
+        new = group_nop if nop else call
+        assert new is not None  # only a RECORDED or PATCHABLE site has no call, and it never gets here as a call
+        kept = [i for i in positions if i not in lost] if lost else positions
+        at = offsets if len(kept) == len(offsets) else [offsets[i] for i in kept]
+        if at:
             edits.setdefault((code, new), []).extend(at)
-            changed += len(positions)
+        changed += len(kept)
     # A linked file's site has no relocation: its bytes are all there is.
     if group.rels and group.held != (want := group.nop_entry if nop else group.call_entry):
         edits.setdefault((group.held, want), []).extend(group.info_offsets(base))

@@ -7,6 +7,7 @@ functions that decode, so that importing this module stays cheap.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -399,6 +400,14 @@ def site_openers(arch: Arch) -> bytes:
 
 
 @cache
+def site_opener_search(arch: Arch) -> re.Pattern[bytes]:
+    """A pattern that finds the next byte a site can begin with (site_openers): the run before it is code
+    no site begins in, decoded alike wherever it is."""
+    table = site_openers(arch)
+    return re.compile(b"[" + b"".join(re.escape(bytes([b])) for b in range(256) if table[b]) + b"]")
+
+
+@cache
 def marked_nops(length: int, arch: Arch) -> frozenset[bytes]:
     """The nops of `length` bytes that only ftpatch writes: where nothing says a site is, these still
     mark one, as no assembler or compiler pads or patches with them."""
@@ -561,6 +570,12 @@ def decode_lite(
             pos = ins[0] - address + ins[1]
         if decoded < batch:  # the end, or a byte capstone cannot decode
             return
+
+
+def decode_one(code: bytes | memoryview, arch: Arch, address: int = 0) -> tuple[int, int, str, str] | None:
+    """The first instruction of `code` as decode_lite gives it, None where capstone cannot decode it."""
+    md = _disassembler(arch.capstone_mode)
+    return next(md.disasm_lite(code[:15], address, 1), None)  # type: ignore[attr-defined]
 
 
 def describe(code: bytes, arch: Arch) -> str:
