@@ -8,7 +8,8 @@ prints the min / median / max of A's and B's wall time and of the per-pair ratio
 2. `ftpatch --help` against the same compile;
 3. a C project's sources compiled one after the other with `ftpatch-cc gcc -O2 -pg -c`
    against `gcc -O2 -pg -c` (--project DIR: every *.c under DIR; default Lua 5.4's src/,
-   where tests/oracles/corpus.py's fetch(['lua5.4']) unpacks it);
+   where tests/oracles/corpus.py's fetch(['lua5.4']) unpacks it), and how many of the launcher's objects
+   are byte-identical to `ftpatch nop` of the plain build's;
 4. `ftpatch nop` of a PIE of 50,000 small -pg functions against its own link (`gcc -pg big.o`);
 5. `ftpatch scan` of that object (text, then --json) against `ftpatch nop` of it;
 6. with --batch, the batch figures against recordmcount: it runs bench/bench_recordmcount.py.
@@ -154,10 +155,11 @@ def main() -> None:
             (work / "include" / "lua5.4-deb-multiarch.h").write_text('#define DEB_HOST_MULTIARCH "x86_64-linux-gnu"\n')
             includes = [*sorted({f"-I{Path(s).parent}" for s in sources}), f"-I{work / 'include'}"]
             cc_flags = ["-O2", "-pg", *includes, "-c"]
-            out = work / "project"
-            out.mkdir(exist_ok=True)
+            outs = {name: work / "project" / name for name in ("launched", "plain", "nopped")}
+            for out in outs.values():
+                out.mkdir(parents=True, exist_ok=True)
 
-            def build(cc: list[str]) -> Callable[[], float]:
+            def build(cc: list[str], out: Path) -> Callable[[], float]:
                 def go() -> float:
                     start = time.perf_counter()
                     for i, s in enumerate(sources):
@@ -168,10 +170,19 @@ def main() -> None:
 
             paired(
                 f"3. A: {len(sources)} files of {project} with ftpatch-cc gcc   B: with gcc",
-                build([*ftpatch_cc, "gcc"]),
-                build(["gcc"]),
+                build([*ftpatch_cc, "gcc"], outs["launched"]),
+                build(["gcc"], outs["plain"]),
                 args.big_runs,
                 "<= 1.25",
+            )
+            # The launcher's objects must be what `ftpatch nop` makes of the plain build's.
+            names = [f"{i}.o" for i in range(len(sources))]
+            for name in names:
+                shutil.copy(outs["plain"] / name, outs["nopped"] / name)
+            run([*ftpatch, "nop", "--in-place", *names], outs["nopped"])
+            same = sum((outs["launched"] / n).read_bytes() == (outs["nopped"] / n).read_bytes() for n in names)
+            print(
+                f"  the launcher's objects byte-identical to `ftpatch nop` of the plain build's: {same} of {len(names)}"
             )
     if parts & {"linked", "scan"}:
         obj, exe = big(work, args.functions)

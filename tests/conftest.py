@@ -191,14 +191,25 @@ def call_places(path: Path) -> list[tuple[str, int]]:
     return elfsites.call_places(elfsites.Elf(path.read_bytes()))
 
 
-@pytest.fixture(scope="session")
-def zlib_source() -> Path:
-    """Debian's zlib source, fetched once (tests/oracles/corpus.py caches it), for the tests that build it their way."""
+def debian_source(package: str) -> Path:
+    """A Debian source package, fetched once (tests/oracles/corpus.py caches it); a skip that says why if it cannot be."""
     if not shutil.which("apt-get") or not shutil.which("dpkg-source"):
-        pytest.skip("needs apt-get and dpkg-source to fetch zlib")
+        pytest.skip(f"needs apt-get and dpkg-source to fetch {package}")
     from oracles.corpus import fetch
 
     try:
-        return fetch(["zlib"], log=lambda _: None)["zlib"]
+        return fetch([package], log=lambda _: None)[package]
     except (OSError, subprocess.CalledProcessError, AssertionError) as e:  # no network, no deb-src: say so
-        pytest.skip(f"cannot fetch zlib: {e}")
+        pytest.skip(f"cannot fetch {package}: {e}")
+
+
+@pytest.fixture(scope="session")
+def zlib_source() -> Path:
+    """Debian's zlib source, for the tests that build it their way."""
+    return debian_source("zlib")
+
+
+@pytest.fixture(scope="session")
+def lua_source() -> Path:
+    """Debian's Lua 5.4 source: 34 C files, a build of the size the launcher is measured on."""
+    return debian_source("lua5.4")

@@ -329,3 +329,34 @@ def test_doc_outputs_are_ignored_by_git() -> None:
         ["git", "check-ignore", "--no-index", *sorted(written)], cwd=ROOT, capture_output=True, text=True
     )
     assert set(proc.stdout.split()) == written
+
+
+def test_zlib_own_build_through_the_launcher(tmp: Path, zlib_source: Path) -> None:
+    """zlib's own configure and Makefile, once with CC=gcc and once with CC="ftpatch-cc gcc": every object of
+    the launcher's build (libz.a's *.o, and libz.so's -fPIC *.lo) is `ftpatch nop` of the plain build's,
+    and zlib's own `make test` passes on the launcher's build: static, shared and 64-bit programs."""
+    env = launcher_path(tmp)
+    trees = {}
+    for name, compiler in (("plain", "gcc"), ("launched", "ftpatch-cc gcc")):
+        tree = tmp / name
+        shutil.copytree(zlib_source, tree, symlinks=True)
+        build = {**env, "CC": compiler, "CFLAGS": "-O2 -pg", "LDFLAGS": "-pg"}
+        for argv in (["./configure"], ["make", "-j2"]):
+            subprocess.run(argv, cwd=tree, env=build, check=True, capture_output=True)
+        trees[name] = tree
+    plain, launched = zlib_objects(trees["plain"]), zlib_objects(trees["launched"])
+    assert plain.keys() == launched.keys()
+    assert sum(name.endswith(".lo") for name in plain) >= 15 and len(plain) >= 30
+    assert ftpatch("nop", "--in-place", *(trees["plain"] / name for name in plain)).returncode == 0
+    expected = zlib_objects(trees["plain"])
+    assert all(expected[name] != plain[name] for name in plain)  # every object had sites to nop
+    assert {name for name in plain if launched[name] != expected[name]} == set()
+    test = subprocess.run(["make", "test"], cwd=trees["launched"], env=env, capture_output=True, text=True)
+    assert test.returncode == 0, test.stdout + test.stderr
+    # Its three pairs of programs: static, shared (libz.so) and with 64-bit offsets.
+    assert re.findall(r"\*\*\* zlib (.*)test OK \*\*\*", test.stdout) == ["", "shared ", "64-bit "]
+
+
+def zlib_objects(tree: Path) -> dict[str, bytes]:
+    """zlib's objects: *.o for libz.a and the programs, *.lo (objects its Makefile renames) for libz.so."""
+    return {p.name: p.read_bytes() for pattern in ("*.o", "*.lo") for p in sorted(tree.glob(pattern))}
