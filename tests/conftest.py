@@ -207,9 +207,3 @@ def debian_source(package: str) -> Path:
 def zlib_source() -> Path:
     """Debian's zlib source, for the tests that build it their way."""
     return debian_source("zlib")
-
-
-@pytest.fixture(scope="session")
-def lua_source() -> Path:
-    """Debian's Lua 5.4 source: 34 C files, a build of the size the launcher is measured on."""
-    return debian_source("lua5.4")
