@@ -173,15 +173,15 @@ def scan(
         except FtpatchError as e:
             _error(str(e))
             worst = max(worst, exit_code(e))
-            entries.append(report.unreadable_entry(e, exit_code(e)))
+            if as_json:
+                entries.append(report.unreadable_entry(e, exit_code(e)))
             continue
         scanned += 1
         for result in results:
             sites = [s for s in result.sites if not (only or exclude) or chosen(s.function, only, exclude, matched)]
             if not (as_json or quiet):
                 filtered = len(result.sites) - len(sites) if only or exclude else None
-                for line in report.site_table(result, sites, filtered, _width()):
-                    print(line)
+                print("\n".join(report.site_table(result, sites, filtered, _width())))
             verdict = report.scan_verdict(result, sites)
             for warning in verdict.warnings:
                 _warning(warning)
@@ -191,7 +191,8 @@ def scan(
             codes = [(EXIT_VERIFY if verify else EXIT_INPUT, text) for text, verify in verdict.errors]
             failure = max(codes, key=lambda c: c[0]) if codes else None
             worst = max(worst, failure[0] if failure else EXIT_OK)
-            entries.append(report.scan_entry(result, sites, failure))
+            if as_json:
+                entries.append(report.scan_entry(result, sites, failure))
     warnings = report.unmatched(only, exclude, matched, scanned)
     for warning in warnings:
         _warning(warning)

@@ -218,11 +218,32 @@ class SymbolTable:
 
     def function_at(self, shndx: int, offset: int) -> Symbol | None:
         """The STT_FUNC symbol of section `shndx` whose extent holds `offset`, if any."""
+        index = self._function_index(shndx, offset)
+        return self[index] if index is not None else None
+
+    def function_names(self, shndx: int, offsets: Sequence[int]) -> list[str | None]:
+        """The name of function_at's symbol at each of these offsets of a section, each name decoded once:
+        a scan names the function of every site."""
+        names, rows, found = self._function_names, self._rows, []
+        for offset in offsets:
+            index = self._function_index(shndx, offset)
+            name = names.get(index) if index is not None else None
+            if index is not None and name is None:
+                name = names[index] = self.name_at(rows[index].st_name)
+            found.append(name)
+        return found
+
+    def _function_index(self, shndx: int, offset: int) -> int | None:
         starts, funcs = self._functions.get(shndx, ([], []))
         i = bisect.bisect_right(starts, offset) - 1
         if i >= 0 and offset < funcs[i][0] + max(funcs[i][1], 1):
-            return self[funcs[i][2]]
+            return funcs[i][2]
         return None
+
+    @cached_property
+    def _function_names(self) -> dict[int, str]:
+        """Symbol index -> name, of the functions function_names has named."""
+        return {}
 
 
 @dataclass(frozen=True)

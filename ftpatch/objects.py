@@ -421,8 +421,10 @@ class ObjectChecks(Checks):
         self.found_strays = found_strays  # what the scan itself met that `call` cannot restore
 
     def function_at(self, section: Section, offset: int) -> str | None:
-        symbol = self.elf.symbols.function_at(section.shndx, offset)
-        return symbol.name if symbol else None
+        return self.elf.symbols.function_names(section.shndx, (offset,))[0]
+
+    def functions_at(self, section: Section, offsets: Sequence[int]) -> list[str | None]:
+        return self.elf.symbols.function_names(section.shndx, offsets)
 
     def readback(self, group: SiteGroup, new: bytes, positions: Sequence[int]) -> list[int]:
         return [] if restorable(self.elf, self.symbols, group.target, new) else list(positions)

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
-from itertools import compress
-from operator import attrgetter
+from itertools import compress, groupby
+from operator import attrgetter, itemgetter
 
 from .demangle import demangle, names
 from .elf import SHT_RELA, Section
@@ -334,6 +334,10 @@ class Checks:
         """The name of the function holding a place, if the file tells."""
         return None
 
+    def functions_at(self, section: Section, offsets: Sequence[int]) -> list[str | None]:
+        """function_at of each of these places of one section."""
+        return [self.function_at(section, offset) for offset in offsets]
+
     def strays(self) -> tuple[str, ...]:
         """What makes `call` refuse the file: nop'd sites it cannot restore exactly, each said once.
         Looked for only when asked: `nop` needs none of it."""
@@ -402,11 +406,11 @@ class ScanResult:
     def sites(self) -> tuple[Site, ...]:
         """Every site, in file order."""
         sites = []
-        function_at = self.function_at
         for group in self.groups:
-            functions = [
-                function_at(section, start) for section, start in zip(group.sections, group.starts, strict=True)
-            ]
+            functions: list[str | None] = []
+            # A section at a time: its functions are named in one call.
+            for section, run in groupby(zip(group.sections, group.starts, strict=True), key=itemgetter(0)):
+                functions += self.checks.functions_at(section, [start for _, start in run])
             sites += group.sites(range(len(group)), functions, self.arch)
         sites.sort(key=attrgetter("file_offset"))
         return tuple(sites)
