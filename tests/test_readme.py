@@ -79,7 +79,13 @@ def shell(tmp: Path) -> dict[str, str]:
     python.chmod(0o755)
     shutil.copytree(FIXTURES, tmp / "fixtures")
     shutil.copytree(ROOT / "examples", tmp / "examples")
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    # ccache's cache, for the launcher's example, in the test's directory rather than the user's.
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT),
+        "CCACHE_DIR": str(tmp / "ccache"),
+    }
 
 
 # --------------------------------------------------------------------------------------------- set-up commands
@@ -148,6 +154,22 @@ def check_hook(tmp: Path, block: Block) -> None:
     assert counts["prog"] == counts["prog-off"] == ["0"]
 
 
+def check_launcher(tmp: Path, block: Block) -> None:
+    """Make's, CMake's and ccache's objects all hold nop'd sites, and nothing else."""
+    built = [
+        tmp / "examples" / "launcher" / "prog.o",
+        tmp / "prog.o",
+        *sorted((tmp / "build-launcher").rglob("*.o")),
+    ]
+    assert len(built) == 4
+    for path in built:
+        proc = subprocess.run(
+            [sys.executable, "-m", "ftpatch", "scan", "--json", path], cwd=tmp, capture_output=True, text=True
+        )
+        sites = json.loads(proc.stdout)["files"][0]["sites"]
+        assert sites and {s["state"] for s in sites} == {"nop"}, path
+
+
 # What a block must have done beyond exiting 0, keyed by a line it holds.
 AFTER: dict[str, Callable[[Path, Block], None]] = {
     "ftpatch nop fixtures/x86_64-pie.o -o prog-nop.o           # every profiling call -> nop": check_usage,
@@ -155,6 +177,7 @@ AFTER: dict[str, Callable[[Path, Block], None]] = {
     "ftpatch record --in-place prog-clang.o": check_record,
     "ftpatch nop --json fixtures/x86_64-pie.o -o nop.o > nop.json": check_json_reports,
     "ftpatch call --target profile_hook prog.o -o prog-hook.o": check_hook,
+    'make -C examples/launcher CC="ftpatch-cc gcc"': check_launcher,
 }
 
 
