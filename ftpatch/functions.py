@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bisect
 
-from .elf import STB_LOCAL, ElfFile
+from .elf import STB_LOCAL, ElfFile, SymbolTable
 from .unwind import unwind_starts
 from .x86 import ENDBR
 
@@ -17,7 +17,8 @@ class Functions:
 
     def __init__(self, elf: ElfFile) -> None:
         self.elf = elf
-        names: dict[int, str] = {}
+        # Each start's name, as its table and st_name: decoded when asked for (a nop names no function).
+        named: dict[int, tuple[SymbolTable, int]] = {}
         local: dict[int, bool] = {}
         sizes: dict[int, int] = {}
         for table in (elf.symbols if elf.has_symtab else None, elf.dynamic_symbols):
@@ -31,11 +32,11 @@ class Functions:
                 # Aliases share an address: a global name over a local one (lib_fib.localalias),
                 # and .symtab's over .dynsym's.
                 is_local = row.st_bind == STB_LOCAL
-                if start not in names or (local[start] and not is_local):
-                    names[start], local[start] = table.name_at(row.st_name), is_local
+                if start not in named or (local[start] and not is_local):
+                    named[start], local[start] = (table, row.st_name), is_local
         unwind = [start for start in unwind_starts(elf) if elf.in_code(start)]
-        self.starts = sorted(set(names) | set(unwind))
-        self.names = names
+        self.starts = sorted(set(named) | set(unwind))
+        self._named = named
         self.sizes = sizes
 
     def __bool__(self) -> bool:
@@ -66,7 +67,12 @@ class Functions:
     def containing(self, va: int) -> tuple[int, str | None] | None:
         """(start, name) of the function whose start is the last at or before `va`."""
         i = self.index(va)
-        return (self.starts[i], self.names.get(self.starts[i])) if i >= 0 else None
+        return (self.starts[i], self.name_of(self.starts[i])) if i >= 0 else None
+
+    def name_of(self, start: int) -> str | None:
+        """The name of the function that starts at `start`, if a symbol gives one."""
+        table, st_name = self._named.get(start, (None, 0))
+        return table.name_at(st_name) if table is not None else None
 
     def entry(self, va: int, listed: bool = False) -> bool | None:
         """Whether `va` is where a function's __fentry__ call sits; None where no function is known.

@@ -583,9 +583,8 @@ def scan_linked(path: str, elf: ElfFile, names: Iterable[str]) -> ScanResult:
             for va, nop in loose
             if va in real
         ]
-    names_of = {_file_offset(elf, f.va): functions.name(f.va) for f in sites.values()}
     exact = located in (Located.MCOUNT_LOC, Located.EMIT_RELOCS)
-    checks = LinkedChecks(names_of, tuple(loose_nops), live_calls, locator if targets else None, exact)
+    checks = LinkedChecks(functions, tuple(loose_nops), live_calls, locator if targets else None, exact)
     return ScanResult(
         path,
         elf.type_name,
@@ -641,20 +640,20 @@ class LinkedChecks(Checks):
 
     def __init__(
         self,
-        names: dict[int, str | None],
+        functions: Functions,
         strays: tuple[str, ...],
         live: LiveCalls | None,
         locator: _Locator | None,
         exact: bool,
     ) -> None:
-        self.names = names  # the file offset of each site -> its function's name
+        self.functions = functions  # where the file's functions start, and their names
         self.found_strays = strays
         self.live = live  # None where no target is reached: no call can be live
         self.locator = locator
         self.exact = exact  # the sites' addresses are known (__mcount_loc, --emit-relocs), not found by their bytes
 
     def function_at(self, section: Section, offset: int) -> str | None:
-        return self.names.get(section.sh_offset + offset)
+        return self.functions.name(section.sh_addr + offset)
 
     def strays(self) -> tuple[str, ...]:
         return self.found_strays
