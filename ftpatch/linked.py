@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from .demangle import demangle
 from .elf import SHF_ALLOC, SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Section, words
@@ -142,11 +143,15 @@ class Found:
 
 
 class _Locator:
-    def __init__(self, elf: ElfFile, targets: Targets, functions: Functions) -> None:
+    def __init__(self, elf: ElfFile, targets: Targets, functions: Functions, patchable: Collection[int]) -> None:
         self.elf = elf
         self.arch: Arch = elf.arch
         self.targets = targets
         self.functions = functions
+        # The -fpatchable-function-entry sites: where the compiler left nops and ftpatch writes only a 5-byte call.
+        # A 6-byte window there may be ftpatch's nop and the filler a call left after it (0f 1f 44 00 08 90 over
+        # clang's 66 0f 1f 44 00 08), no nop'd 6-byte site.
+        self.patchable = frozenset(patchable)
 
     def classify(self, va: int, window: bytes, entry: bool | None, exact: bool) -> Found | None:
         """What the bytes at `va` are as a site: a live call to a target, or a nop that replaced one.
@@ -157,7 +162,7 @@ class _Locator:
         call = self.targets.call_at(window, va)
         if call is not None:
             return Found(va, call.form, call.target.name, State.CALL, call.code, call.code)
-        for length in (6, 5):
+        for length in (5,) if va in self.patchable else (6, 5):
             code = window[:length]
             if len(code) < length:
                 continue
@@ -252,10 +257,7 @@ class _Locator:
         return (False,) if distinctive or exact else ()
 
     def where(self, va: int) -> str:
-        sec = self.elf.section_at(va)
-        around = self.functions.containing(va)
-        place = sec.where(va - sec.sh_addr) if sec else f"{va:#x}"
-        return f"{demangle(around[1])} ({place})" if around and around[1] else place
+        return _where(self.elf, self.functions, va)
 
     def walk(self, i: int) -> Found | None:
         """The site of the i-th function: the first call to a target, or nop in a site's place, from its entry."""
@@ -365,7 +367,15 @@ class _Locator:
 _KERNEL_TABLE = ("__start_mcount_loc", "__stop_mcount_loc")
 
 
-def _patchable(elf: ElfFile, functions: Functions, locator: _Locator) -> tuple[list[Place], list[str]]:
+def _where(elf: ElfFile, functions: Functions, va: int) -> str:
+    """An address for a message: its function and its place in its section."""
+    sec = elf.section_at(va)
+    around = functions.containing(va)
+    place = sec.where(va - sec.sh_addr) if sec else f"{va:#x}"
+    return f"{demangle(around[1])} ({place})" if around and around[1] else place
+
+
+def _patchable(elf: ElfFile, functions: Functions) -> tuple[list[Place], list[str]]:
     """The site of every entry of __patchable_function_entries, where its function is entered (functions.starts:
     .symtab, .dynsym, the unwind tables), and why a call cannot go where the others are entered. An entry
     outside the code is refused as ftrace_bug refuses a bad site: nothing is written."""
@@ -377,7 +387,7 @@ def _patchable(elf: ElfFile, functions: Functions, locator: _Locator) -> tuple[l
     for va in _addresses(elf, SECTION, sec.sh_addr, bytes(elf.section_data(sec)), elf.arch.word):
         if not elf.in_code(va):
             raise VerifyError("", f"site {va:#x}, listed in {SECTION}, is not in the file's executable code")
-        found = place(va, elf.read, functions.starts, elf.arch, locator.where)
+        found = place(va, elf.read, functions.starts, elf.arch, partial(_where, elf, functions))
         if isinstance(found, str):
             reasons.append(found)
         else:
@@ -462,9 +472,9 @@ def scan_linked(path: str, elf: ElfFile, names: Iterable[str]) -> ScanResult:
     functions = Functions(elf)
     table, recorded = _site_table(elf)
     targets = resolve(elf, names, {va: functions.entry(va, listed=True) for va in recorded})
-    locator = _Locator(elf, targets, functions)
-    places, too_small = _patchable(elf, functions, locator)
+    places, too_small = _patchable(elf, functions)
     patchable = {p.site for p in places}
+    locator = _Locator(elf, targets, functions, patchable)
     located, found, refused, blind = _locate(elf, names, table, recorded, targets, functions, locator, patchable)
     sites = {f.va: f for f in found}
     findings: list[Finding] = []

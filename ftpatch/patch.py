@@ -31,7 +31,7 @@ from .sites import (
     site_state,
 )
 from .write import rewrite, rewrite_thin
-from .x86 import NOP_STYLES, Arch, Form, NopStyle, describe, hexbytes, nops
+from .x86 import NOP_STYLES, SITE_LENGTH, Arch, Form, NopStyle, describe, filled, hexbytes
 
 if TYPE_CHECKING:
     from .record import Recording
@@ -171,6 +171,7 @@ def _group_edits(
         elif state is not (State.NOP if nop else State.CALL):
             new = (group.compiler_nop or style.nop(group.form, group.entry, group.tag, group.slot)) if nop else call
             assert new is not None  # only a RECORDED or PATCHABLE site has no call, and it never gets here as a call
+            assert not new or len(new) == len(code), (code, new)  # a patch never moves the bytes after it
             if nop:
                 lost = checks.readback(group, new, positions) if new else list(positions)
                 if lost:
@@ -196,11 +197,13 @@ def _redirect_edits(
     bad: list[int] = []
     changed = 0
     entry_changes = bool(group.rels) and group.held != redirect.call_entry
-    for i, (code, call, new) in enumerate(zip(group.codes, group.calls, redirect.calls, strict=True)):
-        assert new is not None  # plan refuses the sites that cannot call the function before it gets here
+    for i, (code, call, call_to) in enumerate(zip(group.codes, group.calls, redirect.calls, strict=True)):
+        assert call_to is not None  # plan refuses the sites that cannot call the function before it gets here
+        # Over a compiler's nop longer than the call, the call is followed by a nop to the nop's end.
+        new = filled(call_to, len(code))
         if code == new:
             changed += entry_changes
-        elif code == call or code in nops(len(code), arch):
+        elif site_state(code, call, arch) is not State.OTHER:
             edits.setdefault((code, new), []).append(offsets[i])
             changed += 1
         else:
@@ -248,7 +251,7 @@ def plan(
             filtered += len(group) - sum(keep)
         if action is Action.NOP and keep and not all(keep):
             live += [
-                start + len(code)
+                start + SITE_LENGTH[group.form]
                 for start, code, call, k in zip(group.file_offsets(), group.codes, group.calls, keep, strict=True)
                 if not k and code == call
             ]
@@ -293,7 +296,8 @@ def plan(
         unrestorable += [result.site(group, i) for i in lost]
         clash = clash or (result.checks.clash(group) if lost else "")
         if action is Action.CALL:
-            live += [start + len(call or b"") for start, call in zip(group.file_offsets(), group.calls, strict=True)]
+            # Where each call ends, as live_calls keys it: a filler nop after it (x86.filled) is no part of it.
+            live += [start + SITE_LENGTH[group.form] for start in group.file_offsets()]
     if cannot:
         site, why = min(cannot, key=lambda c: c[0].file_offset)
         more = f" (and {len(cannot) - 1} more sites)" if len(cannot) > 1 else ""

@@ -19,7 +19,7 @@ from operator import attrgetter
 from .demangle import demangle, names
 from .elf import SHT_RELA, Section
 from .errors import InputError, naming
-from .x86 import OPCODES, Arch, Form, nops
+from .x86 import LONG_PATCHABLE_NOPS, OPCODES, Arch, Form, nops
 
 CYG_ENTER, CYG_EXIT = "__cyg_profile_func_enter", "__cyg_profile_func_exit"  # -finstrument-functions
 DEFAULT_TARGETS = ("mcount", "_mcount", "__fentry__", CYG_ENTER, CYG_EXIT)
@@ -57,8 +57,12 @@ class State(StrEnum):
 
 
 def site_state(code: bytes, call: bytes | None, arch: Arch) -> State:
-    """The one rule for what a site holds: its call, a known nop, or neither."""
-    return State.CALL if code == call else State.NOP if code in nops(len(code), arch) else State.OTHER
+    """The one rule for what a site holds: its call, a known nop, or neither. A -fpatchable-function-entry
+    site may hold a compiler's nop longer than a call (x86.LONG_PATCHABLE_NOPS): a nop too, though not one of
+    known_nops, the nops the scans search code for, since by itself it marks no site."""
+    if code == call:
+        return State.CALL
+    return State.NOP if code in nops(len(code), arch) or code in LONG_PATCHABLE_NOPS else State.OTHER
 
 
 def called_elsewhere(site: Site) -> str:
