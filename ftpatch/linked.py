@@ -386,7 +386,7 @@ def _patchable(elf: ElfFile, functions: Functions) -> tuple[list[Place], list[st
     reasons: list[str] = []
     for va in _addresses(elf, SECTION, sec.sh_addr, bytes(elf.section_data(sec)), elf.arch.word):
         if not elf.in_code(va):
-            raise VerifyError("", f"site {va:#x}, listed in {SECTION}, is not in the file's executable code")
+            raise VerifyError("", f"an entry of {SECTION} points outside the file's executable code, at {va:#x}")
         found = place(va, elf.read, functions.starts, elf.arch, partial(_where, elf, functions))
         if isinstance(found, str):
             reasons.append(found)

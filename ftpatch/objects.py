@@ -312,7 +312,8 @@ def _patchable(elf: ElfFile) -> tuple[list[tuple[Section, Place]], list[str]]:
     for sec, listed, where in _table(elf, SECTION, elf.arch.word):
         if not sec.is_exec or sec.sh_type == SHT_NOBITS or not 0 <= listed < sec.sh_size:
             raise VerifyError(
-                "", f"{sec.where(listed)}, listed in {SECTION} ({where}), is not in the object's executable code"
+                "",
+                f"an entry of {SECTION} points outside the object's executable code, at {sec.where(listed)} ({where})",
             )
         if sec.shndx not in starts:
             starts[sec.shndx] = sorted(

@@ -258,21 +258,34 @@ def test_garbage_at_a_listed_entry_is_exit_3_nothing_written(tmp_path: Path, kin
         assert "expected a nop, actual 0f:0b:90:90:90 (ud2; nop; nop; nop)" in proc.stderr
 
 
-def test_an_entry_outside_the_code_is_exit_3_nothing_written(tmp_path: Path) -> None:
-    obj = tmp_path / "prog.o"
-    sh("gcc", "-O2", "-fpatchable-function-entry=5", "-c", PROG, "-o", obj, cwd=tmp_path)
-    data = bytearray(obj.read_bytes())
-    with obj.open("rb") as f:
+@pytest.mark.parametrize("kind", ["object", "program"])
+def test_an_entry_outside_the_code_is_exit_3_nothing_written(tmp_path: Path, kind: str) -> None:
+    """ftrace_bug's one line: what is wrong, then where; nothing is written, by any command."""
+    built = tmp_path / "prog"
+    link = ["-fno-pie", "-no-pie", hook_object(tmp_path, "gcc", [])] if kind == "program" else ["-c"]
+    sh("gcc", "-O2", "-fpatchable-function-entry=5", *link, PROG, "-o", built, cwd=tmp_path)
+    data = bytearray(built.read_bytes())
+    with built.open("rb") as f:
         elf = ELFFile(f)
-        rela = elf.get_section_by_name(".rela__patchable_function_entries")
-        text = elf.get_section_by_name(".text")
-        offset, size = rela["sh_offset"], text["sh_size"]
-    data[offset + 16 : offset + 24] = (size + 0x100).to_bytes(8, "little")  # the first entry's addend
-    bad, out = tmp_path / "bad.o", tmp_path / "out.o"
+        if kind == "object":  # the first entry's addend: past the end of .text
+            at = elf.get_section_by_name(".rela__patchable_function_entries")["sh_offset"] + 16
+            value = elf.get_section_by_name(".text")["sh_size"] + 0x100
+            where = f".text+{value:#x} (relocation .rela__patchable_function_entries[0])"
+        else:  # -no-pie: the first entry is the address itself; point it at .rodata
+            at = elf.get_section_by_name("__patchable_function_entries")["sh_offset"]
+            value = elf.get_section_by_name(".rodata")["sh_addr"]
+            where = f"{value:#x}"
+    data[at : at + 8] = value.to_bytes(8, "little")
+    bad, out = tmp_path / "bad", tmp_path / "out"
     bad.write_bytes(data)
-    proc = ftpatch("call", "--target", HOOK, bad, "-o", out)
-    assert proc.returncode == 3 and not out.exists(), proc.stderr
-    assert "listed in __patchable_function_entries" in proc.stderr and "executable code" in proc.stderr
+    for args in (["call", "--target", HOOK], ["nop"], ["call"]):
+        proc = ftpatch(*args, bad, "-o", out)
+        assert proc.returncode == 3 and not out.exists(), proc.stderr
+        what = "the object's" if kind == "object" else "the file's"
+        assert proc.stderr == (
+            f"ftpatch: error: {bad}: an entry of __patchable_function_entries points outside {what} executable "
+            f"code, at {where}\n"
+        )
 
 
 @pytest.mark.parametrize("cc", ["gcc", "clang"])
