@@ -1,8 +1,9 @@
 """-fpatchable-function-entry=N[,M]: its nops, listed in __patchable_function_entries, are sites (form
 `patchable`, state nop). `call --target NAME` makes them calls, in objects and linked programs built by gcc 12
 and clang 14 and linked by bfd, gold and lld; a counting hook counts as many calls from retargeted objects as
-from the retargeted program; `nop` gives an object its compiler's exact code back, and a linked file differs
-from its original only at the sites. Too few nop bytes, a call without --target and bad entries are refused."""
+from the retargeted program (PIE, -no-pie, -static, a shared library, a static archive); `nop` gives an object its
+compiler's exact code back, and a linked file differs from its original only at the sites. Too few nop bytes, a
+call without --target and bad entries are refused."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from conftest import PROGRAM_OUTPUT, ftpatch
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
-from test_retarget import HOOK, HOOK_SOURCE, PROG, counted, hook_object, ok, sh
+from test_retarget import _COUNT, HOOK, HOOK_SOURCE, PROG, counted, hook_object, ok, sh
 
 # name -> (compile flags, link flags, linker)
 BUILDS = {
@@ -336,3 +337,98 @@ def test_x32_objects_and_programs(tmp_path: Path) -> None:
     at_sites = {int(str(s["file_offset"])) + k for s in listed for k in range(5)}
     changed = {i for i, (a, b) in enumerate(zip(program.read_bytes(), off.read_bytes(), strict=True)) if a != b}
     assert changed and changed <= at_sites
+
+
+# A program for a shared library that holds fixtures/prog.c, its main renamed.
+DRIVER = "int prog_main(void);\nint main(void) { return prog_main(); }\n"
+OTHER_FORMS = [
+    (f, cc, ld) for f in ("shared", "static", "archive") for cc in ("gcc", "clang") for ld in ("bfd", "gold", "lld")
+]
+
+
+def table_entries(path: Path) -> int:
+    """How many entries the file's __patchable_function_entries sections hold (clang may make several)."""
+    with path.open("rb") as f:
+        elf = ELFFile(f)
+        word = elf.elfclass // 8
+        return sum(s["sh_size"] // word for s in elf.iter_sections() if s.name == "__patchable_function_entries")
+
+
+def differs_only_at_sites(original: Path, changed: Path, listed: list[dict[str, object]]) -> bool:
+    before, after = original.read_bytes(), changed.read_bytes()
+    at_sites = {int(str(s["file_offset"])) + k for s in listed for k in range(int(str(s["length"])))}
+    if len(before) != len(after):
+        return False
+    return {i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b} <= at_sites
+
+
+@pytest.mark.parametrize(("form", "cc", "linker"), OTHER_FORMS, ids=["-".join(c) for c in OTHER_FORMS])
+def test_shared_libraries_static_programs_and_archives(tmp_path: Path, form: str, cc: str, linker: str) -> None:
+    """A shared library (-shared -fPIC, run by a program linked against it), a -static program and a static
+    archive of -fpatchable-function-entry=5 objects: scan lists one site per entry of the table; the hook counts
+    as many calls from the retargeted file as from the retargeted objects linked the same way; `nop` gives the
+    library or the program back but for its sites, the archive's members their code."""
+    ld, flags = f"-fuse-ld={linker}", ["-O2", "-fpatchable-function-entry=5"]
+    shared = form == "shared"
+    hook = tmp_path / "hook.o"
+    sh(cc, "-O2", "-fPIC", "-mgeneral-regs-only", "-c", HOOK_SOURCE, "-o", hook, cwd=tmp_path)
+    obj = tmp_path / "prog.o"
+    sh(cc, *flags, *(["-fPIC", "-Dmain=prog_main"] if shared else []), "-c", PROG, "-o", obj, cwd=tmp_path)
+    assert len(sites(obj)) == table_entries(obj) > 0
+    hooked = tmp_path / "prog-hook.o"
+    ok("call", "--target", HOOK, obj, "-o", hooked)
+    env = {**os.environ, "LD_LIBRARY_PATH": str(tmp_path)}
+
+    def run(exe: Path) -> int:
+        proc = sh(exe, cwd=tmp_path, env=env)
+        found = _COUNT.findall(proc.stderr)
+        assert proc.stdout == PROGRAM_OUTPUT and len(found) == 1, proc.stderr
+        return int(found[0])
+
+    def link(objects: list[Path], out: Path) -> Path:
+        """A program of `objects` and the hook, or of a library of them and DRIVER."""
+        if not shared:
+            sh(cc, ld, *(["-static"] if form == "static" else []), *objects, hook, "-o", out, cwd=tmp_path)
+            return out
+        sh(cc, ld, "-shared", *objects, hook, "-o", tmp_path / "libprog.so", cwd=tmp_path)
+        driver = tmp_path / "driver.c"
+        driver.write_text(DRIVER)
+        sh(cc, ld, driver, "-L", tmp_path, "-lprog", "-o", out, cwd=tmp_path)
+        return tmp_path / "libprog.so"
+
+    exe = tmp_path / "from-objects"
+    link([hooked], exe)
+    from_objects = run(exe)
+    assert from_objects > 1000
+
+    if form == "archive":
+        archive, archive_hooked, archive_off = tmp_path / "libx.a", tmp_path / "libx-hook.a", tmp_path / "libx-off.a"
+        sh("ar", "rcs", archive, obj, cwd=tmp_path)
+        assert len(sites(archive)) == table_entries(obj)
+        ok("call", "--target", HOOK, archive, "-o", archive_hooked)
+        assert run(link([archive_hooked], tmp_path / "from-archive")) == from_objects
+        ok("nop", "--symbol", HOOK, archive_hooked, "-o", archive_off)
+        members = tmp_path / "members"
+        members.mkdir()
+        sh("ar", "x", archive_off, cwd=members)
+        assert code(members / "prog.o") == code(obj)
+        again = tmp_path / "libx-again.a"
+        ok("call", "--target", HOOK, archive_off, "-o", again)
+        assert again.read_bytes() == archive_hooked.read_bytes()
+        return
+
+    exe = tmp_path / "prog"
+    linked = link([obj], exe)  # the program, or the library it runs
+    original = tmp_path / "original"
+    shutil.copy(linked, original)
+    assert run(exe) == 0
+    listed = sites(linked)
+    assert len(listed) == table_entries(linked) == table_entries(obj)
+    ok("call", "--target", HOOK, "--in-place", linked)
+    assert run(exe) == from_objects
+    retargeted = tmp_path / "retargeted"
+    shutil.copy(linked, retargeted)
+    ok("nop", "--symbol", HOOK, "--in-place", linked)
+    assert run(exe) == 0 and differs_only_at_sites(original, linked, listed)
+    ok("call", "--target", HOOK, "--in-place", linked)
+    assert linked.read_bytes() == retargeted.read_bytes()
