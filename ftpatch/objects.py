@@ -110,11 +110,12 @@ def scan_object(path: str, elf: ElfFile, targets: Iterable[str], base: int = 0) 
     if symbols:
         entries = _read(elf, tables)
         found, problems = live(elf, entries, symbols)
-        kept, strays = nopped(elf, entries, symbols)
+        places = {(sec.shndx, p.site): p.code for sec, p in patchable}
+        records, record_entries = patchable_records(elf, entries, places)
+        kept, strays = nopped(elf, entries, symbols, records, record_entries)
         groups = _groups(elf, entries, symbols, [*found, *kept], problems)
         if patchable:
-            places = {(sec.shndx, p.site): p.code for sec, p in patchable}
-            groups = _compiler_nops(elf, groups, places, patchable_records(elf, entries))
+            groups = _compiler_nops(elf, groups, places, records)
     known = {(section.shndx, start) for g in groups for section, start in zip(g.sections, g.starts, strict=True)}
     listed = [(sec, start) for sec, start in _listed(elf) if (sec.shndx, start) not in known]
     if listed:
@@ -446,7 +447,8 @@ class ObjectChecks(Checks):
         return symbol.name if symbol else None
 
     def readback(self, group: SiteGroup, new: bytes, positions: Sequence[int]) -> list[int]:
-        return [] if restorable(self.elf, self.symbols, group.target, new) else list(positions)
+        recorded = bool(group.compiler_nop)  # a -fpatchable-function-entry site whose record says its call
+        return [] if restorable(self.elf, self.symbols, group.target, new, recorded) else list(positions)
 
     def redirect(self, group: SiteGroup, name: str) -> Redirect:
         """Each site's relocation names `name`, with the type its form needs (a GOTPCRELX site keeps it, so

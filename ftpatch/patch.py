@@ -129,15 +129,13 @@ _NO_PATCHABLE_CALL = (
     "-fpatchable-function-entry left nops here, which never were a call: say which function they are to call "
     "with `call --target NAME`"
 )
-# Why `nop` cannot give back the compiler's nop at a -fpatchable-function-entry site of an object, by RELA.
-_UNRECORDED = {
-    False: "a -fpatchable-function-entry site that a call fills, and an i386 object's relocation entries have no "
-    "addend to record the compiler's nop in, so `nop` cannot give it back exactly: nop the linked program, or use "
-    "the object from before `call --target`",
-    True: "a -fpatchable-function-entry site that a call fills, with no record of the compiler's nop next to its "
-    "relocation entry (`ftpatch call --target` writes one), so `nop` cannot give it back exactly: use the object "
-    "from before the call was written",
-}
+# Why `nop` cannot give back the compiler's nop at a -fpatchable-function-entry site of an object.
+_UNRECORDED = (
+    "a -fpatchable-function-entry site that a call fills, with no record of the compiler's nop beside its "
+    "relocation entry (`ftpatch call --target` writes one for the nops gcc 12 and clang 14 write, which a partial "
+    "link by gold, `ld.gold -r`, drops), so `nop` cannot give it back exactly: nop the linked program, or use the "
+    "object from before the call was written"
+)
 
 
 def _group_edits(
@@ -283,7 +281,7 @@ def plan(
         if action is Action.NOP and group.compiler_nop == b"" and any(c == group.calls[0] for c in group.codes):
             site = result.site(group, next(i for i, c in enumerate(group.codes) if c == group.calls[0]))
             more = f" (and {len(group) - 1} more sites)" if len(group) > 1 else ""
-            raise InputError(result.path, f"{site.where}: {_UNRECORDED[result.arch.rela]}{more}; nothing was written")
+            raise InputError(result.path, f"{site.where}: {_UNRECORDED}{more}; nothing was written")
         if action is Action.CALL and group.doubt:
             doubtful += [
                 (result.site(group, i), group.doubt) for i, code in enumerate(group.codes) if code != group.calls[i]

@@ -156,8 +156,9 @@ class SiteGroup:
     # target of their kind is in the file (a --symbol or --target added one), and the nops do not say which.
     doubt: str = ""
     # At a -fpatchable-function-entry site that a call now fills: what `nop` writes back, whatever the style (the
-    # compiler's nop an object's record keeps, a linked file's one fixed nop); b"" where the file does not say
-    # which (an i386 object: REL has no addend for the record), and `nop` refuses. None elsewhere.
+    # compiler's nop an object's record keeps, a linked file's one fixed nop); b"" where the object has no record
+    # (gold's -r dropped it, or an i386 nop with no REL record: nopped.REL_PATCHABLE_AT), and `nop` refuses.
+    # None elsewhere.
     compiler_nop: bytes | None = None
 
     def __len__(self) -> int:

@@ -96,6 +96,10 @@ def filled(call: bytes, length: int) -> bytes:
     return call if length <= len(call) else call + FILLERS[length - len(call)]
 
 
+# The relocation type gas writes for `call NAME` outside PIC code, by whether entries have addends (RELA): what
+# `call` adds where gcc -mnop-mcount or -fpatchable-function-entry left a nop (prepare.py).
+CALL_TYPE = {True: 4, False: 2}  # R_X86_64_PLT32, R_386_PC32
+
 # endbr64 and endbr32, which -fcf-protection puts at an address-taken function's entry, before its __fentry__ call.
 ENDBR = (bytes.fromhex("f30f1efa"), bytes.fromhex("f30f1efb"))
 
