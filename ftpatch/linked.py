@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 
 from .demangle import demangle
 from .elf import SHF_ALLOC, SHN_UNDEF, SHT_NOBITS, SHT_REL, SHT_RELA, ElfFile, Section, words
@@ -146,14 +146,18 @@ class Found:
 
 
 class _Locator:
-    def __init__(self, elf: ElfFile, targets: Targets, functions: Functions) -> None:
+    def __init__(self, elf: ElfFile, targets: Targets, functions: Functions, patchable: Collection[int]) -> None:
         self.elf = elf
         self.arch: Arch = elf.arch
         self.targets = targets
         self.functions = functions
         self._runs: dict[bytes, int | None] = {}  # _run's answer for each run of bytes a walk met
-        # readback's answer for each (exact, form, target, nop, the bytes after it, its place) it met
-        self._readbacks: dict[tuple[bool, Form, str | None, bytes, bytes, bool | None], bool] = {}
+        # readback's answer for each (exact, form, target, nop, the bytes after it, its place, patchable) it met
+        self._readbacks: dict[tuple[bool, Form, str | None, bytes, bytes, bool | None, bool], bool] = {}
+        # The -fpatchable-function-entry sites: where the compiler left nops and ftpatch writes only a 5-byte call.
+        # A 6-byte window there may be ftpatch's nop and the filler a call left after it (0f 1f 44 00 08 90 over
+        # clang's 66 0f 1f 44 00 08), no nop'd 6-byte site.
+        self.patchable = frozenset(patchable)
 
     def classify(self, va: int, window: bytes, entry: bool | None, exact: bool) -> Found | None:
         """What the bytes at `va` are as a site: a live call to a target, or a nop that replaced one.
@@ -164,7 +168,7 @@ class _Locator:
         call = self.targets.call_at(window, va)
         if call is not None:
             return Found(va, call.form, call.target.name, State.CALL, call.code, call.code)
-        for length in (6, 5):
+        for length in (5,) if va in self.patchable else (6, 5):
             code = window[:length]
             if len(code) < length:
                 continue
@@ -206,14 +210,14 @@ class _Locator:
         written over them."""
         lost = []
         # Where every target is in rel32 reach of all the code, what classify makes of a nop depends on its
-        # bytes, the bytes after it and its place, not on its address (a group's calls are all of one form and
+        # bytes, the bytes after it, its place and whether it is a patchable site, not on its address (a group's calls are all of one form and
         # target): decided once for each of those in the file.
         decided = self._readbacks if self._reach_everywhere else None
         for i in positions:
             va = group.sections[i].sh_addr + group.starts[i]
             after = self.elf.read(va + len(new), 6 - len(new))
             entry = self.functions.entry(va, listed=exact) if self.functions else False
-            key = (exact, group.form, group.target, new, after, entry)
+            key = (exact, group.form, group.target, new, after, entry, va in self.patchable)
             if decided is not None and key in decided:
                 gone = decided[key]
             else:
@@ -285,10 +289,7 @@ class _Locator:
         return (False,) if distinctive or exact else ()
 
     def where(self, va: int) -> str:
-        sec = self.elf.section_at(va)
-        around = self.functions.containing(va)
-        place = sec.where(va - sec.sh_addr) if sec else f"{va:#x}"
-        return f"{demangle(around[1])} ({place})" if around and around[1] else place
+        return _where(self.elf, self.functions, va)
 
     def walk(self, i: int) -> Found | None:
         """The site of the i-th function: the first call to a target, or nop in a site's place, from its entry.
@@ -427,7 +428,15 @@ class _Locator:
 _KERNEL_TABLE = ("__start_mcount_loc", "__stop_mcount_loc")
 
 
-def _patchable(elf: ElfFile, functions: Functions, locator: _Locator) -> tuple[list[Place], list[str]]:
+def _where(elf: ElfFile, functions: Functions, va: int) -> str:
+    """An address for a message: its function and its place in its section."""
+    sec = elf.section_at(va)
+    around = functions.containing(va)
+    place = sec.where(va - sec.sh_addr) if sec else f"{va:#x}"
+    return f"{demangle(around[1])} ({place})" if around and around[1] else place
+
+
+def _patchable(elf: ElfFile, functions: Functions) -> tuple[list[Place], list[str]]:
     """The site of every entry of __patchable_function_entries, where its function is entered (functions.starts:
     .symtab, .dynsym, the unwind tables), and why a call cannot go where the others are entered. An entry
     outside the code is refused as ftrace_bug refuses a bad site: nothing is written."""
@@ -438,8 +447,8 @@ def _patchable(elf: ElfFile, functions: Functions, locator: _Locator) -> tuple[l
     reasons: list[str] = []
     for va in _addresses(elf, SECTION, sec.sh_addr, bytes(elf.section_data(sec)), elf.arch.word):
         if not elf.in_code(va):
-            raise VerifyError("", f"site {va:#x}, listed in {SECTION}, is not in the file's executable code")
-        found = place(va, elf.read, functions.starts, elf.arch, locator.where)
+            raise VerifyError("", f"an entry of {SECTION} points outside the file's executable code, at {va:#x}")
+        found = place(va, elf.read, functions.starts, elf.arch, partial(_where, elf, functions))
         if isinstance(found, str):
             reasons.append(found)
         else:
@@ -524,9 +533,9 @@ def scan_linked(path: str, elf: ElfFile, names: Iterable[str]) -> ScanResult:
     functions = Functions(elf)
     table, recorded = _site_table(elf)
     targets = resolve(elf, names, {va: functions.entry(va, listed=True) for va in recorded})
-    locator = _Locator(elf, targets, functions)
-    places, too_small = _patchable(elf, functions, locator)
+    places, too_small = _patchable(elf, functions)
     patchable = {p.site for p in places}
+    locator = _Locator(elf, targets, functions, patchable)
     located, found, refused, blind = _locate(elf, names, table, recorded, targets, functions, locator, patchable)
     sites = {f.va: f for f in found}
     findings: list[Finding] = []

@@ -28,18 +28,26 @@ a guess.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from .elf import SHT_NOBITS, ElfFile, Relocations
 from .relocated import SiteEntries, by_opcode
 from .sites import at_entry, slot
-from .x86 import PATCHABLE_NOPS, SITE_LENGTH, TAGS, Form, disp_offset, known_nops, nops
+from .x86 import CALL_TYPE, PATCHABLE_NOPS, SITE_LENGTH, TAGS, Form, disp_offset, known_nops, nops
 
 RECORD = 0x4654  # "FT": the top 16 bits of the r_addend of an entry ftpatch nop'd
 # "FP": the top 16 bits of the r_addend of the NONE entry `call --target` adds next to the call's own at a
 # -fpatchable-function-entry site, whose low bits are the id of the compiler's nop (x86.PATCHABLE_NOPS).
 PATCHABLE_RECORD = 0x4650
+# On REL, which has no addend, where the record of the compiler's nop at a -fpatchable-function-entry site that
+# `call --target` filled lies instead: a second entry with r_info 0 (type NONE, symbol 0, which every linker links),
+# whose r_offset is this many bytes past the site's first byte, by the nop's id (x86.PATCHABLE_NOPS). Only the
+# nops gcc 12 and clang 14 write for i386 (gcc's 90s, clang's 66 90 66 90 90 and 66 90 66 90 66 90) have one, at
+# 2 to 4 bytes in: never 1, where the call's own entry is (zeroed by `nop`), and inside the site, whose five or
+# more bytes no other site's entry lies in. `ld -r` (bfd, lld) moves a section's entries together, so the distance
+# stays; gold's -r drops NONE entries, as it drops a nop'd entry's (docs/facts.md).
+REL_PATCHABLE_AT = {1: 2, 3: 3, 9: 4}
 # Per form, the relocation types a tag names (tag 1, tag 2) in an i386 object: gcc's first, clang's or
 # `as -mrelax-relocations=no`'s second.
 # R_386_PC32, R_386_PLT32 (a tail jmp's too); R_386_GOT32X, R_386_GOT32
@@ -90,38 +98,74 @@ def tag(elf: ElfFile, form: Form, r_type: int) -> int:
     return 1 + TAG_TYPES[form].index(r_type) if not elf.arch.rela else 0
 
 
+def nop_id(nop: bytes) -> int:
+    """The id of a compiler's nop at a -fpatchable-function-entry site (x86.PATCHABLE_NOPS)."""
+    return next(i for i, code in PATCHABLE_NOPS.items() if code == nop)
+
+
 def patchable_record(nop: bytes, word: int) -> int:
     """The r_addend (of `word` bytes) of the NONE entry that keeps the compiler's nop at a
     -fpatchable-function-entry site: "FP" in its top 16 bits, the nop's id in its low 16."""
-    return PATCHABLE_RECORD << (8 * word - 16) | next(i for i, code in PATCHABLE_NOPS.items() if code == nop)
+    return PATCHABLE_RECORD << (8 * word - 16) | nop_id(nop)
 
 
-def patchable_records(elf: ElfFile, entries: Relocations) -> dict[tuple[int, int], bytes]:
-    """(section index, r_offset) -> the compiler's nop, of every NONE entry with a record of one (RELA only)."""
-    if not elf.arch.rela or 0 not in entries.values:
-        return {}
+def patchable_records(
+    elf: ElfFile, entries: Relocations, sites: Collection[tuple[int, int]]
+) -> tuple[dict[tuple[int, int], bytes], frozenset[int]]:
+    """(section index, r_offset of the call's entry) -> the compiler's nop, at each of the -fpatchable-function-entry
+    `sites` (section index, offset) a record names; and on REL the positions of the entries that are records."""
+    if not sites or 0 not in entries.values:
+        return {}, frozenset()
     found = {}
+    if not elf.arch.rela:
+        zeroed = {(entries.section(i).shndx, entries.r_offset[i]): i for i in entries.holding(0)}
+        records: set[int] = set()
+        for shndx, site in sites:
+            named = [
+                (ident, zeroed[shndx, site + at])
+                for ident, at in REL_PATCHABLE_AT.items()
+                if (shndx, site + at) in zeroed
+            ]
+            if len(named) > 1:
+                where = elf.sections[shndx].where(site)
+                raise elf.fail(
+                    f"{where}: {len(named)} entries with r_info 0 lie where a record of the compiler's nop would "
+                    f"(relocations {', '.join(entries.name(i) for _, i in named)}), which `call --target` never writes"
+                )
+            if named:
+                found[shndx, site + 1] = PATCHABLE_NOPS[named[0][0]]
+                records.add(named[0][1])
+        return found, frozenset(records)
     top = 8 * elf.arch.word - 16
     for i in entries.holding(0):
         addend = entries.r_addend[i]
         if addend >> top == PATCHABLE_RECORD and (nop := PATCHABLE_NOPS.get(addend & 0xFFFF)) is not None:
             found[entries.section(i).shndx, entries.r_offset[i]] = nop
-    return found
+    return found, frozenset()
 
 
 # What `call` cannot restore, each said once: (section index, where the entry's displacement ends) -> why.
 Strays = dict[tuple[int, int], str]
 
 
-def nopped(elf: ElfFile, entries: Relocations, targets: Mapping[int, str]) -> tuple[list[SiteEntries], Strays]:
+def nopped(
+    elf: ElfFile,
+    entries: Relocations,
+    targets: Mapping[int, str],
+    filled: Collection[tuple[int, int]] = (),
+    records: Collection[int] = (),
+) -> tuple[list[SiteEntries], Strays]:
     """The sites whose zeroed entry says what they were, and a sentence for each zeroed entry that
-    looks like a nop'd site but cannot be restored exactly."""
+    looks like a nop'd site but cannot be restored exactly. On REL, `filled`: (section index, r_offset) of the
+    call entries at -fpatchable-function-entry sites a record names (patchable_records), whose zeroed entry is
+    R_386_PC32, the call `call --target` adds, against the one target of an entry's kind; `records`: the
+    positions of those records, which are no nop'd sites."""
     if 0 not in entries.values:
         return [], {}
     zeroed = entries.holding(0)
     if elf.arch.rela:
         return _recorded(elf, entries, zeroed, targets)
-    return _tagged(elf, entries, zeroed, targets)
+    return _tagged(elf, entries, [i for i in zeroed if i not in records], targets, filled)
 
 
 def _recorded(
@@ -174,14 +218,30 @@ def _recorded(
 
 
 def _tagged(
-    elf: ElfFile, entries: Relocations, zeroed: Sequence[int], targets: Mapping[int, str]
+    elf: ElfFile,
+    entries: Relocations,
+    zeroed: Sequence[int],
+    targets: Mapping[int, str],
+    filled: Collection[tuple[int, int]],
 ) -> tuple[list[SiteEntries], Strays]:
-    """One SiteEntries per form, type and symbol, from the tags of the nops over zeroed REL entries."""
+    """One SiteEntries per form, type and symbol, from the tags of the nops over zeroed REL entries, and from
+    the records of the -fpatchable-function-entry sites `call --target` filled (nopped)."""
     arch, data, known = elf.arch, elf.data, known_nops(elf.arch)
     by_call: dict[tuple[Form, int, tuple[int, ...]], list[int]] = {}
     strays: Strays = {}
     for i in zeroed:
         sec, r_offset = entries.section(i), entries.r_offset[i]
+        if (sec.shndx, r_offset) in filled:
+            # The compiler's nop is back, untagged; the record says the call was the one `call --target` writes.
+            kind = _of_kind(targets, True, 0)
+            if not kind:
+                strays[_end(entries, i)] = (
+                    f"{_where(entries, i)}: relocation {entries.name(i)} was nop'd, but no target symbol is of its "
+                    "kind (was it nop'd with a --symbol?)"
+                )
+            else:
+                by_call.setdefault((Form.REL32, CALL_TYPE[False], tuple(kind)), []).append(i)
+            continue
         end = sec.sh_offset + r_offset + 4
         ending = [
             (form, code)
@@ -250,15 +310,21 @@ def record_clash(elf: ElfFile, targets: Mapping[int, str], target: str | None) -
     )
 
 
-def restorable(elf: ElfFile, targets: Mapping[int, str], target: str | None, new: bytes) -> bool:
+def restorable(
+    elf: ElfFile, targets: Mapping[int, str], target: str | None, new: bytes, recorded: bool = False
+) -> bool:
     """Whether `call` would restore a site of `target` exactly were `new` written over it: on RELA the
     record says all, if its hash names one target alone (x32's 8 bits may not); on REL the nop must name
-    the type, and the symbol be the one of its kind."""
+    the type, or a record of a -fpatchable-function-entry site say it (`recorded`), and the symbol be the one
+    of its kind."""
     if target is None:
         return True
     if elf.arch.rela:
         layout = records(elf)
         return [layout.name_hash(name) for name in targets.values()].count(layout.name_hash(target)) == 1
+    if recorded:
+        kind = [targets[s] for s in _of_kind(targets, True, 0)]
+        return kind == [target] or (target in kind and any(at_entry(name) is None for name in kind))
     nop = known_nops(elf.arch).get(new)
     if nop is None or nop.tag not in TAGS:
         return False

@@ -50,11 +50,13 @@ from .sites import (
 )
 from .x86 import (
     ENDBR,
+    LONG_PATCHABLE_NOPS,
     SITE_LENGTH,
     TAIL_OF,
     Form,
     call_bytes,
     disp_offset,
+    filled,
     find_marked_nops,
     find_nops,
     ftpatch_nops,
@@ -108,11 +110,12 @@ def scan_object(path: str, elf: ElfFile, targets: Iterable[str], base: int = 0) 
     if symbols:
         entries = _read(elf, tables)
         found, problems = live(elf, entries, symbols)
-        kept, strays = nopped(elf, entries, symbols)
+        places = {(sec.shndx, p.site): p.code for sec, p in patchable}
+        records, record_entries = patchable_records(elf, entries, places)
+        kept, strays = nopped(elf, entries, symbols, records, record_entries)
         groups = _groups(elf, entries, symbols, [*found, *kept], problems)
         if patchable:
-            places = {(sec.shndx, p.site) for sec, p in patchable}
-            groups = _compiler_nops(elf, groups, places, patchable_records(elf, entries))
+            groups = _compiler_nops(elf, groups, places, records)
     known = {(section.shndx, start) for g in groups for section, start in zip(g.sections, g.starts, strict=True)}
     listed = [(sec, start) for sec, start in _listed(elf) if (sec.shndx, start) not in known]
     if listed:
@@ -301,8 +304,8 @@ def _table(elf: ElfFile, name: str, size: int) -> list[tuple[Section, int, str]]
 
 
 def _patchable(elf: ElfFile) -> tuple[list[tuple[Section, Place]], list[str]]:
-    """The site of every entry of __patchable_function_entries: where its function is entered, each with the
-    5 bytes there; and why a call cannot go where the others are entered (too few nop bytes). An entry outside
+    """The site of every entry of __patchable_function_entries: where its function is entered, each with its
+    bytes there (patchable.place); and why a call cannot go where the others are entered (too few nop bytes). An entry outside
     code is refused as the kernel's ftrace_bug refuses a bad site: nothing is written."""
     places: list[tuple[Section, Place]] = []
     reasons: list[str] = []
@@ -310,7 +313,8 @@ def _patchable(elf: ElfFile) -> tuple[list[tuple[Section, Place]], list[str]]:
     for sec, listed, where in _table(elf, SECTION, elf.arch.word):
         if not sec.is_exec or sec.sh_type == SHT_NOBITS or not 0 <= listed < sec.sh_size:
             raise VerifyError(
-                "", f"{sec.where(listed)}, listed in {SECTION} ({where}), is not in the object's executable code"
+                "",
+                f"an entry of {SECTION} points outside the object's executable code, at {sec.where(listed)} ({where})",
             )
         if sec.shndx not in starts:
             starts[sec.shndx] = sorted(
@@ -346,23 +350,41 @@ def _patchable_group(sites: Sequence[tuple[Section, Place]]) -> SiteGroup:
 def _compiler_nops(
     elf: ElfFile,
     groups: Sequence[SiteGroup],
-    places: Collection[tuple[int, int]],
+    places: Mapping[tuple[int, int], bytes],
     records: Mapping[tuple[int, int], bytes],
 ) -> list[SiteGroup]:
     """The groups, with the sites that fill a -fpatchable-function-entry site (`call --target` made them calls)
-    split off, each knowing the compiler's nop that `nop` gives back: its record, next to its entry."""
+    split off, each knowing the compiler's nop that `nop` gives back: its record, next to its entry. A site runs
+    on to the end of that nop where it is longer than a call: the record's, or where there is none (REL), the one
+    still there (`places`: each site's bytes, as patchable.place read them)."""
     if not places:
         return list(groups)
     out = []
     for group in groups:
-        nops_: list[bytes | None] = [
-            records.get((sec.shndx, start + 1), b"") if (sec.shndx, start) in places else None
-            for sec, start in zip(group.sections, group.starts, strict=True)
-        ]
-        for value in dict.fromkeys(nops_):
-            part = group if len(set(nops_)) == 1 else group.subset([n == value for n in nops_])
+        kinds: list[tuple[bytes | None, int]] = []
+        for sec, start in zip(group.sections, group.starts, strict=True):
+            held = places.get((sec.shndx, start))
+            value = None if held is None else records.get((sec.shndx, start + 1), b"")
+            kinds.append((value, len(value or (held if held in LONG_PATCHABLE_NOPS else b""))))
+        for kind in dict.fromkeys(kinds):
+            part = group if len(set(kinds)) == 1 else group.subset([k == kind for k in kinds])
+            value, length = kind
+            if length > SITE_LENGTH[part.form]:
+                part = _spanning(elf, part, length)
             out.append(part if value is None else replace(part, compiler_nop=value))
     return out
+
+
+def _spanning(elf: ElfFile, group: SiteGroup, length: int) -> SiteGroup:
+    """The sites of a group filling a compiler's nop of `length` bytes, longer than a call: each site's bytes run
+    on to that nop's end, and its call is followed by the nop that fills the rest (x86.filled), so that a site
+    is a call only when both are there, and `nop` writes the compiler's whole nop back over both."""
+    codes = tuple(
+        elf.data[sec.sh_offset + start : sec.sh_offset + min(start + length, sec.sh_size)]
+        for sec, start in zip(group.sections, group.starts, strict=True)
+    )
+    calls = tuple(None if call is None else filled(call, length) for call in group.calls)
+    return replace(group, codes=codes, calls=calls)
 
 
 def _recorded(elf: ElfFile, listed: Sequence[tuple[Section, int]]) -> SiteGroup:
@@ -427,7 +449,8 @@ class ObjectChecks(Checks):
         return self.elf.symbols.function_names(section.shndx, offsets)
 
     def readback(self, group: SiteGroup, new: bytes, positions: Sequence[int]) -> list[int]:
-        return [] if restorable(self.elf, self.symbols, group.target, new) else list(positions)
+        recorded = bool(group.compiler_nop)  # a -fpatchable-function-entry site whose record says its call
+        return [] if restorable(self.elf, self.symbols, group.target, new, recorded) else list(positions)
 
     def redirect(self, group: SiteGroup, name: str) -> Redirect:
         """Each site's relocation names `name`, with the type its form needs (a GOTPCRELX site keeps it, so

@@ -31,7 +31,7 @@ from .sites import (
     site_state,
 )
 from .write import rewrite, rewrite_thin
-from .x86 import NOP_STYLES, Arch, Form, NopStyle, describe, hexbytes, nops
+from .x86 import NOP_STYLES, SITE_LENGTH, Arch, Form, NopStyle, describe, filled, hexbytes
 
 if TYPE_CHECKING:
     from .record import Recording
@@ -129,15 +129,13 @@ _NO_PATCHABLE_CALL = (
     "-fpatchable-function-entry left nops here, which never were a call: say which function they are to call "
     "with `call --target NAME`"
 )
-# Why `nop` cannot give back the compiler's nop at a -fpatchable-function-entry site of an object, by RELA.
-_UNRECORDED = {
-    False: "a -fpatchable-function-entry site that a call fills, and an i386 object's relocation entries have no "
-    "addend to record the compiler's nop in, so `nop` cannot give it back exactly: nop the linked program, or use "
-    "the object from before `call --target`",
-    True: "a -fpatchable-function-entry site that a call fills, with no record of the compiler's nop next to its "
-    "relocation entry (`ftpatch call --target` writes one), so `nop` cannot give it back exactly: use the object "
-    "from before the call was written",
-}
+# Why `nop` cannot give back the compiler's nop at a -fpatchable-function-entry site of an object.
+_UNRECORDED = (
+    "a -fpatchable-function-entry site that a call fills, with no record of the compiler's nop beside its "
+    "relocation entry (`ftpatch call --target` writes one for the nops gcc 12 and clang 14 write, which a partial "
+    "link by gold, `ld.gold -r`, drops), so `nop` cannot give it back exactly: nop the linked program, or use the "
+    "object from before the call was written"
+)
 
 
 def _group_edits(
@@ -183,6 +181,7 @@ def _group_edits(
     for code, call, positions in changing:
         new = group_nop if nop else call
         assert new is not None  # only a RECORDED or PATCHABLE site has no call, and it never gets here as a call
+        assert not new or len(new) == len(code), (code, new)  # a patch never moves the bytes after it
         kept = [i for i in positions if i not in lost] if lost else positions
         at = offsets if len(kept) == len(offsets) else [offsets[i] for i in kept]
         if at:
@@ -205,11 +204,13 @@ def _redirect_edits(
     bad: list[int] = []
     changed = 0
     entry_changes = bool(group.rels) and group.held != redirect.call_entry
-    for i, (code, call, new) in enumerate(zip(group.codes, group.calls, redirect.calls, strict=True)):
-        assert new is not None  # plan refuses the sites that cannot call the function before it gets here
+    for i, (code, call, call_to) in enumerate(zip(group.codes, group.calls, redirect.calls, strict=True)):
+        assert call_to is not None  # plan refuses the sites that cannot call the function before it gets here
+        # Over a compiler's nop longer than the call, the call is followed by a nop to the nop's end.
+        new = filled(call_to, len(code))
         if code == new:
             changed += entry_changes
-        elif code == call or code in nops(len(code), arch):
+        elif site_state(code, call, arch) is not State.OTHER:
             edits.setdefault((code, new), []).append(offsets[i])
             changed += 1
         else:
@@ -257,7 +258,7 @@ def plan(
             filtered += len(group) - sum(keep)
         if action is Action.NOP and keep and not all(keep):
             live += [
-                start + len(code)
+                start + SITE_LENGTH[group.form]
                 for start, code, call, k in zip(group.file_offsets(), group.codes, group.calls, keep, strict=True)
                 if not k and code == call
             ]
@@ -289,7 +290,7 @@ def plan(
         if action is Action.NOP and group.compiler_nop == b"" and any(c == group.calls[0] for c in group.codes):
             site = result.site(group, next(i for i, c in enumerate(group.codes) if c == group.calls[0]))
             more = f" (and {len(group) - 1} more sites)" if len(group) > 1 else ""
-            raise InputError(result.path, f"{site.where}: {_UNRECORDED[result.arch.rela]}{more}; nothing was written")
+            raise InputError(result.path, f"{site.where}: {_UNRECORDED}{more}; nothing was written")
         if action is Action.CALL and group.doubt:
             doubtful += [
                 (result.site(group, i), group.doubt) for i, code in enumerate(group.codes) if code != group.calls[i]
@@ -302,7 +303,8 @@ def plan(
         unrestorable += [result.site(group, i) for i in lost]
         clash = clash or (result.checks.clash(group) if lost else "")
         if action is Action.CALL:
-            live += [start + len(call or b"") for start, call in zip(group.file_offsets(), group.calls, strict=True)]
+            # Where each call ends, as live_calls keys it: a filler nop after it (x86.filled) is no part of it.
+            live += [start + SITE_LENGTH[group.form] for start in group.file_offsets()]
     if cannot:
         site, why = min(cannot, key=lambda c: c[0].file_offset)
         more = f" (and {len(cannot) - 1} more sites)" if len(cannot) > 1 else ""

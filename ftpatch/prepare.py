@@ -5,8 +5,9 @@ to call a function needs a symbol of that name (`call --target NAME`), and a sit
 gcc -mnop-mcount left needs the relocation entry gcc writes without that option:
 `R_X86_64_PLT32` (`R_386_PC32`) against `__fentry__` at a function's entry,
 `mcount` after its prologue, or NAME; a -fpatchable-function-entry site that
-`call --target NAME` fills needs that entry against NAME, and on RELA a NONE
-entry beside it whose addend records the compiler's nop, for `nop` to give back. Those are added (append.with_calls: a
+`call --target NAME` fills needs that entry against NAME, and a NONE entry
+beside it that records the compiler's nop, for `nop` to give back (its addend on
+RELA, its place on REL: nopped.REL_PATCHABLE_AT). Those are added (append.with_calls: a
 symbol after every other, an entry at the end of its table, nothing renumbered),
 and the object is scanned again, so that the plan is made of the bytes written.
 A linked file gains nothing: the function must be one it defines or reaches.
@@ -21,12 +22,9 @@ from .append import with_calls
 from .archive import is_archive, members, rebuild
 from .elf import ET_REL, ElfFile, packed
 from .errors import naming
-from .nopped import patchable_record
+from .nopped import REL_PATCHABLE_AT, nop_id, patchable_record
 from .sites import ScanResult, chosen
-from .x86 import ENDBR, PATCHABLE_NOPS, Form, disp_offset
-
-# The relocation type of a call gas writes for `call mcount` outside PIC code, by whether entries have addends.
-_CALL_TYPE = {True: 4, False: 2}  # R_X86_64_PLT32, R_386_PC32
+from .x86 import CALL_TYPE, ENDBR, PATCHABLE_NOPS, Form, disp_offset
 
 
 def prepared(
@@ -115,7 +113,7 @@ def _object(result: ScanResult, target: str | None, only: Sequence[str], exclude
     index = {**present, **{name: len(symbols) + i for i, name in enumerate(missing)}}
     code = "Q" if arch.word == 8 else "I"
     by_section: dict[int, array.array[int]] = {}
-    r_type = _CALL_TYPE[arch.rela]
+    r_type = CALL_TYPE[arch.rela]
     for shndx, start, name in recorded:
         entry = [start + disp_offset(Form.REL32), index[name] << arch.r_sym_shift | r_type]
         if arch.rela:
@@ -123,13 +121,16 @@ def _object(result: ScanResult, target: str | None, only: Sequence[str], exclude
         by_section.setdefault(shndx, array.array(code)).extend(entry)
     for shndx, start, held in patchable:
         assert target is not None
-        # The call's entry, and on RELA a NONE entry at the same place whose addend records the compiler's nop,
-        # which `nop` gives back (REL has no addend: an i386 object's `nop` there refuses).
+        # The call's entry, and a NONE entry that records the compiler's nop, which `nop` gives back: on RELA at
+        # the same place, its addend the record; on REL, which has no addend, its place the record
+        # (nopped.REL_PATCHABLE_AT), where there is one for this nop (else an i386 object's `nop` there refuses).
         entry = [start + disp_offset(Form.REL32), index[target] << arch.r_sym_shift | r_type]
         if arch.rela:
             mask = (1 << 8 * arch.word) - 1
             entry += [arch.call_addend(Form.REL32) & mask, start + disp_offset(Form.REL32), 0]
             entry.append(patchable_record(held, arch.word))
+        elif (at := REL_PATCHABLE_AT.get(nop_id(held))) is not None:
+            entry += [start + at, 0]
         by_section.setdefault(shndx, array.array(code)).extend(entry)
     return bytes(with_calls(elf, missing, {shndx: packed(words) for shndx, words in by_section.items()}))
 

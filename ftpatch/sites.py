@@ -19,7 +19,7 @@ from operator import attrgetter, itemgetter
 from .demangle import demangle, names
 from .elf import SHT_RELA, Section
 from .errors import InputError, naming
-from .x86 import OPCODES, Arch, Form, nops
+from .x86 import LONG_PATCHABLE_NOPS, OPCODES, Arch, Form, nops
 
 CYG_ENTER, CYG_EXIT = "__cyg_profile_func_enter", "__cyg_profile_func_exit"  # -finstrument-functions
 DEFAULT_TARGETS = ("mcount", "_mcount", "__fentry__", CYG_ENTER, CYG_EXIT)
@@ -57,8 +57,12 @@ class State(StrEnum):
 
 
 def site_state(code: bytes, call: bytes | None, arch: Arch) -> State:
-    """The one rule for what a site holds: its call, a known nop, or neither."""
-    return State.CALL if code == call else State.NOP if code in nops(len(code), arch) else State.OTHER
+    """The one rule for what a site holds: its call, a known nop, or neither. A -fpatchable-function-entry
+    site may hold a compiler's nop longer than a call (x86.LONG_PATCHABLE_NOPS): a nop too, though not one of
+    known_nops, the nops the scans search code for, since by itself it marks no site."""
+    if code == call:
+        return State.CALL
+    return State.NOP if code in nops(len(code), arch) or code in LONG_PATCHABLE_NOPS else State.OTHER
 
 
 def called_elsewhere(site: Site) -> str:
@@ -152,8 +156,9 @@ class SiteGroup:
     # target of their kind is in the file (a --symbol or --target added one), and the nops do not say which.
     doubt: str = ""
     # At a -fpatchable-function-entry site that a call now fills: what `nop` writes back, whatever the style (the
-    # compiler's nop an object's record keeps, a linked file's one fixed nop); b"" where the file does not say
-    # which (an i386 object: REL has no addend for the record), and `nop` refuses. None elsewhere.
+    # compiler's nop an object's record keeps, a linked file's one fixed nop); b"" where the object has no record
+    # (gold's -r dropped it, or an i386 nop with no REL record: nopped.REL_PATCHABLE_AT), and `nop` refuses.
+    # None elsewhere.
     compiler_nop: bytes | None = None
 
     def __len__(self) -> int:

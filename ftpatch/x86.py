@@ -44,7 +44,8 @@ TAIL_OF = {Form.REL32: Form.TAIL, Form.GOTPCREL: Form.TAIL_GOTPCREL}
 
 
 # A RECORDED site is the one 5-byte nop gcc put there; a PATCHABLE one the 5 bytes a call takes of the nops
-# -fpatchable-function-entry left where the function is entered.
+# -fpatchable-function-entry left where the function is entered (its site's bytes run on to the end of the nop
+# the call splits: PATCHABLE_NOPS).
 SITE_LENGTH = {
     Form.REL32: 5,
     Form.GOTPCREL: 6,
@@ -56,15 +57,49 @@ SITE_LENGTH = {
     Form.PATCHABLE: 5,
 }
 
-# What -fpatchable-function-entry=N,M leaves where the function is entered, when N-M is 5 (gcc: any N-M >= 5),
-# by the id an object's record keeps of it (nopped.patchable_record): gcc writes one-byte nops, clang one nop
-# of N-M bytes on x86-64 and, on i386, 66 90 66 90 90. These 5 bytes end on an instruction boundary, so a call
-# can take their place.
-PATCHABLE_NOPS = {1: b"\x90" * 5, 2: bytes.fromhex("0f1f440008"), 3: bytes.fromhex("6690669090")}
+# What -fpatchable-function-entry=N,M leaves where the function is entered, up to the first instruction boundary 5
+# bytes or more in (patchable.place): the nop a call splits, by the id an object's record keeps of it
+# (nopped.patchable_record). Measured, gcc 12 and clang 14: gcc writes N-M one-byte nops (5 of them, whatever
+# N-M >= 5); clang on x86-64 one nop of N-M bytes up to 10, and for N-M > 10 a 10-byte nop first; clang on i386
+# 66 90 66 90 90 for 5, and 66 90 pairs for more (6 bytes to the first boundary past 5).
+PATCHABLE_NOPS = {
+    1: b"\x90" * 5,
+    2: bytes.fromhex("0f1f440008"),
+    3: bytes.fromhex("6690669090"),
+    4: bytes.fromhex("660f1f440008"),
+    5: bytes.fromhex("0f1f8000020000"),
+    6: bytes.fromhex("0f1f840000020000"),
+    7: bytes.fromhex("660f1f840000020000"),
+    8: bytes.fromhex("2e660f1f840000020000"),
+    9: bytes.fromhex("669066906690"),
+}
+# Those longer than a call: a call over one leaves bytes of it that are no instruction (clang's 8-byte nop ends
+# 02 00 00), so a nop of FILLERS follows the call, to the end of the compiler's.
+LONG_PATCHABLE_NOPS = tuple(nop for nop in PATCHABLE_NOPS.values() if len(nop) > 5)
 # What `nop` writes at such a site in a linked file, which has no room to remember the compiler's bytes: always
-# this one (clang's own, and a nop uftrace's `record -P` patches), so that the file differs only at its sites.
+# this one (clang's own for N-M = 5, and a nop uftrace's `record -P` patches), so that the file differs only at its
+# sites. Over a longer nop, the filler `call` wrote after the call stays: 0f 1f 44 00 08 0f 1f 00 for clang's 8.
 LINKED_PATCHABLE_NOP = PATCHABLE_NOPS[2]
+# The multi-byte nops of Intel's manual (SDM vol. 2B, NOP), by length: what fills the rest of a compiler's long nop
+# after a call. Only the one-byte 90 ever follows a call on i386 (clang's 66 90 pairs, 6 bytes); the 0f 1f ones
+# follow only clang's x86-64 long nops, which are 0f 1f nops themselves.
+FILLERS = {
+    1: b"\x90",
+    2: bytes.fromhex("6690"),
+    3: bytes.fromhex("0f1f00"),
+    4: bytes.fromhex("0f1f4000"),
+    5: bytes.fromhex("0f1f440000"),
+}
 
+
+def filled(call: bytes, length: int) -> bytes:
+    """A call over `length` bytes of a compiler's nop: the call, then the nop that fills the rest exactly."""
+    return call if length <= len(call) else call + FILLERS[length - len(call)]
+
+
+# The relocation type gas writes for `call NAME` outside PIC code, by whether entries have addends (RELA): what
+# `call` adds where gcc -mnop-mcount or -fpatchable-function-entry left a nop (prepare.py).
+CALL_TYPE = {True: 4, False: 2}  # R_X86_64_PLT32, R_386_PC32
 
 # endbr64 and endbr32, which -fcf-protection puts at an address-taken function's entry, before its __fentry__ call.
 ENDBR = (bytes.fromhex("f30f1efa"), bytes.fromhex("f30f1efb"))
