@@ -39,6 +39,11 @@ class Functions:
         self._named = named
         self.sizes = sizes
 
+    def __reduce__(self) -> tuple[type[Functions], tuple[ElfFile]]:
+        # Its symbol tables are views of the bytes, which cannot be pickled: a result that crosses processes
+        # reads the table again from the file's bytes.
+        return Functions, (self.elf,)
+
     def __bool__(self) -> bool:
         return bool(self.starts)
 
