@@ -105,6 +105,7 @@ class SymbolTable:
         self._size = size = layout.sym.size
         self._table = table[: len(table) - len(table) % size]
         self._strtab = strtab
+        self._function_names: dict[int, str] = {}  # symbol index -> name, of the functions function_names named
         # A symbol whose st_shndx is SHN_XINDEX has its section index in SHT_SYMTAB_SHNDX.
         # Read (and checked) now, so that a bad file fails here and not when a name is asked for.
         xindex = SHN_XINDEX in words(self._table, 2)[layout.st_shndx // 2 :: size // 2]
@@ -239,11 +240,6 @@ class SymbolTable:
         if i >= 0 and offset < funcs[i][0] + max(funcs[i][1], 1):
             return funcs[i][2]
         return None
-
-    @cached_property
-    def _function_names(self) -> dict[int, str]:
-        """Symbol index -> name, of the functions function_names has named."""
-        return {}
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,21 @@ def sites(path: Path, *args: str) -> list[dict[str, object]]:
     return [site for f in doc["files"] for site in f["sites"]]
 
 
+def round_trips(tmp_path: Path, off: Path, program_hooked: Path, obj: Path, hooked: Path) -> None:
+    """The nop'd program retargeted again is the retargeted program; the retargeted object nop'd has the
+    original's code, byte for byte (an object's nop writes back the compiler's own bytes), and retargeted again
+    is the retargeted object."""
+    again = tmp_path / "prog-again"
+    ok("call", "--target", HOOK, off, "-o", again)
+    assert again.read_bytes() == program_hooked.read_bytes()
+    nopped = tmp_path / "prog-off.o"
+    ok("nop", "--symbol", HOOK, hooked, "-o", nopped)
+    assert code(nopped) == code(obj)
+    back = tmp_path / "prog-back.o"
+    ok("call", "--target", HOOK, nopped, "-o", back)
+    assert back.read_bytes() == hooked.read_bytes()
+
+
 @pytest.mark.parametrize(("build", "cc"), CASES, ids=[f"{b}-{c}" for b, c in CASES])
 def test_objects_and_programs_call_the_hook_and_nop_gives_the_code_back(tmp_path: Path, build: str, cc: str) -> None:
     cflags, lflags, linker = BUILDS[build]
@@ -79,17 +94,7 @@ def test_objects_and_programs_call_the_hook_and_nop_gives_the_code_back(tmp_path
     changed = {i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b}
     at_sites = {int(str(s["file_offset"])) + k for s in listed for k in range(5)}
     assert changed <= at_sites and (changed == set()) == (cc == "clang" and "-m32" not in cflags)
-    again = tmp_path / "prog-again"
-    ok("call", "--target", HOOK, off, "-o", again)
-    assert again.read_bytes() == program_hooked.read_bytes()
-
-    # An object's nop writes back the compiler's own bytes: its code is the original's, byte for byte.
-    nopped = tmp_path / "prog-off.o"
-    ok("nop", "--symbol", HOOK, hooked, "-o", nopped)
-    assert code(nopped) == code(obj)
-    back = tmp_path / "prog-back.o"
-    ok("call", "--target", HOOK, nopped, "-o", back)
-    assert back.read_bytes() == hooked.read_bytes()
+    round_trips(tmp_path, off, program_hooked, obj, hooked)
 
 
 # clang's nops longer than a call: name -> (compile flags, link flags, linker). clang 14 writes one nop of N-M bytes
@@ -168,16 +173,7 @@ def test_clang_nops_longer_than_a_call_become_a_call_and_a_filler(tmp_path: Path
     }
     assert len(written) == len({n for n, _ in written})
     assert {s["state"] for s in sites(off)} == {"nop"}
-    again = tmp_path / "prog-again"
-    ok("call", "--target", HOOK, off, "-o", again)
-    assert again.read_bytes() == program_hooked.read_bytes()
-
-    nopped = tmp_path / "prog-off.o"
-    ok("nop", "--symbol", HOOK, hooked, "-o", nopped)
-    assert code(nopped) == code(obj)
-    back = tmp_path / "prog-back.o"
-    ok("call", "--target", HOOK, nopped, "-o", back)
-    assert back.read_bytes() == hooked.read_bytes()
+    round_trips(tmp_path, off, program_hooked, obj, hooked)
 
 
 def test_a_long_nop_clang_does_not_write_is_refused_and_nothing_written(tmp_path: Path) -> None:
