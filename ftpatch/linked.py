@@ -210,8 +210,8 @@ class _Locator:
         written over them."""
         lost = []
         # Where every target is in rel32 reach of all the code, what classify makes of a nop depends on its
-        # bytes, the bytes after it, its place and whether it is a patchable site, not on its address (a group's calls are all of one form and
-        # target): decided once for each of those in the file.
+        # bytes, the bytes after it, its place and whether it is a patchable site, not on its address (a group's
+        # calls are all of one form and target): decided once for each of those in the file.
         decided = self._readbacks if self._reach_everywhere else None
         for i in positions:
             va = group.sections[i].sh_addr + group.starts[i]
@@ -239,9 +239,7 @@ class _Locator:
     def _reach_everywhere(self) -> bool:
         """Whether every place a call to a target can go to is within rel32 reach of every code address."""
         code = self.elf.code_sections
-        dests = [
-            d for t in self.targets.targets for d in (*t.plt, *t.slots, *([t.address] if t.address is not None else []))
-        ]
+        dests = [d for t in self.targets.targets for d in (*t.rel32_destinations, *t.slots)]
         if not code or not dests:
             return True
         low, high = min(*dests, code[0].sh_addr), max(*dests, max(s.sh_addr + s.sh_size for s in code))
@@ -308,7 +306,9 @@ class _Locator:
             if not openers[code[at]]:
                 stop = found.start() if (found := opener.search(code, at)) else len(code)
                 run = code[at:stop]
-                count = self._runs[run] if run in self._runs else self._runs.setdefault(run, self._run(run))
+                if run not in self._runs:
+                    self._runs[run] = self._run(run)
+                count = self._runs[run]
                 if count == _ENDS:
                     return None
                 if count is not None:  # whole instructions, ending where the run does

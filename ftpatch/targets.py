@@ -68,6 +68,11 @@ class Target:
         return at_entry(self.name)
 
     @property
+    def rel32_destinations(self) -> tuple[int, ...]:
+        """Where a 5-byte call to it can land: its PLT entries, then itself where it is defined here."""
+        return (*sorted(self.plt), *([self.address] if self.address is not None else []))
+
+    @property
     def slot(self) -> int:
         """What a nop that replaced a call to it says (sites.slot)."""
         return sites.slot(self.name)
@@ -114,9 +119,7 @@ class Targets:
     @cached_property
     def rel32(self) -> dict[int, Target]:
         """Where an `e8` call lands -> its target."""
-        return self._index(
-            (va, t) for t in self.targets for va in (*sorted(t.plt), *([t.address] if t.address is not None else []))
-        )
+        return self._index((va, t) for t in self.targets for va in t.rel32_destinations)
 
     @cached_property
     def addr32(self) -> dict[int, Target]:
@@ -179,8 +182,7 @@ class Targets:
         e8` its definition."""
         if SITE_LENGTH[form] == 5:
             five = Form.TAIL if form is Form.TAIL else Form.REL32
-            dests = [*sorted(t.plt), *([t.address] if t.address is not None else [])]
-            return next((c.code for dest in dests for c in self._near(t, five, dest - (va + 5))), None)
+            return next((c.code for dest in t.rel32_destinations for c in self._near(t, five, dest - (va + 5))), None)
         # A 6-byte i386 site is gcc's `call *mcount@GOT(%ebx)`, or that call relaxed by the linker to `67 e8`
         # with the set-up of %ebx kept (clang calls mcount@PLT, 5 bytes): %ebx holds the GOT base there.
         if t.slots and (self.arch.x86_64 or self.got_base is not None):
@@ -205,7 +207,7 @@ class Targets:
     def _encodings(self, t: Target, va: int, length: int) -> Iterator[Call]:
         near = partial(self._near, t)
         if length == 5:
-            for dest in (*sorted(t.plt), *([t.address] if t.address is not None else [])):
+            for dest in t.rel32_destinations:
                 yield from near(Form.REL32, dest - (va + 5))
                 yield from near(Form.TAIL, dest - (va + 5))
             return
