@@ -260,6 +260,7 @@ class Relocations:
     r_offset: array.array[int]
     r_info: array.array[int]
     r_addend: array.array[int]  # 0 for an entry of a REL table, whose addend is in the bytes relocated
+    r_sym_shift: int  # r_info >> r_sym_shift is the symbol (Arch.r_sym_shift)
 
     def index(self, i: int) -> int:
         """Entry i's index in its own table."""
@@ -287,7 +288,43 @@ class Relocations:
 
     def holding(self, r_info: int) -> list[int]:
         """Every entry whose r_info is `r_info`."""
-        return [i for i, value in enumerate(self.r_info) if value == r_info]
+        return _words_holding(self._r_info_bytes, r_info.to_bytes(self.r_info.itemsize, "little"), 0)
+
+    def against(self, symbols: Iterable[int]) -> dict[int, list[int]]:
+        """r_info -> every entry naming one of `symbols`, the values in table order of their first entry.
+
+        Each symbol is searched for in C, as the bytes r_info holds it in: a kernel module has tens of thousands
+        of entries and a target's few hundred, and a pass over every value in Python (`values`, then `holding` of
+        each) cost as much as the rest of its scan."""
+        size, shift = self.r_info.itemsize, self.r_sym_shift
+        found: dict[int, list[int]] = {}
+        r_info = self.r_info
+        for symbol in symbols:
+            # The symbol is r_info's high bytes: those above the type's `shift` bits.
+            needle = symbol.to_bytes(size - shift // 8, "little")
+            for i in _words_holding(self._r_info_bytes, needle, shift // 8):
+                found.setdefault(r_info[i], []).append(i)
+        return dict(sorted(found.items(), key=lambda item: item[1][0]))
+
+    @cached_property
+    def _r_info_bytes(self) -> bytes:
+        return packed(self.r_info)
+
+
+def _words_holding(raw: bytes, needle: bytes, at: int) -> list[int]:
+    """The index of every word of `raw` whose bytes from `at` on are `needle`, its words being `at` +
+    len(needle) bytes long; found by bytes.find, which skips to the next word past a match that straddles two."""
+    size = len(needle) + at
+    found = []
+    start = raw.find(needle, at)
+    while start >= 0:
+        misaligned = (start - at) % size
+        if misaligned:
+            start = raw.find(needle, start + size - misaligned)
+        else:
+            found.append(start // size)
+            start = raw.find(needle, start + size)
+    return found
 
 
 def words(view: memoryview | bytes, size: int, signed: bool = False) -> array.array[int]:
@@ -330,7 +367,22 @@ class ElfFile:
     def __init__(self, data: bytes) -> None:
         self.data = bytes(data)  # the same object when it is bytes already; sites are its slices
         self._last_section: Section | None = None  # the section section_at found last
+        # (start, end) of the bytes the sections were read from: the ELF header, the section header table and
+        # the section name table (reread).
+        self._read_from: tuple[tuple[int, int], ...] = ()
         self.e_type, self.arch, self.sections = self._check_container()
+
+    def reread(self, data: bytes) -> ElfFile:
+        """`data`, this file's bytes patched elsewhere (a plan patches sites and relocation entries), as an
+        ElfFile: its sections are this file's if the bytes they were read from are the same, as reading them
+        again would give the same; otherwise they are read again. The proof of every plan reads its new bytes
+        so, and reading the section headers was a third of what it cost on a kernel module."""
+        if len(data) != len(self.data) or any(data[a:b] != self.data[a:b] for a, b in self._read_from):
+            return ElfFile(data)
+        same = ElfFile.__new__(ElfFile)
+        same.data, same._read_from, same._last_section = data, self._read_from, None
+        same.e_type, same.arch, same.sections = self.e_type, self.arch, self.sections
+        return same
 
     def __reduce__(self) -> tuple[type[ElfFile], tuple[bytes]]:
         # Its views of the bytes cannot be pickled; they are made again from the bytes.
@@ -428,6 +480,11 @@ class ElfFile:
                 )
         _, _, _, _, str_off, str_size, *_ = raw[shstrndx]
         strtab = data[str_off : str_off + str_size]
+        self._read_from = (
+            (0, 16 + layout.ehdr.size),
+            (e_shoff, e_shoff + shnum * shdr.size),
+            (str_off, str_off + str_size),
+        )
         sections = []
         for i, (sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_link, sh_info, _, sh_entsize) in enumerate(
             raw
@@ -529,7 +586,7 @@ class ElfFile:
             )
         table = array.array("I", chain.from_iterable(repeat(t, n) for t, n in enumerate(counts)))
         first = [0, *accumulate(counts)][:-1]
-        entries = Relocations(tuple(tables), table, first, r_offset, r_info, r_addend)
+        entries = Relocations(tuple(tables), table, first, r_offset, r_info, r_addend, arch.r_sym_shift)
         shift = arch.r_sym_shift
         if r_info and max(r_info) >> shift >= nsyms:
             i = next(i for i, info in enumerate(r_info) if info >> shift >= nsyms)

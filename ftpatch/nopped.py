@@ -114,7 +114,7 @@ def patchable_records(
 ) -> tuple[dict[tuple[int, int], bytes], frozenset[int]]:
     """(section index, r_offset of the call's entry) -> the compiler's nop, at each of the -fpatchable-function-entry
     `sites` (section index, offset) a record names; and on REL the positions of the entries that are records."""
-    if not sites or 0 not in entries.values:
+    if not sites or 0 not in entries.r_info:
         return {}, frozenset()
     found = {}
     if not elf.arch.rela:
@@ -160,7 +160,7 @@ def nopped(
     call entries at -fpatchable-function-entry sites a record names (patchable_records), whose zeroed entry is
     R_386_PC32, the call `call --target` adds, against the one target of an entry's kind; `records`: the
     positions of those records, which are no nop'd sites."""
-    if 0 not in entries.values:
+    if 0 not in entries.r_info:
         return [], {}
     zeroed = entries.holding(0)
     if elf.arch.rela:

@@ -503,16 +503,16 @@ class ObjectChecks(Checks):
         keyed by the file offset where the call ends, as the end of its displacement."""
         if not self.symbols:
             return {}
-        elf = ElfFile(bytes(data))
+        elf = self.elf.reread(bytes(data))
         entries = elf.relocations(self.tables, len(self.elf.symbols))
         arch, found = elf.arch, dict[int, tuple[int, int, int, int]]()
-        for r_info in entries.values:
+        for r_info, positions in entries.against(self.symbols).items():
             symbol, r_type = arch.r_sym(r_info), arch.r_type(r_info)
             form = arch.call_forms.get(r_type)
-            if symbol not in self.symbols or form is None:
+            if form is None:
                 continue
             calls = [call_bytes(f, 0 if arch.rela else arch.call_addend(f)) for f in _opcodes(form)]
-            for i in entries.holding(r_info):
+            for i in positions:
                 sec = entries.section(i)
                 at = sec.sh_offset + entries.r_offset[i] + 4
                 if sec.sh_type != SHT_NOBITS and any(data[at - len(call) : at] == call for call in calls):

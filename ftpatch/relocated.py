@@ -38,11 +38,8 @@ def live(
     found: list[SiteEntries] = []
     problems: list[tuple[int, InputError]] = []
     call_addend = arch.call_addend(Form.REL32)
-    for r_info in entries.values:
+    for r_info, positions in entries.against(targets).items():
         symbol, r_type = arch.r_sym(r_info), arch.r_type(r_info)
-        if r_info == 0 or symbol not in targets:
-            continue
-        positions = entries.holding(r_info)
         form = arch.call_forms.get(r_type)
         i = positions[0]
         where = entries.section(i).where
