@@ -33,6 +33,12 @@ ftpatch variants (skipped, with a note, if the command is not found):
                three ways (another job: every site calls a hook; each module gets the symbol)
   record-each, ftpatch-each, retarget-each  one process per file (only with --ftpatch-each; slow by nature)
 
+the atomic-replace floor (bench/atomic_floor.py, run by the Python that runs this script, as ftpatch is):
+  floor-j2     read every file, write its bytes to a new file beside it, fsync it, rename it over the file,
+               with 2 workers as ftpatch's -j 2 shares the list; each directory fsynced once at the end:
+               what --in-place costs with no ftpatch work (no lock, scan, plan or proof)
+  floor-j2-nofsync  the same without the fsyncs, the floor of --no-fsync
+
 Any other command line can be plugged in with --tool 'NAME=TEMPLATE', where
 TEMPLATE holds {list} (a file with one path per line), {files} (all paths as
 arguments) or {file} (one process per file).
@@ -238,6 +244,17 @@ def ftpatch_variants(cmd, each):
         if each:
             v.append(Variant(f"{prefix}-each", "ftpatch", [*command, "{file}"], "each"))
     return v, []
+
+
+def floor_variants(python):
+    """The atomic-replace floor, -j 2 with and without fsync, run by `python`: this script's, which runs ftpatch
+    unless FTPATCH_CMD says otherwise."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "atomic_floor.py")
+    command = [python, script, "--files-from", "{list}", "-j", "2"]
+    return [
+        Variant("floor-j2", "floor", command, "list"),
+        Variant("floor-j2-nofsync", "floor", [*command, "--no-fsync"], "list"),
+    ]
 
 
 # -------------------------------------------------------------------- corpus
@@ -456,6 +473,14 @@ def print_ratios(res):
             f"  {o}: {w / vs['rm-each']['wall_median']:.2f}x recordmcount's time with a process per file (goal: <= 1), "
             f"{w / vs['rm-batch']['wall_median']:.2f}x its time in one process (next goal: <= 1)"
         )
+    for o in others:
+        floor = "floor-j2-nofsync" if o.endswith("-nofsync") else "floor-j2"
+        if vs[o]["tool"] == "ftpatch" and "-j2" in o and floor in vs:
+            a, b = vs[o], vs[floor]
+            print(
+                f"  {o}: {a['wall_median'] / b['wall_median']:.2f}x the atomic-replace floor ({floor}), "
+                f"CPU {a['cpu_median'] / b['cpu_median']:.2f}x"
+            )
     print("  ratios (other tool / recordmcount), wall median | peak RSS:")
     for o in others:
         parts = []
@@ -508,6 +533,8 @@ def main():
         for n in notes:
             print("NOTE: " + n)
         variants += fv or []
+        if fv:
+            variants += floor_variants(sys.executable)
     for spec in a.tool:
         name, _, tmpl = spec.partition("=")
         variants.append(Variant(name, name, shlex.split(tmpl)))
