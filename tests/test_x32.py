@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, call_places, ftpatch, readelf_relocs, run, table_places
+from conftest import FIXTURES, ROOT, call_places, ftpatch, readelf_relocs, run, table_places
 from oracles.groundtruth import ground_truth
 
 SITES = 8  # fixtures/prog.c: eight functions, each with one profiling call
@@ -372,6 +372,85 @@ def test_linked_nop_then_call_is_the_same_file(linked: dict[str, Path], name: st
     proc = ftpatch("call", nopped, "-o", back)
     assert proc.returncode == 0, proc.stderr
     assert back.read_bytes() == exe.read_bytes()
+
+
+# Retargeting (`call --target`): checked by objdump and readelf, as nothing x32 runs here
+
+
+HOOK = "profile_hook"  # examples/hook/hook.c's
+
+
+def hook_object(tmp: Path, cc: str = "gcc") -> Path:
+    hook = tmp / "hook.o"
+    flags = ["-O2", "-fPIC", "-mgeneral-regs-only", "-c"]
+    run(cc, "-mx32", *flags, ROOT / "examples" / "hook" / "hook.c", "-o", hook)
+    return hook
+
+
+def direct_calls_to(path: Path, name: str) -> set[int]:
+    """The addresses of the calls objdump shows to `name` itself (`call`, `addr32 call`)."""
+    return {
+        int(m.group(1), 16)
+        for line in run("objdump", "-d", "--no-show-raw-insn", path).splitlines()
+        if (m := re.match(rf"\s*([0-9a-f]+):\s+(?:addr32 )?call\S*\s+[0-9a-f]+ <{name}>$", line))
+    }
+
+
+def code_and_relocations(obj: Path) -> str:
+    """objdump -dr of an object, without the line that names the file."""
+    return run("objdump", "-dr", obj).split("\n", 2)[2]
+
+
+@pytest.mark.parametrize("name", OBJECTS)
+def test_object_retarget_keeps_each_site_s_relocation_type(objects: dict[str, Path], name: str, tmp: Path) -> None:
+    """Each site's entry names the hook with the type it had (a GOTPCRELX stays one, for the linker to relax);
+    nop'd and pointed at the hook again, the same file; pointed back at its target, objdump -dr of the original."""
+    obj, hooked, nopped, again, back = objects[name], tmp / "h.o", tmp / "n.o", tmp / "a.o", tmp / "b.o"
+    _, _, form, target = OBJECTS[name]
+    proc = ftpatch("call", "--target", HOOK, obj, "-o", hooked)
+    assert proc.returncode == 0 and proc.stdout.endswith(f": {SITES} patched, 0 already call, 0 filtered out\n"), (
+        proc.stdout + proc.stderr
+    )
+    before = sorted(r[1] for r in target_relocations(obj))
+    to_hook = [r for r in readelf_relocs(hooked) if r[3] == HOOK]
+    assert sorted(r[1] for r in to_hook) == before and {r[2] for r in to_hook} == {CALL_TYPES[form]}
+    assert target_relocations(hooked) == []
+    assert ftpatch("nop", "--symbol", HOOK, hooked, "-o", nopped).returncode == 0
+    assert target_relocations(nopped) == [] and not [r for r in readelf_relocs(nopped) if r[3] == HOOK]
+    assert ftpatch("call", "--target", HOOK, nopped, "-o", again).returncode == 0
+    assert again.read_bytes() == hooked.read_bytes()
+    for source in (hooked, nopped):
+        assert ftpatch("call", "--target", target, "--symbol", HOOK, source, "-o", back).returncode == 0
+        assert code_and_relocations(back) == code_and_relocations(obj)
+
+
+# bfd, gold and lld (lld without PIE only), PIE and not, static: what the linked hook's callers look like.
+RETARGETED = ["bfd-nopie", "bfd-pie", "bfd-fentry-pie", "bfd-static", "bfd-clang-pie", "gold-pie", "lld-nopie"]
+
+
+@pytest.mark.parametrize("name", RETARGETED)
+def test_retargeted_objects_and_programs_call_the_hook(objects: dict[str, Path], name: str, tmp: Path) -> None:
+    """The objects retargeted then linked with the hook, and the program linked with it then retargeted: objdump
+    finds a direct call to the hook at every site of the original (a GOT call relaxed or rewritten as `addr32
+    call`), and nowhere else; `--target <the original>` gives the program back byte for byte."""
+    obj_name, linker, flags = LINKED[name]
+    _, _, _, target = OBJECTS[obj_name]
+    hook = hook_object(tmp)
+    exe, hooked, back = tmp / "prog", tmp / "prog-hooked", tmp / "prog-back"
+    run("gcc", "-mx32", "-pg", f"-fuse-ld={linker}", *flags, objects[obj_name], hook, "-o", exe)
+    sites = ground_truth(exe).addresses
+    assert len(sites) == SITES and direct_calls_to(exe, HOOK) == set()
+    proc = ftpatch("call", "--target", HOOK, exe, "-o", hooked)
+    assert proc.returncode == 0 and f": {SITES} patched, 0 already" in proc.stdout, proc.stdout + proc.stderr
+    assert direct_calls_to(hooked, HOOK) == sites
+    assert ftpatch("call", "--target", target, "--symbol", HOOK, hooked, "-o", back).returncode == 0
+    assert back.read_bytes() == exe.read_bytes()
+
+    hooked_obj, from_objects = tmp / "prog-hooked.o", tmp / "prog-from-objects"
+    assert ftpatch("call", "--target", HOOK, objects[obj_name], "-o", hooked_obj).returncode == 0
+    run("gcc", "-mx32", "-pg", f"-fuse-ld={linker}", *flags, hooked_obj, hook, "-o", from_objects)
+    assert len(direct_calls_to(from_objects, HOOK)) == SITES
+    assert ground_truth(from_objects).sites == []  # nothing calls mcount or __fentry__ any more
 
 
 # Recording
