@@ -325,6 +325,39 @@ def test_x32_objects_and_programs(tmp_path: Path) -> None:
     assert changed and changed <= at_sites
 
 
+@pytest.mark.parametrize("linker", ["bfd", "gold"])
+def test_x32_clang_nops_longer_than_a_call(tmp_path: Path, linker: str) -> None:
+    """clang -mx32 with N = 8: one 8-byte nop at each entry, as on x86-64. `call --target` writes the call and
+    a filler to the nop's end (objdump decodes the rest as before), `nop` gives the object clang's code back, and
+    the program linked by bfd or gold differs from the original only inside its sites after `nop`. Compared, not
+    run: this machine's kernel runs no x32 program."""
+    obj, hooked = tmp_path / "prog.o", tmp_path / "prog-hook.o"
+    sh("clang", "-mx32", "-O2", "-fpatchable-function-entry=8", "-c", PROG, "-o", obj, cwd=tmp_path)
+    found = sites(obj)
+    assert len(found) == 8 and {(s["form"], s["state"], s["length"]) for s in found} == {("patchable", "nop", 8)}
+    before = instructions(obj)
+    ok("call", "--target", HOOK, obj, "-o", hooked)
+    after = instructions(hooked)
+    for start in (int(str(s["offset"])) for s in found):
+        assert after[start].startswith("call") and is_nop(after[start + 5]) and start + 8 in after, after[start]
+    covered = {int(str(s["offset"])) + k for s in found for k in range(8)}
+    assert {a: t for a, t in after.items() if a not in covered} == {a: t for a, t in before.items() if a not in covered}
+
+    hook, program = tmp_path / "hook.o", tmp_path / "prog"
+    program_hooked, off = tmp_path / "prog-hooked", tmp_path / "prog-off"
+    sh("clang", "-mx32", "-O2", "-fPIC", "-mgeneral-regs-only", "-c", HOOK_SOURCE, "-o", hook, cwd=tmp_path)
+    sh("clang", "-mx32", f"-fuse-ld={linker}", obj, hook, "-o", program, cwd=tmp_path)
+    listed = sites(program)
+    assert len(listed) == 8 and {s["length"] for s in listed} == {8}
+    ok("call", "--target", HOOK, program, "-o", program_hooked)
+    ok("nop", "--symbol", HOOK, program_hooked, "-o", off)
+    at_sites = {int(str(s["file_offset"])) + k for s in listed for k in range(8)}
+    changed = {i for i, (a, b) in enumerate(zip(program.read_bytes(), off.read_bytes(), strict=True)) if a != b}
+    assert changed and changed <= at_sites
+    assert {s["state"] for s in sites(off)} == {"nop"}
+    round_trips(tmp_path, off, program_hooked, obj, hooked)
+
+
 # A program for a shared library that holds fixtures/prog.c, its main renamed.
 DRIVER = "int prog_main(void);\nint main(void) { return prog_main(); }\n"
 OTHER_FORMS = [
