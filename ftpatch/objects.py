@@ -504,24 +504,19 @@ class ObjectChecks(Checks):
         if not self.symbols:
             return {}
         elf = self.elf.reread(bytes(data))
-        data = elf.data  # bytes, whose slices hash
         entries = elf.relocations(self.tables, len(self.elf.symbols))
         arch, found = elf.arch, dict[int, tuple[int, int, int, int]]()
-        tables, table, r_offset = entries.tables, entries.table, entries.r_offset
         for r_info, positions in entries.against(self.symbols).items():
             symbol, r_type = arch.r_sym(r_info), arch.r_type(r_info)
             form = arch.call_forms.get(r_type)
             if form is None:
                 continue
-            calls = frozenset(call_bytes(f, 0 if arch.rela else arch.call_addend(f)) for f in _opcodes(form))
-            lengths = sorted({len(call) for call in calls})
-            length = len(call_bytes(form, 0))
-            for i in positions:  # every site of a retarget: the loop is written out for its 800 calls a module
-                sec = tables[table[i]][1]
-                assert sec is not None  # only tables that apply to a section are read
-                at = sec.sh_offset + r_offset[i] + 4
-                if sec.sh_type != SHT_NOBITS and any(data[at - n : at] in calls for n in lengths):
-                    found[at] = (r_type, symbol, i, length)
+            calls = [call_bytes(f, 0 if arch.rela else arch.call_addend(f)) for f in _opcodes(form)]
+            for i in positions:
+                sec = entries.section(i)
+                at = sec.sh_offset + entries.r_offset[i] + 4
+                if sec.sh_type != SHT_NOBITS and any(data[at - len(call) : at] == call for call in calls):
+                    found[at] = (r_type, symbol, i, len(calls[0]))
         return _Said(found, partial(self._said, entries))
 
     def _said(self, entries: Relocations, r_type: int, symbol: int, i: int, length: int) -> str:
