@@ -55,6 +55,11 @@ def readelf_relocs(path: Path) -> list[tuple[str, int, str, str]]:
     return [(r.section, r.offset, r.type, r.symbol) for r in relocations(path)]
 
 
+def code_and_relocations(obj: Path) -> str:
+    """objdump -dr of an object, without the line that names the file."""
+    return run("objdump", "-dr", obj).split("\n", 2)[2]
+
+
 def execute(exe: Path, workdir: Path) -> str:
     """The program's output, run in its own directory (a -pg program writes gmon.out where it runs)."""
     workdir.mkdir(exist_ok=True)

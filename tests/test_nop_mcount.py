@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, PROGRAM_OUTPUT, call_graph, ftpatch
-from test_retarget import HOOK, code_and_relocations, counted, hook_object, ok, sh
+from conftest import FIXTURES, PROGRAM_OUTPUT, call_graph, code_and_relocations, ftpatch
+from test_retarget import HOOK, counted, hook_object, ok, sh
 
 PROG = FIXTURES / "prog.c"
 

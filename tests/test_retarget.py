@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, PROGRAM_OUTPUT, ROOT, ftpatch
+from conftest import FIXTURES, PROGRAM_OUTPUT, ROOT, code_and_relocations, ftpatch
 from oracles.groundtruth import ground_truth
 
 HOOK_SOURCE = ROOT / "examples" / "hook" / "hook.c"
@@ -57,12 +57,6 @@ def hook_object(tmp: Path, cc: str, flags: list[str]) -> Path:
     bits = ["-m32"] if "-m32" in flags else []
     sh(cc, *bits, "-O2", "-fPIC", "-mgeneral-regs-only", "-c", HOOK_SOURCE, "-o", obj, cwd=tmp)
     return obj
-
-
-def code_and_relocations(obj: Path) -> str:
-    """objdump -dr of an object, without the line that names the file."""
-    text = sh("objdump", "-dr", obj, cwd=obj.parent).stdout
-    return text.split("\n", 2)[2]
 
 
 def counted(exe: Path, cwd: Path) -> tuple[str, int]:

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, ROOT, call_places, ftpatch, readelf_relocs, run, table_places
+from conftest import FIXTURES, ROOT, call_places, code_and_relocations, ftpatch, readelf_relocs, run, table_places
 from oracles.groundtruth import ground_truth
 
 SITES = 8  # fixtures/prog.c: eight functions, each with one profiling call
@@ -394,11 +394,6 @@ def direct_calls_to(path: Path, name: str) -> set[int]:
         for line in run("objdump", "-d", "--no-show-raw-insn", path).splitlines()
         if (m := re.match(rf"\s*([0-9a-f]+):\s+(?:addr32 )?call\S*\s+[0-9a-f]+ <{name}>$", line))
     }
-
-
-def code_and_relocations(obj: Path) -> str:
-    """objdump -dr of an object, without the line that names the file."""
-    return run("objdump", "-dr", obj).split("\n", 2)[2]
 
 
 @pytest.mark.parametrize("name", OBJECTS)
