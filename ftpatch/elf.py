@@ -159,8 +159,9 @@ class SymbolTable:
             while at >= 0:  # a name may also end a longer string that the linker shared
                 offsets[at] = name
                 at = strtab.find(key, at + 1)
-        # st_name is the first word of every entry, in both classes.
-        st_names = words(self._table, 4)[:: self._size // 4].tolist()
+        if not offsets:  # `call --target NAME` asks first of a name no string of the object holds
+            return {}
+        st_names = self._st_names
         used = offsets.keys() & set(st_names)  # a short name ends many strings; few of them are symbols
         found = {}
         for st_name, name in ((o, offsets[o]) for o in used):
@@ -170,6 +171,12 @@ class SymbolTable:
                     i = st_names.index(st_name, i + 1)
                     found[i] = name
         return dict(sorted(found.items()))
+
+    @cached_property
+    def _st_names(self) -> list[int]:
+        """st_name of every symbol, the first word of an entry in both classes: read once, for the scan's targets
+        and then for each group `call --target` points at its function."""
+        return words(self._table, 4)[:: self._size // 4].tolist()
 
     def versioned(self, names: Iterable[str]) -> list[str]:
         """Each `name@VERSION` in the string table for these names: bfd names an undefined symbol of a
