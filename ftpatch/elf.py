@@ -363,6 +363,15 @@ def machine_name(e_machine: int) -> str:
     return f"{names.get(e_machine, 'EM_?')} ({e_machine})"
 
 
+class Headers(NamedTuple):
+    """What checking a file's ELF header and section header table found."""
+
+    e_type: int
+    arch: Arch
+    sections: tuple[Section, ...]
+    read_from: tuple[tuple[int, int], ...]  # (start, end) of the bytes these were read from
+
+
 class ElfFile:
     """A checked x86 ELF file held in memory, with its section headers decoded.
 
@@ -371,25 +380,20 @@ class ElfFile:
     (errors.naming).
     """
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, headers: Headers | None = None) -> None:
+        """`headers`: another ElfFile's, read from bytes that `data` holds unchanged (reread)."""
         self.data = bytes(data)  # the same object when it is bytes already; sites are its slices
         self._last_section: Section | None = None  # the section section_at found last
-        # (start, end) of the bytes the sections were read from: the ELF header, the section header table and
-        # the section name table (reread).
-        self._read_from: tuple[tuple[int, int], ...] = ()
-        self.e_type, self.arch, self.sections = self._check_container()
+        self._headers = headers or self._check_container()
+        self.e_type, self.arch, self.sections = self._headers.e_type, self._headers.arch, self._headers.sections
 
     def reread(self, data: bytes) -> ElfFile:
         """`data`, this file's bytes patched elsewhere (a plan patches sites and relocation entries), as an
         ElfFile: its sections are this file's if the bytes they were read from are the same, as reading them
         again would give the same; otherwise they are read again. The proof of every plan reads its new bytes
         so, and reading the section headers was a third of what it cost on a kernel module."""
-        if len(data) != len(self.data) or any(data[a:b] != self.data[a:b] for a, b in self._read_from):
-            return ElfFile(data)
-        same = ElfFile.__new__(ElfFile)
-        same.data, same._read_from, same._last_section = data, self._read_from, None
-        same.e_type, same.arch, same.sections = self.e_type, self.arch, self.sections
-        return same
+        same = len(data) == len(self.data) and all(data[a:b] == self.data[a:b] for a, b in self._headers.read_from)
+        return ElfFile(data, self._headers if same else None)
 
     def __reduce__(self) -> tuple[type[ElfFile], tuple[bytes]]:
         # Its views of the bytes cannot be pickled; they are made again from the bytes.
@@ -411,7 +415,7 @@ class ElfFile:
     def section_named(self, name: str) -> Section | None:
         return next((s for s in self.sections if s.name == name), None)
 
-    def _check_container(self) -> tuple[int, Arch, tuple[Section, ...]]:
+    def _check_container(self) -> Headers:
         data = self.data
         if len(data) == 0:
             raise self.fail("empty file")
@@ -454,11 +458,14 @@ class ElfFile:
             raise self.fail(f"{layout.name} with machine {machine_name(e_machine)} is not supported, e_ident[4]")
         if e_type not in SUPPORTED_TYPES:
             raise self.fail(f"unsupported ELF type {E_TYPE_NAMES.get(e_type, e_type)}, e_type")
-        return e_type, arch, self._read_sections(layout, e_shoff, e_shentsize, e_shnum, e_shstrndx)
+        sections, read_from = self._read_sections(layout, e_shoff, e_shentsize, e_shnum, e_shstrndx)
+        return Headers(e_type, arch, sections, read_from)
 
     def _read_sections(
         self, layout: Layout, e_shoff: int, e_shentsize: int, e_shnum: int, e_shstrndx: int
-    ) -> tuple[Section, ...]:
+    ) -> tuple[tuple[Section, ...], tuple[tuple[int, int], ...]]:
+        """The sections, and (start, end) of the bytes they were read from: the ELF header, the section header
+        table and the section name table."""
         data, shdr = self.data, layout.shdr
         if e_shoff == 0:
             raise self.fail("no section header table, e_shoff is 0")
@@ -487,7 +494,7 @@ class ElfFile:
                 )
         _, _, _, _, str_off, str_size, *_ = raw[shstrndx]
         strtab = data[str_off : str_off + str_size]
-        self._read_from = (
+        read_from = (
             (0, 16 + layout.ehdr.size),
             (e_shoff, e_shoff + shnum * shdr.size),
             (str_off, str_off + str_size),
@@ -503,7 +510,7 @@ class ElfFile:
             sections.append(
                 Section(i, name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_link, sh_info, sh_entsize)
             )
-        return tuple(sections)
+        return tuple(sections), read_from
 
     # -- symbols -----------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ relocation"), and must still link with bfd, gold and lld, as PIE, -no-pie, -shar
 from __future__ import annotations
 
 import itertools
+import struct
 import subprocess
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from conftest import FIXTURES, HIDES_A_NOP, PROGRAM_OUTPUT, ftpatch, nop_as_before_records, readelf_relocs, run
 
 import ftpatch as lib
+from ftpatch.elf import ElfFile
 from ftpatch.scan import scan_data
 from ftpatch.x86 import ARCHES, styles_for
 
@@ -240,3 +242,29 @@ def test_nop_bytes_across_two_instructions_are_no_lost_site(tmp: Path) -> None:
     proc = ftpatch("call", nop, "-o", back)
     assert proc.returncode == 0, proc.stderr
     assert back.read_bytes() == obj.read_bytes()
+
+
+def test_reread_keeps_the_headers_only_where_their_bytes_are_unchanged(tmp: Path) -> None:
+    """The proof reads a plan's new bytes with ElfFile.reread: the section headers are the original's when the
+    bytes they were read from are the same (a nop changes only code), and are read again when they differ."""
+    obj = build(tmp, "gcc", "pie", "as-built")
+    data = obj.read_bytes()
+    elf = ElfFile(data)
+    nop = elf.reread(nopped(data, str(obj), "p6"))
+    assert nop.data != data
+    assert nop.sections is elf.sections
+    assert (nop.e_type, nop.arch) == (elf.e_type, elf.arch)
+
+    # A section's name changed in .shstrtab, one of the bytes the headers were read from: read again.
+    names = next(s for s in elf.sections if s.name == ".shstrtab")
+    at = data.index(b".text\0", names.sh_offset, names.sh_offset + names.sh_size)
+    renamed = data[:at] + b".tezt" + data[at + 5 :]
+    again = elf.reread(renamed)
+    assert again.sections is not elf.sections
+    assert ".tezt" in [s.name for s in again.sections]
+
+    # Bytes whose headers no longer check are refused as ElfFile refuses them.
+    moved = bytearray(data)
+    struct.pack_into("<Q", moved, 0x28, len(data))  # e_shoff of ELFCLASS64: past the end of the file
+    with pytest.raises(lib.InputError, match=r"section header table at 0x[0-9a-f]+ is past the end of the file"):
+        elf.reread(bytes(moved))
