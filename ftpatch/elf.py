@@ -24,8 +24,8 @@ import struct
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
-from itertools import accumulate, chain, groupby, repeat
+from functools import cached_property, partial
+from itertools import accumulate, chain, compress, groupby, repeat
 from operator import itemgetter
 from typing import NamedTuple
 
@@ -41,6 +41,7 @@ SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
 SHF_INFO_LINK, SHF_GROUP = 0x40, 0x200
 SHN_UNDEF, SHN_LORESERVE, SHN_XINDEX = 0, 0xFF00, 0xFFFF
 STT_NOTYPE, STT_FUNC, STT_SECTION, STT_GNU_IFUNC = 0, 2, 3, 10
+_IS_FUNCTION = bytes(int(info & 0xF == STT_FUNC) for info in range(256))  # st_info -> 1 for an STT_FUNC symbol
 STB_LOCAL, STB_GLOBAL = 0, 1
 DT_NULL, DT_PLTGOT = 0, 3
 
@@ -215,38 +216,64 @@ class SymbolTable:
         return [(i, r) for i, r in enumerate(self._rows) if r.st_type == STT_FUNC and r.st_shndx != SHN_UNDEF]
 
     @cached_property
-    def _functions(self) -> dict[int, tuple[list[int], list[tuple[int, int, int]]]]:
-        """Per section index: the starts, and (st_value, st_size, index), of its STT_FUNC symbols, sorted."""
+    def _functions(self) -> dict[int, _Extents]:
+        """Per section index: the extents of its STT_FUNC symbols, sorted by (st_value, st_size, index).
+
+        Read a column at a time, as `named` reads st_name: an object's symbols are by the
+        thousand, and a scan names the function of each of its sites."""
+        layout, size, table = self._layout, self._size, self._table
+        functions = bytes(table[layout.st_info :: size]).translate(_IS_FUNCTION)
+        shndxs = words(table, 2)[layout.st_shndx // 2 :: size // 2]
+        word = words(table, layout.word)
+        values = word[layout.st_value // layout.word :: size // layout.word]
+        sizes = word[layout.st_size // layout.word :: size // layout.word]
+        extended = self._extended
         by_section: dict[int, list[tuple[int, int, int]]] = {}
-        for i, row in self.function_rows():
-            by_section.setdefault(row.st_shndx, []).append((row.st_value, row.st_size, i))
-        for funcs in by_section.values():
+        for i in compress(range(len(functions)), functions):
+            shndx = shndxs[i] if extended is None or shndxs[i] != SHN_XINDEX else extended[i]
+            if shndx != SHN_UNDEF:
+                by_section.setdefault(shndx, []).append((values[i], sizes[i], i))
+        extents = {}
+        for shndx, funcs in by_section.items():
             funcs.sort()
-        return {shndx: ([f[0] for f in funcs], funcs) for shndx, funcs in by_section.items()}
+            extents[shndx] = _Extents(
+                [value for value, _, _ in funcs],
+                [0, *(value + max(size, 1) for value, size, _ in funcs)],  # a function of size 0 holds its start
+                [0, *(i for _, _, i in funcs)],
+            )
+        return extents
 
     def function_at(self, shndx: int, offset: int) -> Symbol | None:
         """The STT_FUNC symbol of section `shndx` whose extent holds `offset`, if any."""
-        index = self._function_index(shndx, offset)
-        return self[index] if index is not None else None
+        extents = self._functions.get(shndx)
+        if extents is None:
+            return None
+        at = bisect.bisect_right(extents.starts, offset)
+        return self[extents.indices[at]] if offset < extents.ends[at] else None
 
     def function_names(self, shndx: int, offsets: Sequence[int]) -> list[str | None]:
         """The name of function_at's symbol at each of these offsets of a section, each name decoded once:
-        a scan names the function of every site."""
-        names, rows, found = self._function_names, self._rows, []
-        for offset in offsets:
-            index = self._function_index(shndx, offset)
-            name = names.get(index) if index is not None else None
-            if index is not None and name is None:
-                name = names[index] = self.name_at(rows[index].st_name)
-            found.append(name)
-        return found
+        a scan names the function of every site, by the thousand, a column at a time."""
+        extents = self._functions.get(shndx)
+        if extents is None:
+            return [None] * len(offsets)
+        ends, indices = extents.ends, extents.indices
+        # 0 where no function holds the offset: the place before the first start, whose end is 0.
+        places = map(partial(bisect.bisect_right, extents.starts), offsets)
+        held = [at if offset < ends[at] else 0 for at, offset in zip(places, offsets, strict=True)]
+        names, st_names = self._function_names, self._st_names
+        for index in {indices[at] for at in held if at} - names.keys():
+            names[index] = self.name_at(st_names[index])
+        return [names[indices[at]] if at else None for at in held]
 
-    def _function_index(self, shndx: int, offset: int) -> int | None:
-        starts, funcs = self._functions.get(shndx, ([], []))
-        i = bisect.bisect_right(starts, offset) - 1
-        if i >= 0 and offset < funcs[i][0] + max(funcs[i][1], 1):
-            return funcs[i][2]
-        return None
+
+class _Extents(NamedTuple):
+    """The STT_FUNC symbols of one section, sorted, for a bisect of an offset: bisect_right(starts, offset) is
+    the place in `ends` and `indices` of the last function that starts at or before it (0: none does)."""
+
+    starts: list[int]  # st_value of each
+    ends: list[int]  # 0, then where each ends
+    indices: list[int]  # 0, then each one's symbol index
 
 
 @dataclass(frozen=True)

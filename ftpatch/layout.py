@@ -39,6 +39,16 @@ class Layout:
         """The byte offset of st_shndx in a symbol."""
         return self._offset_of(self.sym_fields[2])
 
+    @property
+    def st_value(self) -> int:
+        """The byte offset of st_value in a symbol; it is `word` bytes long, as st_size is."""
+        return self._offset_of(self.sym_fields[3])
+
+    @property
+    def st_size(self) -> int:
+        """The byte offset of st_size in a symbol."""
+        return self._offset_of(self.sym_fields[4])
+
     def _offset_of(self, field: int) -> int:
         codes = self.sym.format.lstrip("<")
         return struct.calcsize("<" + codes[:field])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, PG_OBJECTS, RELOCATED, TARGETS, ftpatch, readelf_relocs, run
 
 import ftpatch as lib
+from ftpatch.elf import ElfFile
 
 
 @pytest.mark.parametrize("name", RELOCATED)
@@ -156,3 +158,50 @@ def test_quiet_prints_no_line_per_file(tmp) -> None:
     # Over several files, -q still ends with the run's summary (tests/test_batch.py).
     proc = ftpatch("nop", "-q", "--in-place", copy, tmp / "missing.o")
     assert proc.returncode == 1 and "ftpatch nop: 2 files, 8 sites patched" in proc.stderr
+
+
+FUNCTIONS_SOURCE = r"""
+int shared(int x) { return x * 3 + 1; }
+int alias_of_shared(int) __attribute__((alias("shared")));
+__asm__(".text\n.globl bare\n.type bare, @function\nbare:\n\tnop\n");  /* a function of size 0 */
+__attribute__((noinline)) static int helper(int x) { return x ^ 5; }
+int outer(int x) { return helper(x) + shared(x); }
+"""
+
+
+def readelf_functions(obj: Path) -> dict[int, list[tuple[int, int, int, str]]]:
+    """Section index -> (value, size, symbol index, name) of each STT_FUNC symbol, as readelf lists them."""
+    by_section: dict[int, list[tuple[int, int, int, str]]] = {}
+    for line in run("readelf", "-sW", obj).splitlines():
+        fields = line.split()
+        if len(fields) == 8 and fields[0].endswith(":") and fields[3] == "FUNC" and fields[6].isdigit():
+            index, value, size, shndx, name = fields[0][:-1], fields[1], fields[2], fields[6], fields[7]
+            by_section.setdefault(int(shndx), []).append((int(value, 16), int(size), int(index), name))
+    return by_section
+
+
+@pytest.mark.parametrize(
+    "flags", [[], ["-m32"], ["-mx32"], ["-ffunction-sections"]], ids=["x86-64", "i386", "x32", "fsections"]
+)
+def test_each_address_is_named_by_the_function_readelf_says_holds_it(tmp: Path, flags: list[str]) -> None:
+    """SymbolTable.function_names, read from columns of .symtab, against readelf's table: at every offset of every
+    code section, the last function (by value, size, index) that starts at or before it and whose extent holds
+    it (a size-0 function holds its start), or none."""
+    source, obj = tmp / "functions.c", tmp / "functions.o"
+    source.write_text(FUNCTIONS_SOURCE)
+    run("gcc", "-O1", "-pg", *flags, "-c", source, "-o", obj)
+    symbols = ElfFile(obj.read_bytes()).symbols
+    functions = readelf_functions(obj)
+    named = {name for funcs in functions.values() for *_, name in funcs}
+    assert named >= {"shared", "alias_of_shared", "bare", "helper", "outer"}  # i386 adds its PIC thunk
+    for shndx, funcs in functions.items():
+        funcs.sort()
+        offsets = list(range(max(value + max(size, 1) for value, size, _, _ in funcs) + 2))
+        expected = []
+        for offset in offsets:
+            holders = [f for f in funcs if f[0] <= offset]
+            last = holders[-1] if holders else None
+            expected.append(last[3] if last and offset < last[0] + max(last[1], 1) else None)
+        assert symbols.function_names(shndx, offsets) == expected
+        assert [f.name if (f := symbols.function_at(shndx, o)) else None for o in offsets] == expected
+    assert symbols.function_names(max(functions) + 1, [0, 1]) == [None, None]  # a section with no function
