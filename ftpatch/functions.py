@@ -86,10 +86,10 @@ class Functions:
         it is in code no symbol names, at the entry of a function without one: Debian's vmlinux has 615 such
         sites, and no unwind tables to say where those functions start.
         """
-        around = self.containing(va)
-        if around is None:
+        i = self.index(va)  # not containing(va): no name is decoded to say where a site is
+        if i < 0:
             return None
-        start = around[0]
+        start = self.starts[i]
         if va == start or (va == start + 4 and self.elf.read(start, 4) in ENDBR):
             return True
         return listed and 0 < self.sizes.get(start, 0) <= va - start
