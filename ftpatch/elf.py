@@ -684,10 +684,11 @@ class ElfFile:
     def read(self, va: int, length: int) -> bytes:
         """Up to `length` bytes of the loaded image at `va`, within one section; b"" where nothing is loaded."""
         sec = self.section_at(va)
-        if sec is None:
-            return b""
-        off = va - sec.sh_addr
-        return self.data[sec.sh_offset + off : sec.sh_offset + min(off + length, sec.sh_size)]
+        return self.read_in(sec, va - sec.sh_addr, length) if sec is not None else b""
+
+    def read_in(self, sec: Section, offset: int, length: int) -> bytes:
+        """Up to `length` bytes of section `sec` from `offset` in it: read's bytes where the section is known."""
+        return self.data[sec.sh_offset + offset : sec.sh_offset + min(offset + length, sec.sh_size)]
 
     @cached_property
     def _dynamic(self) -> list[tuple[int, int]]:

@@ -213,22 +213,13 @@ class _Locator:
         # bytes, the bytes after it, its place and whether it is a patchable site, not on its address (a group's
         # calls are all of one form and target): decided once for each of those in the file.
         decided = self._readbacks if self._reach_everywhere else None
-        data, read, functions, sections, starts = (
-            self.elf.data,
-            self.elf.read,
-            self.functions,
-            group.sections,
-            group.starts,
-        )
-        size = len(new)
+        elf, functions, size = self.elf, self.functions, len(new)
         for i in positions:
-            section, start = sections[i], starts[i]
+            section, start = group.sections[i], group.starts[i]
             va = section.sh_addr + start
-            if start + size < section.sh_size:  # elf.read's bytes, without finding the section again
-                at = section.sh_offset + start + size
-                after = data[at : at + min(6 - size, section.sh_size - start - size)]
-            else:  # the next section's, if one follows
-                after = read(va + size, 6 - size)
+            # The bytes after the nop: in the site's section, known here, unless the site ends it.
+            inside = start + size < section.sh_size
+            after = elf.read_in(section, start + size, 6 - size) if inside else elf.read(va + size, 6 - size)
             entry = functions.entry(va, listed=exact) if functions else False
             key = (exact, group.form, group.target, new, after, entry, va in self.patchable)
             if decided is not None and key in decided:
