@@ -90,7 +90,6 @@ class Symbol(NamedTuple):
 class _Row(NamedTuple):
     st_name: int
     st_type: int
-    st_bind: int
     st_shndx: int
     st_value: int
     st_size: int
@@ -135,14 +134,14 @@ class SymbolTable:
         n, info, shndx, value, size = itemgetter(*self._layout.sym_fields)(
             self._layout.sym.unpack_from(self._table, index * self._size)
         )
-        return _Row(n, info & 0xF, info >> 4, shndx, value, size)
+        return _Row(n, info & 0xF, shndx, value, size)
 
     @cached_property
     def _rows(self) -> list[_Row]:
         """Every symbol's fields but its name."""
         fields = itemgetter(*self._layout.sym_fields)
         raw = map(fields, self._layout.sym.iter_unpack(self._table))
-        rows = [_Row(n, info & 0xF, info >> 4, shndx, value, size) for n, info, shndx, value, size in raw]
+        rows = [_Row(n, info & 0xF, shndx, value, size) for n, info, shndx, value, size in raw]
         if (extended := self._extended) is not None:
             rows = [r._replace(st_shndx=extended[i]) if r.st_shndx == SHN_XINDEX else r for i, r in enumerate(rows)]
         return rows
@@ -211,28 +210,40 @@ class SymbolTable:
             i = infos.find(local_section, i + 1, below)
         return found
 
-    def function_rows(self) -> list[tuple[int, _Row]]:
-        """(index, row) of every defined STT_FUNC symbol."""
-        return [(i, r) for i, r in enumerate(self._rows) if r.st_type == STT_FUNC and r.st_shndx != SHN_UNDEF]
-
     @cached_property
-    def _functions(self) -> dict[int, _Extents]:
-        """Per section index: the extents of its STT_FUNC symbols, sorted by (st_value, st_size, index).
+    def functions(self) -> FunctionSymbols:
+        """Every defined STT_FUNC symbol, a column a field, in symbol order.
 
-        Read a column at a time, as `named` reads st_name: an object's symbols are by the
-        thousand, and a scan names the function of each of its sites."""
+        Read a column at a time, as `named` reads st_name: an object or a program has its
+        functions by the thousand, and a scan names the function of each of its sites."""
         layout, size, table = self._layout, self._size, self._table
-        functions = bytes(table[layout.st_info :: size]).translate(_IS_FUNCTION)
+        infos = bytes(table[layout.st_info :: size])
         shndxs = words(table, 2)[layout.st_shndx // 2 :: size // 2]
         word = words(table, layout.word)
         values = word[layout.st_value // layout.word :: size // layout.word]
         sizes = word[layout.st_size // layout.word :: size // layout.word]
-        extended = self._extended
-        by_section: dict[int, list[tuple[int, int, int]]] = {}
-        for i in compress(range(len(functions)), functions):
+        extended, st_names = self._extended, self._st_names
+        found = FunctionSymbols([], [], [], [], [], [])
+        for i in compress(range(len(infos)), infos.translate(_IS_FUNCTION)):
             shndx = shndxs[i] if extended is None or shndxs[i] != SHN_XINDEX else extended[i]
             if shndx != SHN_UNDEF:
-                by_section.setdefault(shndx, []).append((values[i], sizes[i], i))
+                found.symbol.append(i)
+                found.st_shndx.append(shndx)
+                found.st_value.append(values[i])
+                found.st_size.append(sizes[i])
+                found.local.append(infos[i] >> 4 == STB_LOCAL)
+                found.st_name.append(st_names[i])
+        return found
+
+    @cached_property
+    def _functions(self) -> dict[int, _Extents]:
+        """Per section index: the extents of its STT_FUNC symbols, sorted by (st_value, st_size, index)."""
+        functions = self.functions
+        by_section: dict[int, list[tuple[int, int, int]]] = {}
+        for i, shndx, value, size in zip(
+            functions.symbol, functions.st_shndx, functions.st_value, functions.st_size, strict=True
+        ):
+            by_section.setdefault(shndx, []).append((value, size, i))
         extents = {}
         for shndx, funcs in by_section.items():
             funcs.sort()
@@ -242,6 +253,11 @@ class SymbolTable:
                 [0, *(i for _, _, i in funcs)],
             )
         return extents
+
+    def function_starts(self, shndx: int) -> list[int]:
+        """The st_value of each STT_FUNC symbol of section `shndx`, sorted."""
+        extents = self._functions.get(shndx)
+        return extents.starts if extents is not None else []
 
     def function_at(self, shndx: int, offset: int) -> Symbol | None:
         """The STT_FUNC symbol of section `shndx` whose extent holds `offset`, if any."""
@@ -265,6 +281,17 @@ class SymbolTable:
         for index in {indices[at] for at in held if at} - names.keys():
             names[index] = self.name_at(st_names[index])
         return [names[indices[at]] if at else None for at in held]
+
+
+class FunctionSymbols(NamedTuple):
+    """The defined STT_FUNC symbols of a table, a column a field, in symbol order."""
+
+    symbol: list[int]  # each one's index in the table
+    st_shndx: list[int]  # SHN_XINDEX resolved
+    st_value: list[int]
+    st_size: list[int]
+    local: list[bool]  # st_bind is STB_LOCAL
+    st_name: list[int]
 
 
 class _Extents(NamedTuple):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bisect
 
-from .elf import STB_LOCAL, ElfFile, SymbolTable
+from .elf import ElfFile, SymbolTable
 from .unwind import unwind_starts
 from .x86 import ENDBR
 
@@ -24,16 +24,17 @@ class Functions:
         for table in (elf.symbols if elf.has_symtab else None, elf.dynamic_symbols):
             if table is None:
                 continue
-            for _, row in table.function_rows():
-                start = row.st_value
+            functions = table.functions
+            for start, size, is_local, st_name in zip(
+                functions.st_value, functions.st_size, functions.local, functions.st_name, strict=True
+            ):
                 if not start or not elf.in_code(start):
                     continue
-                sizes[start] = max(sizes.get(start, 0), row.st_size)
+                sizes[start] = max(sizes.get(start, 0), size)
                 # Aliases share an address: a global name over a local one (lib_fib.localalias),
                 # and .symtab's over .dynsym's.
-                is_local = row.st_bind == STB_LOCAL
                 if start not in named or (local[start] and not is_local):
-                    named[start], local[start] = (table, row.st_name), is_local
+                    named[start], local[start] = (table, st_name), is_local
         unwind = [start for start in unwind_starts(elf) if elf.in_code(start)]
         self.starts = sorted(set(named) | set(unwind))
         self._named = named

@@ -158,6 +158,7 @@ class _Locator:
         # A 6-byte window there may be ftpatch's nop and the filler a call left after it (0f 1f 44 00 08 90 over
         # clang's 66 0f 1f 44 00 08), no nop'd 6-byte site.
         self.patchable = frozenset(patchable)
+        self._openers, self._opener = site_openers(self.arch), site_opener_search(self.arch)  # walk's, a function
 
     def classify(self, va: int, window: bytes, entry: bool | None, exact: bool) -> Found | None:
         """What the bytes at `va` are as a site: a live call to a target, or a nop that replaced one.
@@ -303,8 +304,8 @@ class _Locator:
         sec = self.elf.section_at(start)
         if sec is None or is_plt(sec):  # the unwind tables cover the PLT too
             return None
-        code = self.elf.read(start, (self.functions.end(i, _SPAN) or start) - start)
-        openers, opener = site_openers(self.arch), site_opener_search(self.arch)
+        code = self.elf.read_in(sec, start - sec.sh_addr, (self.functions.end(i, _SPAN) or start) - start)
+        openers, opener = self._openers, self._opener
         at = entry = n = 0
         while at < len(code) and n < _WINDOW:
             if not openers[code[at]]:

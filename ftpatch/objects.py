@@ -317,9 +317,7 @@ def _patchable(elf: ElfFile) -> tuple[list[tuple[Section, Place]], list[str]]:
                 f"an entry of {SECTION} points outside the object's executable code, at {sec.where(listed)} ({where})",
             )
         if sec.shndx not in starts:
-            starts[sec.shndx] = sorted(
-                {row.st_value for _, row in elf.symbols.function_rows() if row.st_shndx == sec.shndx}
-            )
+            starts[sec.shndx] = sorted(set(elf.symbols.function_starts(sec.shndx)))
         found = place(listed, _reader(elf, sec), starts[sec.shndx], elf.arch, sec.where)
         if isinstance(found, str):
             reasons.append(found)
@@ -566,15 +564,13 @@ class ObjectChecks(Checks):
         # clang's -fpatchable-function-entry writes ftpatch's entry nop too, and lists where. (Decoding a kernel
         # module's symbols costs more than the rest of `call`: only where a section holds one of ftpatch's nops.)
         if holding and elf.has_symtab and elf.section_named("__patchable_function_entries") is None:
-            for _, row in elf.symbols.function_rows():
-                if (
-                    not 0 < row.st_shndx < len(elf.sections)
-                    or (sec := elf.sections[row.st_shndx]).sh_type == SHT_NOBITS
-                ):
+            functions = elf.symbols.functions
+            for shndx, value in zip(functions.st_shndx, functions.st_value, strict=True):
+                if not 0 < shndx < len(elf.sections) or (sec := elf.sections[shndx]).sh_type == SHT_NOBITS:
                     continue
                 # The file's bytes, not a view of the section: one slice a function, for thousands of functions.
-                first, last = sec.sh_offset + row.st_value, sec.sh_offset + sec.sh_size
-                at = row.st_value + 4 if elf.data[first : min(first + 4, last)] in ENDBR else row.st_value
+                first, last = sec.sh_offset + value, sec.sh_offset + sec.sh_size
+                at = value + 4 if elf.data[first : min(first + 4, last)] in ENDBR else value
                 entry = elf.data[sec.sh_offset + at : min(sec.sh_offset + at + 6, last)]
                 nop = next((c for c in (entry, entry[:5]) if written_by_ftpatch(c, elf.arch)), None)
                 if nop is not None and (sec.shndx, at) not in sites and (sec.shndx, at + len(nop)) not in said:
@@ -591,7 +587,7 @@ class ObjectChecks(Checks):
             return set()
         starts = {0}
         if self.elf.has_symtab:
-            starts |= {row.st_value for _, row in self.elf.symbols.function_rows() if row.st_shndx == sec.shndx}
+            starts |= set(self.elf.symbols.function_starts(sec.shndx))
         ordered = sorted(starts)
         by_start: dict[int, set[int]] = {}
         for at in offsets:
