@@ -158,7 +158,8 @@ class _Locator:
         # A 6-byte window there may be ftpatch's nop and the filler a call left after it (0f 1f 44 00 08 90 over
         # clang's 66 0f 1f 44 00 08), no nop'd 6-byte site.
         self.patchable = frozenset(patchable)
-        self._openers, self._opener = site_openers(self.arch), site_opener_search(self.arch)  # walk's, a function
+        # What walk asks of every function's bytes: which can begin a site, and where the next such byte is.
+        self._openers, self._opener = site_openers(self.arch), site_opener_search(self.arch)
 
     def classify(self, va: int, window: bytes, entry: bool | None, exact: bool) -> Found | None:
         """What the bytes at `va` are as a site: a live call to a target, or a nop that replaced one.
