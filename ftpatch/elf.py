@@ -108,8 +108,8 @@ class SymbolTable:
         self._function_names: dict[int, str] = {}  # symbol index -> name, of the functions function_names named
         # A symbol whose st_shndx is SHN_XINDEX has its section index in SHT_SYMTAB_SHNDX.
         # Read (and checked) now, so that a bad file fails here and not when a name is asked for.
-        xindex = SHN_XINDEX in words(self._table, 2)[layout.st_shndx // 2 :: size // 2]
-        self._extended = extended(len(self)) if xindex else None
+        self._st_shndxs = words(self._table, 2)[layout.st_shndx // 2 :: size // 2]  # kept: _st_shndx reads it
+        self._extended = extended(len(self)) if SHN_XINDEX in self._st_shndxs else None
 
     def __len__(self) -> int:
         return len(self._table) // self._size
@@ -203,12 +203,14 @@ class SymbolTable:
         found: dict[int, int] = {}
         i = infos.find(local_section, 1, below)
         while i >= 0:
-            st_shndx = layout.sym.unpack_from(self._table, i * size)[layout.sym_fields[2]]
-            if st_shndx == SHN_XINDEX and self._extended is not None:
-                st_shndx = self._extended[i]
-            found.setdefault(st_shndx, i)
+            found.setdefault(self._st_shndx(i), i)
             i = infos.find(local_section, i + 1, below)
         return found
+
+    def _st_shndx(self, index: int) -> int:
+        """A symbol's section index, through SHT_SYMTAB_SHNDX where its st_shndx is SHN_XINDEX."""
+        st_shndx = self._st_shndxs[index]
+        return self._extended[index] if st_shndx == SHN_XINDEX and self._extended is not None else st_shndx
 
     @cached_property
     def functions(self) -> FunctionSymbols:
@@ -218,15 +220,13 @@ class SymbolTable:
         functions by the thousand, and a scan names the function of each of its sites."""
         layout, size, table = self._layout, self._size, self._table
         infos = bytes(table[layout.st_info :: size])
-        shndxs = words(table, 2)[layout.st_shndx // 2 :: size // 2]
         word = words(table, layout.word)
         values = word[layout.st_value // layout.word :: size // layout.word]
         sizes = word[layout.st_size // layout.word :: size // layout.word]
-        extended, st_names = self._extended, self._st_names
+        st_names, st_shndx = self._st_names, self._st_shndx
         found = FunctionSymbols([], [], [], [], [], [])
         for i in compress(range(len(infos)), infos.translate(_IS_FUNCTION)):
-            shndx = shndxs[i] if extended is None or shndxs[i] != SHN_XINDEX else extended[i]
-            if shndx != SHN_UNDEF:
+            if (shndx := st_shndx(i)) != SHN_UNDEF:
                 found.symbol.append(i)
                 found.st_shndx.append(shndx)
                 found.st_value.append(values[i])
@@ -261,26 +261,25 @@ class SymbolTable:
 
     def function_at(self, shndx: int, offset: int) -> Symbol | None:
         """The STT_FUNC symbol of section `shndx` whose extent holds `offset`, if any."""
-        extents = self._functions.get(shndx)
-        if extents is None:
-            return None
-        at = bisect.bisect_right(extents.starts, offset)
-        return self[extents.indices[at]] if offset < extents.ends[at] else None
+        extents, (at,) = self._holding(shndx, (offset,))
+        return self[extents.indices[at]] if at else None
 
     def function_names(self, shndx: int, offsets: Sequence[int]) -> list[str | None]:
         """The name of function_at's symbol at each of these offsets of a section, each name decoded once:
         a scan names the function of every site, by the thousand, a column at a time."""
-        extents = self._functions.get(shndx)
-        if extents is None:
-            return [None] * len(offsets)
-        ends, indices = extents.ends, extents.indices
-        # 0 where no function holds the offset: the place before the first start, whose end is 0.
-        places = map(partial(bisect.bisect_right, extents.starts), offsets)
-        held = [at if offset < ends[at] else 0 for at, offset in zip(places, offsets, strict=True)]
-        names, st_names = self._function_names, self._st_names
+        extents, held = self._holding(shndx, offsets)
+        indices, names, st_names = extents.indices, self._function_names, self._st_names
         for index in {indices[at] for at in held if at} - names.keys():
             names[index] = self.name_at(st_names[index])
         return [names[indices[at]] if at else None for at in held]
+
+    def _holding(self, shndx: int, offsets: Sequence[int]) -> tuple[_Extents, list[int]]:
+        """The functions of section `shndx`, and the place among them of the one that holds each offset: the last
+        to start at or before it, if its extent reaches it; 0 where none does."""
+        extents = self._functions.get(shndx, _NO_EXTENTS)
+        ends = extents.ends
+        places = map(partial(bisect.bisect_right, extents.starts), offsets)
+        return extents, [at if offset < ends[at] else 0 for at, offset in zip(places, offsets, strict=True)]
 
 
 class FunctionSymbols(NamedTuple):
@@ -301,6 +300,9 @@ class _Extents(NamedTuple):
     starts: list[int]  # st_value of each
     ends: list[int]  # 0, then where each ends
     indices: list[int]  # 0, then each one's symbol index
+
+
+_NO_EXTENTS = _Extents([], [0], [0])  # a section with no function: every offset's place is 0
 
 
 @dataclass(frozen=True)
